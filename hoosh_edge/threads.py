@@ -1,0 +1,194 @@
+"""Bridges between the gevent hub and real OS threads.
+
+llama.cpp, whisper.cpp and onnxruntime block for seconds inside C code. Run on the hub they would
+freeze every other request, so they run in gevent's threadpool and their results travel back to
+greenlets through the helpers here:
+
+- ``run_blocking(fn, ...)``: call ``fn`` in a pool thread; the calling greenlet waits, the hub runs.
+- ``ThreadStream(gen_fn, ...)``: run a generator in a pool thread and iterate its items in a greenlet,
+  with a bounded buffer (the thread pauses when the reader is slow) and cancellation (``close()``
+  makes the thread stop at its next item).
+- ``pump(iterator, ...)``: read any iterator in its own greenlet into a bounded queue, so the reader
+  can wait with a timeout (to send SSE keep-alives) and backpressure reaches the source.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+import gevent
+import gevent.event
+import gevent.monkey
+import gevent.queue
+
+T = TypeVar("T")
+
+# Real OS primitives even after monkey.patch_all(): pool threads must not touch the hub's locks.
+_allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
+_os_sleep = gevent.monkey.get_original("time", "sleep")
+
+_DONE = object()
+KEEPALIVE = object()  # yielded by pump() when nothing arrived within heartbeat_s
+
+
+def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run ``fn`` in gevent's threadpool and return its result (or raise its exception)."""
+    return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()
+
+
+class Cancelled(Exception):
+    """Raised inside a producer thread when its reader went away."""
+
+
+class ThreadStream(Iterator[T]):
+    """Iterate, in a greenlet, the items a generator makes in a pool thread."""
+
+    def __init__(
+        self,
+        gen_fn: Callable[..., Iterable[T]],
+        *args: Any,
+        max_buffer: int = 64,
+        **kwargs: Any,
+    ) -> None:
+        self._items: collections.deque = collections.deque()
+        self._lock = _allocate_lock()
+        self._max = max(1, max_buffer)
+        self._cancelled = False
+        self._finished = False
+        self._hub = gevent.get_hub()
+        self._wake = gevent.event.Event()
+        self._result = self._hub.threadpool.spawn(self._produce, gen_fn, args, kwargs)
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def _notify(self) -> None:
+        self._hub.loop.run_callback_threadsafe(self._wake.set)
+
+    def _produce(self, gen_fn: Callable[..., Iterable[T]], args: tuple, kwargs: dict) -> None:
+        gen = None
+        try:
+            gen = iter(gen_fn(*args, **kwargs))
+            for item in gen:
+                while True:
+                    with self._lock:
+                        if self._cancelled:
+                            return
+                        if len(self._items) < self._max:
+                            self._items.append(item)
+                            break
+                    _os_sleep(0.002)  # reader is slow: pause the producer (backpressure)
+                self._notify()
+            with self._lock:
+                self._items.append(_DONE)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, never lost
+            with self._lock:
+                self._items.append(_Raised(exc))
+        finally:
+            close = getattr(gen, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001
+                    pass
+            self._notify()
+
+    def __next__(self) -> T:
+        while True:
+            if self._finished:
+                raise StopIteration
+            with self._lock:
+                item = self._items.popleft() if self._items else None
+            if item is None:
+                self._wake.clear()
+                with self._lock:
+                    empty = not self._items
+                if empty:
+                    self._wake.wait()
+                continue
+            if item is _DONE:
+                self._finished = True
+                raise StopIteration
+            if isinstance(item, _Raised):
+                self._finished = True
+                raise item.exc
+            return item
+
+    def close(self) -> None:
+        """Stop the producer at its next item; safe to call more than once."""
+        with self._lock:
+            self._cancelled = True
+            self._items.clear()
+        self._finished = True
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait until the producer thread has returned."""
+        self._result.wait(timeout)
+
+
+class _Raised:
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+class Pump(Iterator[Any]):
+    """Read ``source`` in a separate greenlet into a bounded queue.
+
+    Iterating yields the source's items, or ``KEEPALIVE`` whenever ``heartbeat_s`` passes with
+    nothing new. Exceptions of the source are re-raised to the reader. ``close()`` stops the reader
+    greenlet and closes the source.
+    """
+
+    def __init__(
+        self, source: Iterator[Any], *, maxsize: int = 16, heartbeat_s: float | None = None
+    ) -> None:
+        self._source = source
+        self._queue: gevent.queue.Queue = gevent.queue.Queue(maxsize=maxsize)
+        self._heartbeat = heartbeat_s if heartbeat_s and heartbeat_s > 0 else None
+        self._done = False
+        self._greenlet = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        try:
+            for item in self._source:
+                self._queue.put(item)
+            self._queue.put(_DONE)
+        except gevent.GreenletExit:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            self._queue.put(_Raised(exc))
+
+    def __next__(self) -> Any:
+        if self._done:
+            raise StopIteration
+        try:
+            item = self._queue.get(timeout=self._heartbeat)
+        except gevent.queue.Empty:
+            return KEEPALIVE
+        if item is _DONE:
+            self._done = True
+            raise StopIteration
+        if isinstance(item, _Raised):
+            self._done = True
+            raise item.exc
+        return item
+
+    def close(self) -> None:
+        self._done = True
+        # Block until the reader greenlet has left the source, or closing it would find it running.
+        self._greenlet.kill(block=True, timeout=5)
+        close = getattr(self._source, "close", None)
+        if close is not None:
+            try:
+                close()
+            except ValueError:  # still executing in a greenlet that ignored the kill
+                pass
+
+
+def pump(source: Iterable[Any], *, maxsize: int = 16, heartbeat_s: float | None = None) -> Pump:
+    return Pump(iter(source), maxsize=maxsize, heartbeat_s=heartbeat_s)
