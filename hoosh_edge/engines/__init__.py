@@ -1,0 +1,1 @@
+"""On-device engines: llama.cpp chat, whisper.cpp speech-to-text, Piper text-to-speech."""
