@@ -25,7 +25,7 @@ _SYMBOLS = (
     ["_", "^", "$", " ", "!", "'", ",", "-", ".", ":", ";", "?"]
     + list("abcdefghijklmnopqrstuvwxyz")
     + list("æçðøħŋœǀǁǂǃɐɑɒɓɔɕɖɗɘəɚɛɜɞɟɠɡɢɣɤɥɦɧɨɪɫɬɭɮɯɰɱɲɳɴɵɶɸɹɺɻɽɾʀʁʂʃʄʈʉʊʋʌʍʎʏʐʑ")
-    + ["ʔ", "ʕ", "ʘ", "ʙ", "ʛ", "ʜ", "ʝ", "ʟ", "ʡ", "ʢ", "ʲ", "ˈ", "ˌ", "ː", "ˑ", "˞", "β", "θ", "χ"]
+    + list("ʔʕʘʙʛʜʝʟʡʢʲˈˌːˑ˞βθχ")
     + ["ᵻ", "ⱱ", "̃", "̩"]
 )
 PHONEME_ID_MAP = {sym: [i] for i, sym in enumerate(_SYMBOLS)}
@@ -35,7 +35,9 @@ def _const(name: str, value: np.ndarray) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(value, name))
 
 
-def build_graph(*, hop: int = HOP, sample_rate: int = SAMPLE_RATE, num_speakers: int = 1) -> onnx.ModelProto:
+def build_graph(
+    *, hop: int = HOP, sample_rate: int = SAMPLE_RATE, num_speakers: int = 1
+) -> onnx.ModelProto:
     """The ONNX model: a tone whose length is ``input_lengths * hop * length_scale`` samples."""
     f32 = np.float32
     nodes = [
@@ -101,7 +103,9 @@ def voice_config(*, sample_rate: int = SAMPLE_RATE, num_speakers: int = 1) -> di
         "phoneme_id_map": PHONEME_ID_MAP,
         "num_symbols": len(PHONEME_ID_MAP),
         "num_speakers": num_speakers,
-        "speaker_id_map": {f"speaker{i}": i for i in range(num_speakers)} if num_speakers > 1 else {},
+        "speaker_id_map": {f"speaker{i}": i for i in range(num_speakers)}
+        if num_speakers > 1
+        else {},
         "piper_version": "1.0.0",
         "language": {"code": "en_US", "family": "en", "region": "US"},
         "dataset": "tiny_synthetic",
@@ -120,5 +124,7 @@ def make_voice(
     path = os.path.join(directory, f"{name}.onnx")
     onnx.save(build_graph(hop=hop, sample_rate=sample_rate, num_speakers=num_speakers), path)
     with open(path + ".json", "w", encoding="utf-8") as f:
-        json.dump(voice_config(sample_rate=sample_rate, num_speakers=num_speakers), f, ensure_ascii=False)
+        json.dump(
+            voice_config(sample_rate=sample_rate, num_speakers=num_speakers), f, ensure_ascii=False
+        )
     return path

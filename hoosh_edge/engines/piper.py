@@ -63,7 +63,11 @@ def split_sentences(text: str, *, min_chars: int = 20, max_chars: int = 250) -> 
             merged[-1] = f"{merged[-1]} {piece}"
         else:
             merged.append(piece)
-    if len(merged) > 1 and len(merged[-1]) < min_chars and len(merged[-2]) + len(merged[-1]) < max_chars:
+    if (
+        len(merged) > 1
+        and len(merged[-1]) < min_chars
+        and len(merged[-2]) + len(merged[-1]) < max_chars
+    ):
         merged[-2:] = [f"{merged[-2]} {merged[-1]}"]
     return merged
 
@@ -210,7 +214,9 @@ class PiperVoice:
             log.warning("voice %s: skipped unknown phonemes %s", self.onnx_path, dict(missing))
         return ids
 
-    def synthesize_ids(self, ids: list[int], *, speed: float = 1.0, speaker_id: int = 0) -> np.ndarray:
+    def synthesize_ids(
+        self, ids: list[int], *, speed: float = 1.0, speaker_id: int = 0
+    ) -> np.ndarray:
         """Run the graph on one id sequence; returns float32 audio in [-1, 1]."""
         feeds: dict[str, np.ndarray] = {
             "input": np.array([ids], dtype=np.int64),
