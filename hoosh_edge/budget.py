@@ -1,0 +1,643 @@
+"""Budget rules and the spend ledger: reserve before a call, commit (or release) after it.
+
+A rule limits one metric over one period for the calls in its scope:
+
+    name    any label, unique                         'cloud-daily'
+    scope   all | cloud | provider:NAME | model:GLOB | key:NAME
+    metric  usd | tokens | requests | audio_seconds | characters
+    limit   usd as a decimal string or number (stored as integer micro-dollars); others integers
+    period  hour | day | week | month (calendar-aligned in the ledger's timezone) | total
+    action  block (refuse) | local_only (refuse cloud targets, serve local ones) | warn (report)
+
+Money is integer micro-dollars everywhere; ``Decimal`` only where text meets numbers. A local call
+costs nothing but still counts tokens, requests, audio seconds and characters.
+
+The life of a paid request: ``reserve`` its worst case (checks every rule in scope against the
+period's committed use plus all open reservations and records the reservation, in one
+``BEGIN IMMEDIATE`` transaction, so concurrent requests can never together cross a ``block``
+limit), then ``commit`` the real usage (ledger row written and reservation deleted in one
+transaction) or ``release`` it. Reservations of a process that died are dropped at start-up.
+
+Rules from the config file are seeded at start-up with ``source='config'``: the config is their
+truth, so a live edit to one lasts until the config is applied again, and a config rule removed
+from the file is deleted. Rules created through the API (``source='api'``) are never touched by
+seeding, unless the config later defines a rule of the same name, which then takes it over.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta, timezone
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .db import Database
+from .errors import BudgetExceeded, InvalidRequest, NotFound
+from .pricing import format_usd
+
+__all__ = [
+    "Usage",
+    "Rule",
+    "RuleHit",
+    "Reservation",
+    "Decision",
+    "SpendLedger",
+    "METRICS",
+]
+
+UTC = timezone.utc
+SCOPES = ("all", "cloud", "provider:NAME", "model:GLOB", "key:NAME")
+METRICS = ("usd", "tokens", "requests", "audio_seconds", "characters")
+PERIODS = ("hour", "day", "week", "month", "total")
+ACTIONS = ("block", "local_only", "warn")
+RULE_FIELDS = ("name", "scope", "metric", "limit", "period", "action")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+_UNITS = {"usd": "USD", "tokens": "tokens", "requests": "requests",
+          "audio_seconds": "audio seconds", "characters": "characters"}
+
+
+# ---- periods -----------------------------------------------------------------------------------
+
+
+def _zone(name: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InvalidRequest(f"Unknown timezone {name!r}; use an IANA name such as 'Europe/Berlin'.",
+                             param="timezone") from None
+
+
+def _to_us(moment: datetime) -> int:
+    """Microseconds since the Unix epoch, exact (no float on the way)."""
+    delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _midnight(day: date, tz: ZoneInfo) -> datetime:
+    return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
+
+
+def period_bounds(period: str, now: datetime, tz: ZoneInfo) -> tuple[datetime | None, datetime | None]:
+    """[start, end) in UTC of the calendar ``period`` holding ``now`` in ``tz``; None for total."""
+    local = now.astimezone(tz)
+    if period == "total":
+        return None, None
+    if period == "hour":
+        # Via the local wall clock, so half-hour zones get their own hour marks; end by adding
+        # an absolute hour, so a DST jump never makes an hour of zero or two hours.
+        start = local.replace(minute=0, second=0, microsecond=0).astimezone(UTC)
+        return start, start + timedelta(hours=1)
+    if period == "day":
+        first, after = local.date(), local.date() + timedelta(days=1)
+    elif period == "week":  # ISO weeks: Monday to Monday
+        first = local.date() - timedelta(days=local.weekday())
+        after = first + timedelta(days=7)
+    elif period == "month":
+        first = local.date().replace(day=1)
+        after = (first + timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    # Local midnights: a DST day is 23 or 25 hours long, as the operator expects.
+    return _midnight(first, tz), _midnight(after, tz)
+
+
+# ---- rules -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A budget rule; ``limit`` is in the stored unit (micro-dollars for usd)."""
+
+    name: str
+    scope: str
+    metric: str
+    limit: int
+    period: str
+    action: str
+    source: str = "api"
+
+    @property
+    def unit(self) -> str:
+        return _UNITS[self.metric]
+
+    def format_amount(self, amount: int) -> str:
+        """An amount in this rule's measured unit, as people read it ('0.01' USD, '1.5' s)."""
+        if self.metric == "usd":
+            return format_usd(amount)
+        if self.metric == "audio_seconds":
+            return format(Decimal(amount) / 1000, "f").rstrip("0").rstrip(".") if amount else "0"
+        return str(amount)
+
+    @property
+    def measured_limit(self) -> int:
+        """The limit in the unit usage is measured in (audio is counted in milliseconds)."""
+        return self.limit * 1000 if self.metric == "audio_seconds" else self.limit
+
+    def to_dict(self) -> dict[str, Any]:
+        """The API form: usd limits as exact decimal strings."""
+        return {
+            "name": self.name,
+            "scope": self.scope,
+            "metric": self.metric,
+            "limit": format_usd(self.limit) if self.metric == "usd" else self.limit,
+            "period": self.period,
+            "action": self.action,
+            "source": self.source,
+        }
+
+
+def rule_from_row(row: Any) -> Rule:
+    """A rule from its ``budget_rules`` row."""
+    return Rule(row["name"], row["scope"], row["metric"], row["limit_value"], row["period"],
+                row["action"], row["source"])
+
+
+def scope_matches(scope: str, *, key: str | None, provider: str, model: str, is_local: bool) -> bool:
+    """Whether a call to this target falls under ``scope``."""
+    if scope == "all":
+        return True
+    if scope == "cloud":
+        return not is_local
+    kind, _, value = scope.partition(":")
+    if kind == "provider":
+        return provider == value
+    if kind == "model":
+        return fnmatch.fnmatchcase(model, value)
+    if kind == "key":
+        return key == value
+    return False
+
+
+def _limit(metric: str, value: Any) -> int:
+    """The stored limit: micro-dollars for usd (exact, at most 6 decimals), else an integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise InvalidRequest("limit must be a number or a decimal string", param="limit")
+    try:
+        # str() first: 0.01 given as a float must mean one cent, not its binary neighbour.
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidRequest(f"limit is not a number: {value!r}", param="limit") from None
+    if not amount.is_finite() or amount < 0:
+        raise InvalidRequest("limit must be a finite number >= 0", param="limit")
+    if metric == "usd":
+        micro = amount * 1_000_000
+        if micro != micro.to_integral_value():
+            raise InvalidRequest("a usd limit has at most 6 decimal places", param="limit")
+        return int(micro)
+    if amount != amount.to_integral_value():
+        raise InvalidRequest(f"a {metric} limit must be a whole number", param="limit")
+    return int(amount)
+
+
+def validate_rule(data: dict[str, Any], *, source: str) -> Rule:
+    """A rule from its API or config form; ``InvalidRequest`` names the faulty field."""
+    if not isinstance(data, dict):
+        raise InvalidRequest("a budget rule must be an object", param=None)
+    unknown = sorted(set(data) - set(RULE_FIELDS) - {"source"})
+    if unknown:
+        raise InvalidRequest(f"unknown budget rule field {unknown[0]!r}", param=unknown[0])
+    for name in RULE_FIELDS:
+        if data.get(name) is None:
+            raise InvalidRequest(f"budget rule field '{name}' is required", param=name)
+    for name in ("name", "scope", "metric", "period", "action"):
+        if not isinstance(data[name], str):
+            raise InvalidRequest(f"{name} must be a string", param=name)
+    if not _NAME.match(data["name"]):
+        raise InvalidRequest("name: 1-64 letters, digits, '.', '_', ':' or '-'", param="name")
+    scope = data["scope"].strip()
+    kind, colon, value = scope.partition(":")
+    if not (scope in ("all", "cloud") or (colon and kind in ("provider", "model", "key") and value)):
+        raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}", param="scope")
+    for name, allowed in (("metric", METRICS), ("period", PERIODS), ("action", ACTIONS)):
+        if data[name] not in allowed:
+            raise InvalidRequest(f"{name} must be one of {', '.join(allowed)}", param=name)
+    return Rule(data["name"], scope, data["metric"], _limit(data["metric"], data["limit"]),
+                data["period"], data["action"], source)
+
+
+
+@dataclass
+class Usage:
+    """What one call used (or may use, for an estimate)."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    audio_seconds: float = 0.0
+    characters: int = 0
+    requests: int = 1
+    cost_micro_usd: int = 0
+
+    @property
+    def audio_ms(self) -> int:
+        """Audio length in whole milliseconds, rounded up so nothing is undercounted."""
+        return -int(-self.audio_seconds * 1000 // 1)
+
+
+@dataclass(frozen=True)
+class RuleHit:
+    """A rule that fired for a reservation or stops a target."""
+
+    rule: Rule
+    used: int  # committed plus reserved, in the rule's measured unit (Rule.measured_limit)
+    needed: int  # what this request asked for
+    resets_at: datetime | None
+    retry_after: float | None
+
+    @property
+    def message(self) -> str:
+        """A sentence naming the rule, its limit, the use and the reset."""
+        r = self.rule
+        when = (
+            "it never resets (period 'total')"
+            if self.resets_at is None
+            else f"it resets at {self.resets_at.isoformat()}"
+        )
+        return (
+            f"Budget rule '{r.name}' ({r.scope}, {r.action}) allows {r.format_amount(r.measured_limit)} "
+            f"{r.unit} per {r.period}; {r.format_amount(self.used)} used or reserved, this request "
+            f"needs up to {r.format_amount(self.needed)}; {when}."
+        )
+
+
+@dataclass
+class Reservation:
+    """An open hold on budget for one in-flight request."""
+
+    id: int
+    request_id: str | None
+    key: str | None
+    provider: str
+    model: str
+    is_local: bool
+    estimate: Usage
+    fired: list[RuleHit] = field(default_factory=list)  # local_only / warn rules crossed
+    closed: bool = False
+
+    @property
+    def warnings(self) -> list[str]:
+        """Messages of the rules that fired, for logs and response headers."""
+        return [hit.message for hit in self.fired]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """May a target be used? If not, which rule stops it and why."""
+
+    allowed: bool
+    hit: RuleHit | None = None
+    reason: str = ""
+    code: str = "budget_exceeded"  # or 'price_unknown'
+
+    @property
+    def rule(self) -> Rule | None:
+        return self.hit.rule if self.hit else None
+
+    def error(self) -> BudgetExceeded:
+        """The error to raise when the target was refused."""
+        # No Retry-After for an unknown price: waiting will not make it known.
+        retry = self.hit.retry_after if self.hit and self.code == "budget_exceeded" else None
+        return BudgetExceeded(self.reason, retry_after=retry, code=self.code)
+
+
+_TOTALS = (
+    "SUM(prompt_tokens) AS prompt_tokens, SUM(completion_tokens) AS completion_tokens, "
+    "SUM(audio_ms) AS audio_ms, SUM(characters) AS characters, SUM(requests) AS requests, "
+    "SUM(cost_micro_usd) AS cost_micro_usd"
+)
+
+
+def _amount(metric: str, row: Any) -> int:
+    """The metric's value in a row of totals (ledger or reservation columns)."""
+    if metric == "usd":
+        return row["cost_micro_usd"] or 0
+    if metric == "tokens":
+        return (row["prompt_tokens"] or 0) + (row["completion_tokens"] or 0)
+    if metric == "audio_seconds":
+        return row["audio_ms"] or 0
+    return row[metric] or 0
+
+
+def _usage_row(usage: Usage, is_local: bool) -> dict[str, int]:
+    return {
+        "prompt_tokens": int(usage.prompt_tokens),
+        "completion_tokens": int(usage.completion_tokens),
+        "audio_ms": usage.audio_ms,
+        "characters": int(usage.characters),
+        "requests": int(usage.requests),
+        # Local inference is free; only its volume counts.
+        "cost_micro_usd": 0 if is_local else int(usage.cost_micro_usd),
+    }
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+class SpendLedger:
+    """Budget rules, reservations and the committed spend ledger in the gateway database."""
+
+    def __init__(self, db: Database, *, timezone: str = "UTC", clock: Callable[[], datetime] | None = None) -> None:
+        self.db = db
+        self.tz = _zone(timezone)
+        self._clock = clock or (lambda: datetime.now(tz=UTC))
+        self.release_orphans()
+
+    def now(self) -> datetime:
+        """The current time, from the injected clock when there is one."""
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the clock must return an aware datetime")
+        return now
+
+    def release_orphans(self) -> int:
+        """Drop reservations whose process is gone (a crash ends its requests); return how many."""
+        me = os.getpid()
+        with self.db.write() as db:
+            pids = [row[0] for row in db.execute("SELECT DISTINCT pid FROM reservations")]
+            # This process is new, so any reservation with its pid is from a dead namesake.
+            dead = [pid for pid in pids if pid == me or not _pid_alive(pid)]
+            removed = 0
+            for pid in dead:
+                removed += db.execute("DELETE FROM reservations WHERE pid = ?", [pid]).rowcount
+        return removed
+
+    # ---- rules -------------------------------------------------------------------------------
+
+    def list_rules(self) -> list[Rule]:
+        """Every rule, by name."""
+        with self.db.read() as db:
+            return [rule_from_row(r) for r in db.execute("SELECT * FROM budget_rules ORDER BY name")]
+
+    def get_rule(self, name: str) -> Rule:
+        """One rule by name; ``NotFound`` if there is none."""
+        with self.db.read() as db:
+            row = db.execute("SELECT * FROM budget_rules WHERE name = ?", [name]).fetchone()
+        if row is None:
+            raise NotFound(f"No budget rule named '{name}'.", param="name")
+        return rule_from_row(row)
+
+    def create_rule(self, data: dict[str, Any]) -> Rule:
+        """Create a rule from its API form; ``InvalidRequest`` if invalid or the name is taken."""
+        rule = validate_rule(data, source="api")
+        stamp = self.now().astimezone(UTC).isoformat()
+        with self.db.write() as db:
+            if db.execute("SELECT 1 FROM budget_rules WHERE name = ?", [rule.name]).fetchone():
+                raise InvalidRequest(
+                    f"A budget rule named '{rule.name}' already exists.", param="name", code="rule_exists"
+                )
+            self._insert(db, rule, stamp)
+        return rule
+
+    def update_rule(self, name: str, changes: dict[str, Any]) -> Rule:
+        """Change some fields of a rule (not its name); ``NotFound`` if there is none."""
+        if "name" in changes and changes["name"] != name:
+            raise InvalidRequest("A budget rule cannot be renamed; delete and create it.", param="name")
+        stamp = self.now().astimezone(UTC).isoformat()
+        with self.db.write() as db:
+            row = db.execute("SELECT * FROM budget_rules WHERE name = ?", [name]).fetchone()
+            if row is None:
+                raise NotFound(f"No budget rule named '{name}'.", param="name")
+            merged = {**rule_from_row(row).to_dict(), **changes, "name": name}
+            merged.pop("source", None)
+            rule = validate_rule(merged, source=row["source"])
+            db.execute(
+                "UPDATE budget_rules SET scope=?, metric=?, limit_value=?, period=?, action=?, "
+                "updated_at=? WHERE name=?",
+                [rule.scope, rule.metric, rule.limit, rule.period, rule.action, stamp, name],
+            )
+        return rule
+
+    def delete_rule(self, name: str) -> None:
+        """Delete a rule; ``NotFound`` if there is none."""
+        with self.db.write() as db:
+            if not db.execute("DELETE FROM budget_rules WHERE name = ?", [name]).rowcount:
+                raise NotFound(f"No budget rule named '{name}'.", param="name")
+
+    def seed_rules(self, rules_from_config: list[dict[str, Any]]) -> list[Rule]:
+        """Make the config's rules true (upsert by name, drop config rules no longer listed)."""
+        rules = [validate_rule(data, source="config") for data in rules_from_config]
+        names = [r.name for r in rules]
+        duplicate = next((n for n in names if names.count(n) > 1), None)
+        if duplicate:
+            raise InvalidRequest(f"Budget rule '{duplicate}' is defined twice.", param="name")
+        stamp = self.now().astimezone(UTC).isoformat()
+        with self.db.write() as db:
+            placeholders = ",".join("?" * len(names))
+            db.execute(
+                f"DELETE FROM budget_rules WHERE source = 'config' AND name NOT IN ({placeholders})",
+                names,
+            )
+            for rule in rules:
+                db.execute("DELETE FROM budget_rules WHERE name = ?", [rule.name])
+                self._insert(db, rule, stamp)
+        return rules
+
+    @staticmethod
+    def _insert(db: Any, rule: Rule, stamp: str) -> None:
+        db.execute(
+            "INSERT INTO budget_rules (name, scope, metric, limit_value, period, action, source, "
+            "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
+            [rule.name, rule.scope, rule.metric, rule.limit, rule.period, rule.action, rule.source,
+             stamp, stamp],
+        )
+
+    # ---- evaluation --------------------------------------------------------------------------
+
+    def _evaluate(
+        self, db: Any, target: dict[str, Any], needed: Usage | None
+    ) -> list[tuple[Rule, int, int]]:
+        """(rule, used, needed) for every rule in scope of ``target``, inside ``db``'s snapshot."""
+        rules = [rule_from_row(r) for r in db.execute("SELECT * FROM budget_rules ORDER BY name")]
+        rules = [r for r in rules if scope_matches(r.scope, **target)]
+        if not rules:
+            return []
+        now = self.now()
+        # Open reservations count in full whatever their start: they will commit in this period.
+        reserved = self._grouped(db, "reservations", None)
+        committed: dict[str, list[Any]] = {}
+        result = []
+        need_row = _usage_row(needed, target["is_local"]) if needed else None
+        for rule in rules:
+            start, _ = period_bounds(rule.period, now, self.tz)
+            key = "total" if start is None else start.isoformat()
+            if key not in committed:
+                committed[key] = self._grouped(db, "ledger", start)
+            used = sum(
+                _amount(rule.metric, row)
+                for rows in (committed[key], reserved)
+                for row in rows
+                if scope_matches(rule.scope, key=row["api_key"], provider=row["provider"],
+                                 model=row["model"], is_local=bool(row["is_local"]))
+            )
+            result.append((rule, used, _amount(rule.metric, need_row) if need_row else 0))
+        return result
+
+    @staticmethod
+    def _grouped(db: Any, table: str, since: datetime | None) -> list[Any]:
+        """Totals per (key, provider, model, locality): few groups, matched to scopes in Python."""
+        where, params = ("", []) if since is None else ("WHERE ts >= ?", [_to_us(since)])
+        return db.execute(
+            f"SELECT api_key, provider, model, is_local, {_TOTALS} FROM {table} {where} "
+            "GROUP BY api_key, provider, model, is_local",
+            params,
+        ).fetchall()
+
+    def _hit(self, rule: Rule, used: int, needed: int) -> RuleHit:
+        now = self.now()
+        _, end = period_bounds(rule.period, now, self.tz)
+        retry = None if end is None else max(0.0, (end - now).total_seconds())
+        return RuleHit(rule, used, needed, end.astimezone(self.tz) if end else None, retry)
+
+    @staticmethod
+    def _unpriced(model: str) -> str:
+        return (
+            f"No price is known for model '{model}', and a USD budget rule applies to it, so it "
+            f'cannot be counted. Set its price in the config: [pricing."{model}"] with '
+            "input_usd_per_mtok and output_usd_per_mtok (or usd_per_audio_minute / usd_per_mchars)."
+        )
+
+    def reserve(
+        self,
+        estimate: Usage,
+        *,
+        key: str | None,
+        provider: str,
+        model: str,
+        is_local: bool,
+        request_id: str | None = None,
+        price_known: bool = True,
+    ) -> Reservation:
+        """Hold ``estimate`` against every rule in scope, or raise ``BudgetExceeded``."""
+        target = {"key": key, "provider": provider, "model": model, "is_local": is_local}
+        fired: list[RuleHit] = []
+        with self.db.write() as db:
+            evaluated = self._evaluate(db, target, estimate)
+            if not is_local and not price_known and any(r.metric == "usd" for r, _, _ in evaluated):
+                raise BudgetExceeded(self._unpriced(model), code="price_unknown")
+            for rule, used, needed in evaluated:
+                if used + needed <= rule.measured_limit:
+                    continue
+                hit = self._hit(rule, used, needed)
+                if rule.action == "block" or (rule.action == "local_only" and not is_local):
+                    raise BudgetExceeded(hit.message, retry_after=hit.retry_after)
+                fired.append(hit)
+            row = _usage_row(estimate, is_local)
+            cursor = db.execute(
+                "INSERT INTO reservations (ts, pid, request_id, api_key, provider, model, is_local, "
+                + ", ".join(row) + ") VALUES (" + ",".join("?" * (7 + len(row))) + ")",
+                [_to_us(self.now()), os.getpid(), request_id, key, provider, model,
+                 int(is_local), *row.values()],
+            )
+        return Reservation(cursor.lastrowid, request_id, key, provider, model, is_local, estimate, fired)
+
+    def commit(self, reservation: Reservation, actual: Usage) -> int:
+        """Record the real usage and drop the reservation, in one transaction; return the entry id."""
+        if reservation.closed:
+            raise RuntimeError(f"reservation {reservation.id} was already committed or released")
+        row = _usage_row(actual, reservation.is_local)
+        r = reservation
+        with self.db.write() as db:
+            # Written even if the reservation vanished: the money was spent all the same.
+            cursor = db.execute(
+                "INSERT INTO ledger (ts, request_id, api_key, provider, model, is_local, "
+                + ", ".join(row) + ") VALUES (" + ",".join("?" * (6 + len(row))) + ")",
+                [_to_us(self.now()), r.request_id, r.key, r.provider, r.model,
+                 int(r.is_local), *row.values()],
+            )
+            db.execute("DELETE FROM reservations WHERE id = ?", [r.id])
+        reservation.closed = True
+        return cursor.lastrowid
+
+    def release(self, reservation: Reservation) -> None:
+        """Give back a reservation whose call spent nothing (failed before the upstream billed)."""
+        if reservation.closed:
+            return
+        with self.db.write() as db:
+            db.execute("DELETE FROM reservations WHERE id = ?", [reservation.id])
+        reservation.closed = True
+
+    def check(
+        self,
+        *,
+        key: str | None,
+        provider: str,
+        model: str,
+        is_local: bool,
+        price_known: bool = True,
+    ) -> Decision:
+        """Whether a target may be tried now, without reserving anything."""
+        target = {"key": key, "provider": provider, "model": model, "is_local": is_local}
+        with self.db.read() as db:
+            evaluated = self._evaluate(db, target, None)
+        for rule, used, _ in evaluated:
+            if rule.metric == "usd" and not is_local and not price_known:
+                return Decision(False, self._hit(rule, used, 0), self._unpriced(model), "price_unknown")
+        for rule, used, _ in evaluated:
+            stops = rule.action == "block" or (rule.action == "local_only" and not is_local)
+            if stops and used >= rule.measured_limit:
+                hit = self._hit(rule, used, 0)
+                return Decision(False, hit, hit.message)
+        return Decision(True)
+
+    def remaining(
+        self, *, key: str | None, provider: str, model: str, is_local: bool
+    ) -> tuple[Rule, int] | None:
+        """The tightest limiting rule for a target and what is left (measured unit, >= 0)."""
+        target = {"key": key, "provider": provider, "model": model, "is_local": is_local}
+        with self.db.read() as db:
+            evaluated = self._evaluate(db, target, None)
+        best: tuple[Rule, int] | None = None
+        best_share = 2.0
+        for rule, used, _ in evaluated:
+            if rule.action == "warn" or (rule.action == "local_only" and is_local):
+                continue  # these never stop this target
+            left = max(0, rule.measured_limit - used)
+            share = left / rule.measured_limit if rule.measured_limit else 0.0
+            if share < best_share:
+                best, best_share = (rule, left), share
+        return best
+
+    def usage_summary(self, period: str, group_by: str) -> list[dict[str, Any]]:
+        """Committed use in the current ``period``, one dict per provider, model or key."""
+        if period not in PERIODS:
+            raise InvalidRequest(f"period must be one of {', '.join(PERIODS)}", param="period")
+        columns = {"provider": "provider", "model": "model", "key": "api_key"}
+        if group_by not in columns:
+            raise InvalidRequest("group_by must be provider, model or key", param="group_by")
+        start, end = period_bounds(period, self.now(), self.tz)
+        where, params = ("", []) if start is None else ("WHERE ts >= ?", [_to_us(start)])
+        column = columns[group_by]
+        with self.db.read() as db:
+            rows = db.execute(
+                f"SELECT {column} AS grp, {_TOTALS} FROM ledger {where} GROUP BY {column} "
+                "ORDER BY SUM(cost_micro_usd) DESC, SUM(requests) DESC, grp",
+                params,
+            ).fetchall()
+        return [
+            {
+                group_by: row["grp"],
+                "period": period,
+                "period_start": start.isoformat() if start else None,
+                "period_end": end.isoformat() if end else None,
+                "requests": row["requests"],
+                "prompt_tokens": row["prompt_tokens"],
+                "completion_tokens": row["completion_tokens"],
+                "audio_seconds": row["audio_ms"] / 1000,
+                "characters": row["characters"],
+                "cost_micro_usd": row["cost_micro_usd"],
+                "cost_usd": format_usd(row["cost_micro_usd"]),
+            }
+            for row in rows
+        ]
+

@@ -1,0 +1,252 @@
+"""The bundled offline price table, with overrides from the config file.
+
+Prices are USD per million tokens (input / output), per audio minute (transcription) or per million
+characters (speech). They ship with the code so nothing is fetched at start-up; an operator fixes a
+stale or missing one in the config:
+
+    [pricing."gpt-4o-mini"]
+    input_usd_per_mtok = "0.15"
+    output_usd_per_mtok = "0.60"
+
+A USD price per million tokens is, conveniently, exactly micro-dollars per token, so costs are
+computed in ``Decimal`` and rounded up once, to the whole micro-dollar: a cost is never undercounted.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, replace
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from .budget import Usage
+
+PRICE_FIELDS = ("input_usd_per_mtok", "output_usd_per_mtok", "usd_per_audio_minute", "usd_per_mchars")
+
+
+@dataclass(frozen=True)
+class Price:
+    """What one model costs; a field is None when the model is not billed that way."""
+
+    input_usd_per_mtok: Decimal | None = None
+    output_usd_per_mtok: Decimal | None = None
+    usd_per_audio_minute: Decimal | None = None
+    usd_per_mchars: Decimal | None = None
+    model: str = ""  # the table entry that matched
+    source: str = "bundled"  # 'bundled' or 'config'
+
+
+def _tok(inp: str, out: str) -> Price:
+    return Price(Decimal(inp), Decimal(out))
+
+
+def _per_minute(usd: str) -> Price:
+    return Price(usd_per_audio_minute=Decimal(usd))
+
+
+def _per_hour(usd: str) -> Price:
+    return Price(usd_per_audio_minute=Decimal(usd) / 60)
+
+
+def _per_mchars(usd: str) -> Price:
+    return Price(usd_per_mchars=Decimal(usd))
+
+
+# Prices from the providers' public price pages as known on 2025-11-30 (standard tier, uncached
+# input, no batch discount). Keys are model names without date suffixes; lookups strip them.
+BUNDLED: dict[str, dict[str, Price]] = {
+    "openai": {
+        "gpt-5": _tok("1.25", "10.00"),
+        "gpt-5-mini": _tok("0.25", "2.00"),
+        "gpt-5-nano": _tok("0.05", "0.40"),
+        "gpt-4.1": _tok("2.00", "8.00"),
+        "gpt-4.1-mini": _tok("0.40", "1.60"),
+        "gpt-4.1-nano": _tok("0.10", "0.40"),
+        "gpt-4o": _tok("2.50", "10.00"),
+        "gpt-4o-2024-05-13": _tok("5.00", "15.00"),  # the first gpt-4o kept its launch price
+        "gpt-4o-mini": _tok("0.15", "0.60"),
+        "gpt-4-turbo": _tok("10.00", "30.00"),
+        "gpt-3.5-turbo": _tok("0.50", "1.50"),
+        "o1": _tok("15.00", "60.00"),
+        "o1-pro": _tok("150.00", "600.00"),
+        "o1-mini": _tok("1.10", "4.40"),
+        "o3": _tok("2.00", "8.00"),
+        "o3-pro": _tok("20.00", "80.00"),
+        "o3-mini": _tok("1.10", "4.40"),
+        "o4-mini": _tok("1.10", "4.40"),
+        "text-embedding-3-small": _tok("0.02", "0"),
+        "text-embedding-3-large": _tok("0.13", "0"),
+        "whisper-1": _per_minute("0.006"),
+        "gpt-4o-transcribe": _per_minute("0.006"),
+        "gpt-4o-mini-transcribe": _per_minute("0.003"),
+        "tts-1": _per_mchars("15.00"),
+        "tts-1-hd": _per_mchars("30.00"),
+    },
+    "anthropic": {
+        "claude-opus-4-5": _tok("5.00", "25.00"),
+        "claude-opus-4-1": _tok("15.00", "75.00"),
+        "claude-opus-4": _tok("15.00", "75.00"),
+        "claude-sonnet-4-5": _tok("3.00", "15.00"),
+        "claude-sonnet-4": _tok("3.00", "15.00"),
+        "claude-haiku-4-5": _tok("1.00", "5.00"),
+        "claude-3-7-sonnet": _tok("3.00", "15.00"),
+        "claude-3-5-sonnet": _tok("3.00", "15.00"),
+        "claude-3-5-haiku": _tok("0.80", "4.00"),
+        "claude-3-opus": _tok("15.00", "75.00"),
+        "claude-3-haiku": _tok("0.25", "1.25"),
+    },
+    "groq": {
+        "llama-3.1-8b-instant": _tok("0.05", "0.08"),
+        "llama-3.3-70b-versatile": _tok("0.59", "0.79"),
+        "llama3-8b-8192": _tok("0.05", "0.08"),
+        "llama3-70b-8192": _tok("0.59", "0.79"),
+        "meta-llama/llama-4-scout-17b-16e-instruct": _tok("0.11", "0.34"),
+        "meta-llama/llama-4-maverick-17b-128e-instruct": _tok("0.20", "0.60"),
+        "gemma2-9b-it": _tok("0.20", "0.20"),
+        "whisper-large-v3": _per_hour("0.111"),
+        "whisper-large-v3-turbo": _per_hour("0.04"),
+        "distil-whisper-large-v3-en": _per_hour("0.02"),
+    },
+    "mistral": {
+        "mistral-large": _tok("2.00", "6.00"),
+        "mistral-medium": _tok("0.40", "2.00"),
+        "mistral-small": _tok("0.10", "0.30"),
+        "magistral-medium": _tok("2.00", "5.00"),
+        "magistral-small": _tok("0.50", "1.50"),
+        "codestral": _tok("0.30", "0.90"),
+        "pixtral-large": _tok("2.00", "6.00"),
+        "ministral-8b": _tok("0.10", "0.10"),
+        "ministral-3b": _tok("0.04", "0.04"),
+        "open-mistral-nemo": _tok("0.15", "0.15"),
+        "mistral-embed": _tok("0.10", "0"),
+    },
+    "deepseek": {
+        # Both names serve DeepSeek-V3.2 since 2025-09-29 at one price (cache-miss input).
+        "deepseek-chat": _tok("0.28", "0.42"),
+        "deepseek-reasoner": _tok("0.28", "0.42"),
+    },
+    "xai": {
+        "grok-4": _tok("3.00", "15.00"),
+        "grok-4-fast-reasoning": _tok("0.20", "0.50"),
+        "grok-4-fast-non-reasoning": _tok("0.20", "0.50"),
+        "grok-code-fast-1": _tok("0.20", "1.50"),
+        "grok-3": _tok("3.00", "15.00"),
+        "grok-3-mini": _tok("0.30", "0.50"),
+        "grok-2": _tok("2.00", "10.00"),
+    },
+}
+
+# Date and version tails that name a snapshot of a model priced like its base name.
+_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|latest)$")
+
+
+def _decimal(value: Any, param: str) -> Decimal:
+    """A non-negative price from a number or a decimal string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
+        raise InvalidRequest(f"{param} must be a number or a decimal string", param=param)
+    try:
+        # str() first: a float such as 0.15 must mean 0.15, not its binary neighbour.
+        result = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise InvalidRequest(f"{param} is not a number: {value!r}", param=param) from None
+    if not result.is_finite() or result < 0:
+        raise InvalidRequest(f"{param} must be a finite number >= 0", param=param)
+    return result
+
+
+def _candidates(model: str) -> list[str]:
+    """Names to try for ``model``: itself, without a date tail, with Claude dots as dashes."""
+    names = [model]
+    base = model
+    while True:
+        stripped = _SUFFIX.sub("", base)
+        if stripped == base or not stripped:
+            break
+        base = stripped
+        names.append(base)
+    for name in list(names):
+        if name.startswith("claude") and "." in name:
+            # OpenRouter spells 'claude-3.5-sonnet' what Anthropic spells 'claude-3-5-sonnet'.
+            names.append(re.sub(r"(\d)\.(\d)", r"\1-\2", name))
+    return names
+
+
+class PriceTable:
+    """The bundled prices plus the operator's ``[pricing."MODEL"]`` overrides."""
+
+    def __init__(self, overrides: dict[str, dict[str, Any]] | None = None) -> None:
+        self.overrides: dict[str, dict[str, Decimal]] = {}
+        for model, fields in (overrides or {}).items():
+            where = f'pricing."{model}"'
+            if not isinstance(fields, dict):
+                raise InvalidRequest(f"{where} must be a table of prices", param=where)
+            unknown = sorted(set(fields) - set(PRICE_FIELDS))
+            if unknown:
+                raise InvalidRequest(
+                    f"{where} has unknown field {unknown[0]!r}; known: {', '.join(PRICE_FIELDS)}",
+                    param=f"{where}.{unknown[0]}",
+                )
+            if not fields:
+                raise InvalidRequest(f"{where} sets no price", param=where)
+            self.overrides[model] = {k: _decimal(v, f"{where}.{k}") for k, v in fields.items()}
+
+    def _bundled(self, provider: str, model: str) -> Price | None:
+        """The bundled entry for ``model``, preferring ``provider``'s own table."""
+        tables = [BUNDLED[provider]] if provider in BUNDLED else []
+        if "/" in model:
+            # 'openai/gpt-4o-mini' through a router such as OpenRouter: the prefix names the table.
+            prefix, rest = model.split("/", 1)
+            if prefix in BUNDLED:
+                tables.append(BUNDLED[prefix])
+            names = _candidates(model) + _candidates(rest)
+        else:
+            names = _candidates(model)
+        tables += [table for name, table in BUNDLED.items() if name != provider]
+        for table in tables:
+            for name in names:
+                if name in table:
+                    return replace(table[name], model=name)
+        return None
+
+    def lookup(self, provider: str, model: str) -> Price | None:
+        """The price of ``model`` at ``provider``, or None when nobody knows it."""
+        bundled = self._bundled(provider, model)
+        names = [f"{provider}/{model}", *_candidates(model)]
+        if "/" in model:
+            names += _candidates(model.split("/", 1)[1])
+        override = next((n for n in names if n in self.overrides), None)
+        if override is None:
+            return bundled
+        # An override changes only the fields it names; the rest stay as bundled.
+        return replace(bundled or Price(), model=override, source="config", **self.overrides[override])
+
+
+def _need(value: Decimal | None, what: str, price: Price) -> Decimal:
+    if value is None:
+        raise ValueError(f"no {what} price is known for model {price.model!r}")
+    return value
+
+
+def cost_micro_usd(price: Price, usage: Usage) -> int:
+    """The cost of ``usage`` in whole micro-dollars, rounded up."""
+    total = Decimal(0)
+    if usage.prompt_tokens:
+        total += usage.prompt_tokens * _need(price.input_usd_per_mtok, "input token", price)
+    if usage.completion_tokens:
+        total += usage.completion_tokens * _need(price.output_usd_per_mtok, "output token", price)
+    if usage.audio_seconds:
+        per_minute = _need(price.usd_per_audio_minute, "audio minute", price)
+        total += Decimal(str(usage.audio_seconds)) * per_minute * Decimal(1_000_000) / 60
+    if usage.characters:
+        total += usage.characters * _need(price.usd_per_mchars, "character", price)
+    return int(math.ceil(total))
+
+
+def format_usd(micro_usd: int) -> str:
+    """Micro-dollars as an exact decimal string, e.g. 1500 -> '0.0015'."""
+    text = str((Decimal(micro_usd) / 1_000_000).quantize(Decimal("0.000001")))
+    return text.rstrip("0").rstrip(".") if "." in text else text
