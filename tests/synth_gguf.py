@@ -16,7 +16,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 N_VOCAB = 3 + 256
 N_EMBD = 64
@@ -109,9 +108,3 @@ def make_tiny_gguf(path: str | Path, *, seed: int = 0, name: str = "tiny-test") 
     writer.write_tensors_to_file()
     writer.close()
     return path
-
-
-@pytest.fixture(scope="session")
-def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Path of a tiny llama GGUF shared by the whole test session."""
-    return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")

@@ -55,10 +55,23 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+STREAM_BUFFER = 16
 DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 
 # GGUF value types -> struct format (8 = string, 9 = array are handled apart).
-_GGUF_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+_GGUF_SCALARS = {
+    0: "B",
+    1: "b",
+    2: "H",
+    3: "h",
+    4: "I",
+    5: "i",
+    6: "f",
+    7: "?",
+    10: "Q",
+    11: "q",
+    12: "d",
+}
 
 
 def read_gguf_metadata(path: str) -> dict[str, Any]:
@@ -202,7 +215,10 @@ class LlamaEngine:
         _check_tools(req)
         with slot.use() as m:
             prep = run_blocking(self._prepare, m, messages, req)
-            stream: ThreadStream[dict[str, Any]] = ThreadStream(self._generate, m, prep)
+            # A small buffer bounds the tokens made in vain when the client goes away.
+            stream: ThreadStream[dict[str, Any]] = ThreadStream(
+                self._generate, m, prep, max_buffer=STREAM_BUFFER
+            )
             try:
                 yield from stream
             finally:
@@ -229,13 +245,19 @@ class LlamaEngine:
             verbose=False,
         )
         eos, bos = llm.token_eos(), llm.token_bos()
-        eos_text = llm.detokenize([eos], special=True).decode("utf-8", "replace") if eos >= 0 else ""
-        bos_text = llm.detokenize([bos], special=True).decode("utf-8", "replace") if bos >= 0 else ""
+        eos_text = (
+            llm.detokenize([eos], special=True).decode("utf-8", "replace") if eos >= 0 else ""
+        )
+        bos_text = (
+            llm.detokenize([bos], special=True).decode("utf-8", "replace") if bos >= 0 else ""
+        )
         template = llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
         formatter = Jinja2ChatFormatter(template=template, eos_token=eos_text, bos_token=bos_text)
         return LoadedLlama(llm, formatter, n_ctx, frozenset({eos} if eos >= 0 else ()))
 
-    def _prepare(self, m: LoadedLlama, messages: list[dict[str, Any]], req: dict[str, Any]) -> _Prepared:
+    def _prepare(
+        self, m: LoadedLlama, messages: list[dict[str, Any]], req: dict[str, Any]
+    ) -> _Prepared:
         prompt = _prompt_tokens(m, messages)
         room = m.n_ctx - len(prompt)
         if room <= 0:
@@ -305,7 +327,10 @@ class LlamaEngine:
                 final["choices"][0]["delta"] = {}
             yield final
             p = len(prep.prompt)
-            yield {"choices": [], "usage": {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n}}
+            yield {
+                "choices": [],
+                "usage": {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n},
+            }
         finally:
             with self._active_lock:
                 self._active -= 1
