@@ -390,6 +390,8 @@ def _download(
         elif r.status_code == 200:
             start, mode = 0, "wb"
         else:
+            if r.status_code == 206:  # a range we did not ask for: start afresh next time
+                part.unlink(missing_ok=True)
             raise ModelStoreError(f"HTTP {r.status_code} for {url}")
         length = r.headers.get("Content-Length")
         total = start + int(length) if mode and length and length.isdigit() else None
