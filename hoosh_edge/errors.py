@@ -180,6 +180,11 @@ class UpstreamStatus(UpstreamError):
             self.code = kw.get("code") or "rate_limit_exceeded"
             if retry_after is not None:
                 self.headers.setdefault("Retry-After", str(max(1, int(round(retry_after)))))
+        elif upstream_status in (401, 403):
+            # Our provider key was refused: the operator's problem, not the client's.
+            self.status = 502
+            self.type = "upstream_error"
+            self.code = "upstream_auth_failed"
         elif 400 <= upstream_status < 500:
             # The client's own fault: pass it through, never fall back on it.
             self.status = upstream_status
@@ -193,7 +198,9 @@ class UpstreamStatus(UpstreamError):
 _SECRET_PATTERNS = [
     re.compile(r"(?i)(authorization\s*[:=]\s*)(bearer\s+)?[^\s\"',}]+"),
     re.compile(r"(?i)(\bbearer\s+)[A-Za-z0-9._\-]{6,}"),
-    re.compile(r"(?i)((?:api[_-]?key|x-api-key|access[_-]?token)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|x-api-key|access[_-]?token)[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,}]+"
+    ),
     re.compile(r"\b(sk-(?:ant-)?)[A-Za-z0-9_\-]{8,}"),
 ]
 

@@ -107,7 +107,9 @@ class ModelSlot:
                 started = time.monotonic()
                 self.model = run_blocking(self.loader)
                 self.loaded_at = time.monotonic()
-                log.info("loaded %s model %s in %.2fs", self.kind, self.key, self.loaded_at - started)
+                log.info(
+                    "loaded %s model %s in %.2fs", self.kind, self.key, self.loaded_at - started
+                )
             self.last_used = time.monotonic()
             return self.model
 
@@ -179,7 +181,12 @@ class ModelPool:
         now = time.monotonic() if now is None else now
         done = []
         for s in self.slots.values():
-            if s.loaded and not s.busy and s.keep_alive_s > 0 and now - s.last_used >= s.keep_alive_s:
+            if (
+                s.loaded
+                and not s.busy
+                and s.keep_alive_s > 0
+                and now - s.last_used >= s.keep_alive_s
+            ):
                 if s.unload():
                     done.append(s.key)
         return done

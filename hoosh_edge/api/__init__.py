@@ -1,0 +1,1 @@
+"""HTTP blueprints: parse and validate, call the router, frame JSON or SSE."""

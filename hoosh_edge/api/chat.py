@@ -1,0 +1,169 @@
+"""POST /v1/chat/completions: JSON or SSE, through the router with fallback."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify
+
+from .. import chatfmt
+from ..errors import HooshError
+from ..providers.base import CallContext
+from ..router import Selected, Target
+from ..threads import KEEPALIVE, pump
+from .common import gateway, inference_headers, read_json
+
+log = logging.getLogger(__name__)
+bp = Blueprint("chat", __name__)
+
+# Fields the gateway handles itself; never forwarded as they came.
+_OWN_FIELDS = ("model", "stream", "stream_options")
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    gw = gateway()
+    req = chatfmt.validate_chat_request(read_json(gw.config.server.max_body_bytes))
+    targets = gw.router.resolve(req["model"])
+    ctx = CallContext(request_id=g.request_id, on_malformed_chunk=gw.metrics.malformed_chunk)
+    base = {k: v for k, v in req.items() if k not in _OWN_FIELDS}
+    call = ChatCall(gw, req, ctx)
+    if req.get("stream"):
+        return call.stream(targets, base)
+    return call.complete(targets, base)
+
+
+class ChatCall:
+    """One chat request on its way through the router, and what it used."""
+
+    def __init__(self, gw: Any, req: dict[str, Any], ctx: CallContext) -> None:
+        self.gw = gw
+        self.req = req
+        self.ctx = ctx
+        self.id = f"chatcmpl-{ctx.request_id}"
+        self.created = int(time.time())
+        self.prompt_text = chatfmt.message_text(req["messages"])
+        self.started = time.monotonic()
+
+    def request_for(self, target: Target) -> dict[str, Any]:
+        """The request as this target should get it (token limit clamped to the provider's)."""
+        return self.gw.request_for(target, self.base)
+
+    def complete(self, targets: list[Target], base: dict[str, Any]) -> Response:
+        self.base = base
+
+        def run(target: Target) -> dict[str, Any]:
+            body = self.request_for(target)
+            doc = target.backend.complete(target.model, body, self.ctx)
+            if doc is None:
+                doc = chatfmt.join_chunks(target.backend.stream(target.model, body, self.ctx))
+            return doc
+
+        target, doc, _ = self.gw.router.attempt(targets, self.ctx, run)
+        doc["id"] = self.id
+        doc["object"] = "chat.completion"
+        doc.setdefault("created", self.created)
+        doc["model"] = doc.get("model") or target.model
+        doc["usage"] = chatfmt.normalize_usage(
+            doc.get("usage"), self.prompt_text, chatfmt.completion_text(doc)
+        )
+        self.gw.record_chat(self.ctx, target, doc["usage"], status=200, stream=False,
+                            duration_s=time.monotonic() - self.started)  # fmt: skip
+        return inference_headers(jsonify(doc), target.provider, target.model)
+
+    def stream(self, targets: list[Target], base: dict[str, Any]) -> Response:
+        self.base = base
+        include_usage = bool((self.req.get("stream_options") or {}).get("include_usage"))
+        heartbeat = self.gw.config.server.sse_keepalive_s
+        source = pump(
+            self.gw.router.stream(targets, self.request_for, self.ctx),
+            maxsize=16,
+            heartbeat_s=heartbeat,
+        )
+        try:
+            first = next(source)  # the router's choice, or a failure while headers can still say so
+        except StopIteration:
+            first = KEEPALIVE
+        except BaseException:
+            source.close()
+            raise
+        target = first.target if isinstance(first, Selected) else None
+        resp = Response(
+            self._frames(source, first, target, include_usage),
+            mimetype="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        return inference_headers(resp, target.provider if target else None,
+                                 target.model if target else None)  # fmt: skip
+
+    def _frames(
+        self, source: Any, first: Any, target: Target | None, include_usage: bool
+    ) -> Iterator[bytes]:
+        usage = None
+        text: list[str] = []
+        status = 200
+        finished = False
+        items = _prepend(first, source)
+        try:
+            for item in items:
+                if item is KEEPALIVE:
+                    yield b": keep-alive\n\n"
+                    continue
+                if isinstance(item, Selected):
+                    target = item.target
+                    continue
+                if item.get("usage"):
+                    usage = item["usage"]
+                    if not item.get("choices"):
+                        continue  # sent once, normalized, at the end
+                    item = {k: v for k, v in item.items() if k != "usage"}
+                self._stamp(item, target)
+                text.append(chatfmt.chunk_text(item))
+                yield chatfmt.sse(item)
+            usage = chatfmt.normalize_usage(usage, self.prompt_text, "".join(text))
+            if include_usage:
+                tail = {"choices": [], "usage": usage}
+                self._stamp(tail, target)
+                yield chatfmt.sse(tail)
+            yield b"data: [DONE]\n\n"
+            finished = True
+        except HooshError as e:
+            status = e.status
+            log.warning("request %s: stream failed: %s", self.ctx.request_id, e.message)
+            yield chatfmt.sse(e.to_dict())
+        except Exception:  # noqa: BLE001 - the client still gets a clean error event
+            status = 500
+            log.exception("request %s: stream failed", self.ctx.request_id)
+            yield chatfmt.sse(
+                {
+                    "error": {
+                        "message": "Internal error while streaming.",
+                        "type": "server_error",
+                        "param": None,
+                        "code": None,
+                    }
+                }  # fmt: skip
+            )
+        finally:
+            source.close()
+            if not finished and status == 200:
+                status = 499  # the client went away mid-stream
+            if target is not None:
+                if not isinstance(usage, dict) or "total_tokens" not in usage:
+                    usage = chatfmt.normalize_usage(usage, self.prompt_text, "".join(text))
+                self.gw.record_chat(self.ctx, target, usage, status=status, stream=True,
+                                    duration_s=time.monotonic() - self.started)  # fmt: skip
+
+    def _stamp(self, chunk: dict[str, Any], target: Target | None) -> None:
+        chunk["id"] = self.id  # one id for every chunk of one completion
+        chunk["object"] = "chat.completion.chunk"
+        chunk["created"] = self.created
+        chunk["model"] = chunk.get("model") or (target.model if target else self.req["model"])
+
+
+def _prepend(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    yield first
+    yield from rest

@@ -1,0 +1,65 @@
+"""GET /v1/models, /v1/models/{id} and /v1/health."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify
+
+from ..errors import ModelNotFound
+from .common import gateway
+
+bp = Blueprint("models", __name__)
+
+
+def _model_obj(mid: str, owner: str, created: int) -> dict:
+    return {"id": mid, "object": "model", "created": created, "owned_by": owner}
+
+
+@bp.get("/v1/models")
+def list_models() -> Response:
+    gw = gateway()
+    created = int(gw.started_at)
+    data = [_model_obj(mid, owner, created) for mid, owner in gw.router.model_ids()]
+    return jsonify({"object": "list", "data": data})
+
+
+@bp.get("/v1/models/<path:model_id>")
+def get_model(model_id: str) -> Response:
+    gw = gateway()
+    for mid, owner in gw.router.model_ids():
+        if mid == model_id:
+            return jsonify(_model_obj(mid, owner, int(gw.started_at)))
+    # A glob-served id (e.g. any gpt-*) exists too, if some backend would take it.
+    for b in gw.router.backends:
+        if b.serves(model_id):
+            return jsonify(_model_obj(model_id, b.name, int(gw.started_at)))
+    raise ModelNotFound(f"The model '{model_id}' does not exist here.", param="model")
+
+
+@bp.get("/v1/health")
+def health() -> Response:
+    gw = gateway()
+    providers = []
+    for b in gw.router.backends:
+        h = gw.router.health[b.name]
+        pcfg = gw.config.provider(b.name)
+        if pcfg is not None and not pcfg.enabled:
+            state = "disabled"
+        elif h.failures >= 3:
+            state = "down"
+        elif h.failures:
+            state = "degraded"
+        else:
+            state = "ok"
+        providers.append(
+            {
+                "name": b.name,
+                "type": "local" if b.is_local else (pcfg.type if pcfg else "?"),
+                "state": state,
+                "disabled_reason": pcfg.disabled_reason if pcfg else None,
+                "consecutive_failures": h.failures,
+                "last_error": h.last_error,
+                "latency_ms": round(h.latency_ema_s * 1000, 1) if h.latency_ema_s else None,
+            }
+        )
+    status = "ok" if all(p["state"] in ("ok", "disabled") for p in providers) else "degraded"
+    return jsonify({"status": status, "providers": providers, "local_models": gw.local_status()})

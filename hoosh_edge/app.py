@@ -1,0 +1,229 @@
+"""create_app(config): the Flask app and the Gateway object every blueprint uses."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from flask import Flask, Response, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from . import __version__
+from .config import Config, load_config
+from .errors import AuthenticationError, HooshError
+from .metrics import Metrics
+from .providers.base import CallContext, ChatBackend
+from .router import Router, Target
+
+log = logging.getLogger("hoosh_edge")
+access_log = logging.getLogger("hoosh_edge.access")
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{8,64}$")
+
+
+def build_providers(config: Config) -> list[ChatBackend]:
+    """One backend per configured cloud or LAN provider."""
+    from .providers.openai_compat import OpenAICompatProvider
+
+    out: list[ChatBackend] = []
+    for pcfg in config.providers:
+        if pcfg.type == "anthropic":
+            from .providers.anthropic import AnthropicProvider
+
+            out.append(AnthropicProvider(pcfg))
+        else:
+            out.append(OpenAICompatProvider(pcfg))
+    return out
+
+
+class Gateway:
+    """Everything a request may need: config, router, engines, metrics."""
+
+    def __init__(self, config: Config, *, local_backends: list[ChatBackend] | None = None) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.started_at = time.time()
+        self.local_backends = list(local_backends or [])
+        self.router = Router(config, self.local_backends + build_providers(config))
+
+    def request_for(self, target: Target, base: dict[str, Any]) -> dict[str, Any]:
+        """The chat request as ``target`` should get it."""
+        req = dict(base)
+        pcfg = self.config.provider(target.provider)
+        limit = pcfg.max_tokens_limit if pcfg else None
+        if target.backend.is_local or (pcfg and pcfg.type == "anthropic"):
+            # These speak max_tokens only.
+            mct = req.pop("max_completion_tokens", None)
+            if mct is not None:
+                req["max_tokens"] = mct
+        if limit is not None:
+            field = "max_completion_tokens" if "max_completion_tokens" in req else "max_tokens"
+            asked = req.get(field)
+            req[field] = limit if asked is None else min(asked, limit)
+        return req
+
+    def record_chat(
+        self,
+        ctx: CallContext,
+        target: Target,
+        usage: dict[str, Any],
+        *,
+        status: int,
+        stream: bool,
+        duration_s: float,
+    ) -> None:
+        """Count what a chat request used."""
+        labels = {"provider": target.provider}
+        self.metrics.inc("hoosh_tokens_in_total", labels, usage.get("prompt_tokens", 0),
+                         help="Prompt tokens")  # fmt: skip
+        self.metrics.inc("hoosh_tokens_out_total", labels, usage.get("completion_tokens", 0),
+                         help="Completion tokens")  # fmt: skip
+        fields = {
+            "provider": target.provider,
+            "model": target.model,
+            "prompt_tokens": usage.get("prompt_tokens"),
+            "completion_tokens": usage.get("completion_tokens"),
+            "stream": stream,
+        }
+        if stream:
+            # A stream's access line is written when it ends (outside the request context).
+            _log_access(ctx.request_id, "POST", "/v1/chat/completions", status, duration_s, fields)
+        else:
+            g.log_fields = fields
+
+    def describe(self) -> list[str]:
+        """What this gateway serves, for the start-up banner."""
+        lines = []
+        for b in self.router.backends:
+            pcfg = self.config.provider(b.name)
+            if b.is_local:
+                lines.append(f"local: {', '.join(b.model_ids()) or '(no models)'}")
+            elif pcfg is not None:
+                state = "" if pcfg.enabled else f" [disabled: {pcfg.disabled_reason}]"
+                lines.append(f"{b.name} ({pcfg.type}, {pcfg.base_url}): "
+                             f"{', '.join(pcfg.models)}{state}")  # fmt: skip
+        if not lines:
+            lines.append("no models yet: pull one with 'hoosh-edge models pull smollm2' "
+                         "or set OPENAI_API_KEY / ANTHROPIC_API_KEY")  # fmt: skip
+        return lines
+
+    def local_status(self) -> list[dict[str, Any]]:
+        """On-device models and their state, for /v1/health and the status page."""
+        pool = getattr(self, "pool", None)
+        return pool.status() if pool is not None else []
+
+    def close(self) -> None:
+        self.router.close()
+
+
+def _log_access(rid: str, method: str, path: str, status: int, duration_s: float,
+                fields: dict[str, Any] | None) -> None:  # fmt: skip
+    line = {"request_id": rid, "method": method, "path": path, "status": status,
+            "duration_ms": round(duration_s * 1000, 2)}  # fmt: skip
+    if fields:
+        line.update(fields)
+    access_log.info(json.dumps(line, separators=(",", ":")))
+
+
+def create_app(config: Config | None = None, *, gateway: Gateway | None = None) -> Flask:
+    """The Flask app for ``config`` (default: the environment and no file)."""
+    if gateway is None:
+        gateway = Gateway(config if config is not None else load_config(None))
+    config = gateway.config
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = max(
+        config.server.max_audio_bytes, config.server.max_body_bytes
+    )
+    app.json.sort_keys = False
+    app.extensions["hoosh"] = gateway
+
+    from .api.chat import bp as chat_bp
+    from .api.models import bp as models_bp
+
+    app.register_blueprint(chat_bp)
+    app.register_blueprint(models_bp)
+
+    keys = tuple(k.encode() for k in config.server.api_keys)
+
+    @app.before_request
+    def _start() -> None:
+        incoming = request.headers.get("X-Request-Id", "")
+        g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:24]
+        g.started = time.monotonic()
+        g.log_fields = None
+        if keys and request.path.startswith("/v1/") and request.path != "/v1/health":
+            _check_key(keys)
+
+    @app.after_request
+    def _finish(resp: Response) -> Response:
+        resp.headers.setdefault("X-Request-Id", g.get("request_id", "-"))
+        route = request.url_rule.rule if request.url_rule else "unmatched"
+        gateway.metrics.inc("hoosh_requests_total", {"route": route, "status": str(resp.status_code)},
+                            help="HTTP requests by route and status")  # fmt: skip
+        if not resp.is_streamed:
+            elapsed = time.monotonic() - g.get("started", time.monotonic())
+            gateway.metrics.observe("hoosh_request_duration_seconds", elapsed, {"route": route},
+                                    help="Request latency")  # fmt: skip
+            _log_access(g.get("request_id", "-"), request.method, request.path,
+                        resp.status_code, elapsed, g.get("log_fields"))  # fmt: skip
+        return resp
+
+    @app.errorhandler(HooshError)
+    def _hoosh_error(e: HooshError) -> tuple[Response, int]:
+        resp = jsonify(e.to_dict())
+        for k, v in e.headers.items():
+            resp.headers[k] = v
+        return resp, e.status
+
+    @app.errorhandler(HTTPException)
+    def _http_error(e: HTTPException) -> tuple[Response, int]:
+        code = e.code or 500
+        kinds = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large"}
+        message = {
+            404: f"Unknown path {request.path}. See GET /v1/models and POST /v1/chat/completions.",
+            405: f"Method {request.method} is not allowed on {request.path}.",
+            413: "The request body is too large.",
+        }.get(code, e.description or e.name)
+        body = {"error": {"message": message, "type": "invalid_request_error" if code < 500
+                          else "server_error", "param": None, "code": kinds.get(code)}}  # fmt: skip
+        return jsonify(body), code
+
+    @app.errorhandler(Exception)
+    def _unexpected(e: Exception) -> tuple[Response, int]:
+        log.exception("request %s failed", g.get("request_id", "-"))
+        body = {"error": {"message": "Internal server error.", "type": "server_error",
+                          "param": None, "code": None}}  # fmt: skip
+        return jsonify(body), 500
+
+    @app.get("/health")
+    def health() -> Response:
+        return jsonify({"status": "ok", "version": __version__})
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(gateway.metrics.render(), mimetype="text/plain; version=0.0.4")
+
+    return app
+
+
+def _check_key(keys: tuple[bytes, ...]) -> None:
+    """Accept ``Authorization: Bearer KEY`` or ``x-api-key: KEY``; compare in constant time."""
+    auth = request.headers.get("Authorization", "")
+    given = (
+        auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
+    )
+    if not given:
+        raise AuthenticationError(
+            "Missing API key: send 'Authorization: Bearer YOUR_KEY'.", code="missing_api_key"
+        )
+    given_b = given.encode()
+    ok = False
+    for k in keys:
+        ok |= hmac.compare_digest(given_b, k)
+    if not ok:
+        raise AuthenticationError("Invalid API key.")

@@ -1,0 +1,237 @@
+"""OpenAI chat wire shapes: validate a request, stamp chunks, join chunks into a completion."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from .errors import InvalidRequest
+
+ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
+
+
+def _number(body: dict, key: str, lo: float, hi: float) -> None:
+    if key not in body or body[key] is None:
+        return
+    v = body[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise InvalidRequest(f"'{key}' must be a number, got {v!r}.", param=key)
+    if not lo <= v <= hi:
+        raise InvalidRequest(f"'{key}' must be between {lo:g} and {hi:g}, got {v!r}.", param=key)
+
+
+def _int(body: dict, key: str, lo: int) -> None:
+    if key not in body or body[key] is None:
+        return
+    v = body[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise InvalidRequest(f"'{key}' must be an integer, got {v!r}.", param=key)
+    if v < lo:
+        raise InvalidRequest(f"'{key}' must be at least {lo}, got {v}.", param=key)
+
+
+def validate_chat_request(body: Any) -> dict[str, Any]:
+    """Check an OpenAI chat request; return it with ``stop`` as a list. Raises InvalidRequest."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
+    messages = body.get("messages")
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
+    for i, m in enumerate(messages):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise InvalidRequest(f"'{where}' must be an object.", param=where)
+        role = m.get("role")
+        if role not in ROLES:
+            raise InvalidRequest(
+                f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
+                param=f"{where}.role",
+            )
+        content = m.get("content")
+        if content is None:
+            if role == "assistant" and (m.get("tool_calls") or m.get("function_call")):
+                continue
+            raise InvalidRequest(f"'{where}.content' is required.", param=f"{where}.content")
+        if isinstance(content, list):
+            for j, part in enumerate(content):
+                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
+                    raise InvalidRequest(
+                        f"'{where}.content[{j}]' must be an object with a 'type'.",
+                        param=f"{where}.content[{j}]",
+                    )
+                if part["type"] == "text" and not isinstance(part.get("text"), str):
+                    raise InvalidRequest(
+                        f"'{where}.content[{j}].text' must be a string.",
+                        param=f"{where}.content[{j}].text",
+                    )
+        elif not isinstance(content, str):
+            raise InvalidRequest(
+                f"'{where}.content' must be a string or an array of content parts.",
+                param=f"{where}.content",
+            )
+    _number(body, "temperature", 0, 2)
+    _number(body, "top_p", 0, 1)
+    _number(body, "presence_penalty", -2, 2)
+    _number(body, "frequency_penalty", -2, 2)
+    _int(body, "max_tokens", 1)
+    _int(body, "max_completion_tokens", 1)
+    _int(body, "n", 1)
+    if body.get("n") not in (None, 1):
+        raise InvalidRequest("Only n=1 is supported.", param="n")
+    if "seed" in body and body["seed"] is not None:
+        if isinstance(body["seed"], bool) or not isinstance(body["seed"], int):
+            raise InvalidRequest("'seed' must be an integer.", param="seed")
+    stream = body.get("stream", False)
+    if stream is not None and not isinstance(stream, bool):
+        raise InvalidRequest("'stream' must be a boolean.", param="stream")
+    opts = body.get("stream_options")
+    if opts is not None and not isinstance(opts, dict):
+        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    stop = body.get("stop")
+    if stop is not None:
+        if isinstance(stop, str):
+            stop = [stop]
+        if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+            raise InvalidRequest("'stop' must be a string or an array of strings.", param="stop")
+        if len(stop) > 4:
+            raise InvalidRequest("'stop' may hold at most 4 sequences.", param="stop")
+        body = {**body, "stop": stop or None}
+    tools = body.get("tools")
+    if tools is not None and not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array.", param="tools")
+    for key in ("response_format",):
+        if body.get(key) is not None and not isinstance(body[key], dict):
+            raise InvalidRequest(f"'{key}' must be an object.", param=key)
+    if body.get("user") is not None and not isinstance(body["user"], str):
+        raise InvalidRequest("'user' must be a string.", param="user")
+    return body
+
+
+def max_tokens_of(req: dict[str, Any]) -> int | None:
+    """The completion token limit the client asked for, whichever field it used."""
+    v = req.get("max_completion_tokens")
+    return v if v is not None else req.get("max_tokens")
+
+
+def message_text(messages: list[dict[str, Any]]) -> str:
+    """All text of a conversation, for estimates."""
+    out = []
+    for m in messages:
+        content = m.get("content")
+        if isinstance(content, str):
+            out.append(content)
+        elif isinstance(content, list):
+            out.extend(p.get("text", "") for p in content if isinstance(p, dict))
+        for call in m.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            out.append(str(fn.get("name", "")) + str(fn.get("arguments", "")))
+    return "\n".join(out)
+
+
+def estimate_tokens(text: str) -> int:
+    """A cautious token estimate when the backend gave no counts (about 4 characters a token)."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def chunk_text(chunk: dict[str, Any]) -> str:
+    """Content and tool-call argument text carried by one chunk."""
+    out = []
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") or {}
+        if isinstance(delta.get("content"), str):
+            out.append(delta["content"])
+        for call in delta.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            out.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+    return "".join(out)
+
+
+def join_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
+    """Build one chat.completion from its stream of chunks."""
+    content: list[str] = []
+    refusal: list[str] = []
+    calls: dict[int, dict[str, Any]] = {}
+    finish = None
+    usage = None
+    model = None
+    for chunk in chunks:
+        model = chunk.get("model") or model
+        if chunk.get("usage"):
+            usage = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or {}
+            if isinstance(delta.get("content"), str):
+                content.append(delta["content"])
+            if isinstance(delta.get("refusal"), str):
+                refusal.append(delta["refusal"])
+            for tc in delta.get("tool_calls") or ():
+                idx = tc.get("index", len(calls))
+                slot = calls.setdefault(
+                    idx, {"id": None, "type": "function", "function": {"name": "", "arguments": ""}}
+                )
+                if tc.get("id"):
+                    slot["id"] = tc["id"]
+                fn = tc.get("function") or {}
+                if fn.get("name"):
+                    slot["function"]["name"] += fn["name"]
+                if fn.get("arguments"):
+                    slot["function"]["arguments"] += fn["arguments"]
+            if choice.get("finish_reason"):
+                finish = choice["finish_reason"]
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": "".join(content) if content or not calls else None,
+    }
+    if refusal:
+        message["refusal"] = "".join(refusal)
+    if calls:
+        message["tool_calls"] = [calls[i] for i in sorted(calls)]
+    return {
+        "model": model,
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": finish or "stop", "logprobs": None}
+        ],  # fmt: skip
+        "usage": usage,
+    }
+
+
+def completion_text(doc: dict[str, Any]) -> str:
+    """Text of a chat.completion's first choice (content and tool calls)."""
+    try:
+        msg = doc["choices"][0]["message"]
+    except (KeyError, IndexError, TypeError):
+        return ""
+    parts = [msg.get("content") or ""]
+    for call in msg.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        parts.append(str(fn.get("name", "")) + str(fn.get("arguments", "")))
+    return "".join(parts)
+
+
+def normalize_usage(usage: Any, prompt_text: str, completion: str) -> dict[str, int]:
+    """Usage with the three OpenAI counts, estimated where the backend gave none."""
+    if isinstance(usage, dict):
+        p = usage.get("prompt_tokens")
+        c = usage.get("completion_tokens")
+        if isinstance(p, int) and isinstance(c, int):
+            out = dict(usage)
+            out["total_tokens"] = p + c
+            return out
+    p = estimate_tokens(prompt_text)
+    c = estimate_tokens(completion)
+    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c, "estimated": True}
+
+
+def sse(data: dict[str, Any] | str) -> bytes:
+    """One SSE ``data:`` event."""
+    text = (
+        data
+        if isinstance(data, str)
+        else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    )
+    return f"data: {text}\n\n".encode()

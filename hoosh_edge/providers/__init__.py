@@ -1,0 +1,1 @@
+"""Cloud and LAN providers: OpenAI-compatible APIs and Anthropic."""

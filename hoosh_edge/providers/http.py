@@ -1,0 +1,202 @@
+"""HTTP to upstream providers: pooled connections, retries, and error translation.
+
+Retries (exponential backoff with jitter, ``Retry-After`` honoured, total time capped) happen only
+where repeating is safe: a connection that never reached the server, and 429/5xx answers that came
+before any byte reached our client. A read timeout is not retried (the upstream may be doing, and
+billing, the work), and a 4xx is never retried.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+import requests
+import sseclient
+from requests.adapters import HTTPAdapter
+
+from ..config import ProviderConfig
+from ..errors import UpstreamError, UpstreamStatus, UpstreamTimeout, redact
+
+log = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or an HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+class HttpClient:
+    """One pooled ``requests.Session`` per provider."""
+
+    backoff_base_s = 0.25
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.cfg = cfg
+        self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=64, max_retries=0)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update(dict(cfg.headers))
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        return (self.cfg.api_key,) if self.cfg.api_key else ()
+
+    def clean(self, text: str) -> str:
+        """Text safe to log or return: no key of ours, nothing shaped like one."""
+        return redact(text, self.secrets)
+
+    def post(
+        self, url: str, *, body: dict[str, Any], headers: dict[str, str], stream: bool = False
+    ) -> requests.Response:
+        """POST JSON; retry what is safe to retry; raise a HooshError for any failure."""
+        cfg = self.cfg
+        deadline = time.monotonic() + cfg.retry_max_s
+        attempt = 0
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        headers = {"Content-Type": "application/json", **headers}
+        while True:
+            attempt += 1
+            try:
+                resp = self.session.post(
+                    url,
+                    data=data,
+                    headers=headers,
+                    timeout=(cfg.connect_timeout_s, cfg.timeout_s),
+                    stream=stream,
+                )
+            except requests.exceptions.ConnectTimeout as e:
+                err: UpstreamError = UpstreamTimeout(
+                    f"{cfg.name}: connection timed out ({self.clean(str(e))})"
+                )
+                retry_after = None
+            except requests.exceptions.ReadTimeout as e:
+                raise UpstreamTimeout(f"{cfg.name}: no answer within {cfg.timeout_s:g}s") from e
+            except requests.exceptions.ConnectionError as e:
+                err = UpstreamError(f"{cfg.name}: cannot connect ({self.clean(_short(e))})")
+                retry_after = None
+            except requests.exceptions.RequestException as e:
+                raise UpstreamError(f"{cfg.name}: request failed ({self.clean(_short(e))})") from e
+            else:
+                if resp.status_code < 400:
+                    return resp
+                err = self.status_error(resp)
+                retry_after = err.retry_after if isinstance(err, UpstreamStatus) else None
+                if resp.status_code not in RETRY_STATUSES:
+                    raise err
+            if attempt > cfg.max_retries:
+                raise err
+            delay = self.backoff_base_s * (2 ** (attempt - 1)) * (0.5 + random.random())
+            if retry_after is not None:
+                delay = max(delay, retry_after)
+            if time.monotonic() + delay > deadline:
+                raise err
+            log.info("%s: retrying in %.2fs after: %s", cfg.name, delay, err.message)
+            gevent.sleep(delay)
+
+    def status_error(self, resp: requests.Response) -> UpstreamStatus:
+        """Turn an upstream error answer into an error whose message the client may see."""
+        try:
+            raw = resp.content[:65536]
+        except requests.exceptions.RequestException:
+            raw = b""
+        finally:
+            resp.close()
+        message, etype, code, param = _error_fields(raw)
+        if not message:
+            text = raw.decode("utf-8", "replace").strip()
+            message = text[:300] if text else resp.reason or "no details"
+        message = self.clean(f"{self.cfg.name} returned HTTP {resp.status_code}: {message}")
+        return UpstreamStatus(
+            message,
+            upstream_status=resp.status_code,
+            type=etype,
+            code=code,
+            param=param,
+            retry_after=parse_retry_after(resp.headers.get("Retry-After")),
+        )
+
+    def events(self, resp: requests.Response) -> Iterator[sseclient.Event]:
+        """SSE events of a streaming answer; transport failures become HooshErrors."""
+        ctype = resp.headers.get("Content-Type", "")
+        if "text/event-stream" not in ctype.lower():
+            try:
+                raw = resp.content[:65536]
+            finally:
+                resp.close()
+            message, *_ = _error_fields(raw)
+            detail = f": {message}" if message else ""
+            raise UpstreamError(
+                self.clean(
+                    f"{self.cfg.name} answered a streaming request with Content-Type "
+                    f"{ctype or 'none'!r} instead of text/event-stream{detail}"
+                )
+            )
+        try:
+            client = sseclient.SSEClient(resp.iter_content(chunk_size=None))
+            yield from client.events()
+        except requests.exceptions.ConnectionError as e:
+            if "timed out" in str(e).lower():
+                raise UpstreamTimeout(
+                    f"{self.cfg.name}: stream stalled for over {self.cfg.timeout_s:g}s"
+                ) from e
+            raise UpstreamError(
+                f"{self.cfg.name}: stream broke off ({self.clean(_short(e))})"
+            ) from e
+        except requests.exceptions.RequestException as e:
+            raise UpstreamError(
+                f"{self.cfg.name}: stream broke off ({self.clean(_short(e))})"
+            ) from e
+        finally:
+            resp.close()
+
+    def close(self) -> None:
+        self.session.close()
+
+
+def _short(e: Exception) -> str:
+    text = str(e)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _error_fields(raw: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    """message, type, code, param from an OpenAI- or Anthropic-style error body."""
+    try:
+        doc = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, None, None, None
+    if not isinstance(doc, dict):
+        return None, None, None, None
+    err = doc.get("error", doc)
+    if isinstance(err, str):
+        return err, None, None, None
+    if not isinstance(err, dict):
+        return None, None, None, None
+    message = err.get("message")
+    code = err.get("code")
+    return (
+        str(message) if message is not None else None,
+        err.get("type") if isinstance(err.get("type"), str) else None,
+        str(code) if code is not None else None,
+        err.get("param") if isinstance(err.get("param"), str) else None,
+    )

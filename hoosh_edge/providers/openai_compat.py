@@ -1,0 +1,89 @@
+"""Any OpenAI-compatible chat API: OpenAI itself, Groq, Mistral, DeepSeek, OpenRouter, xAI,
+Ollama, LM Studio, llama-server, LocalAI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from ..config import ProviderConfig
+from ..errors import UpstreamError
+from .base import CallContext, ChatBackend
+from .http import HttpClient
+
+
+class OpenAICompatProvider(ChatBackend):
+    """Forwards OpenAI chat requests nearly as they are."""
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.http = HttpClient(cfg)
+
+    def serves(self, model: str) -> bool:
+        return self.cfg.serves(model)
+
+    def model_ids(self) -> list[str]:
+        return [m for m in self.cfg.models if not any(c in m for c in "*?[")]
+
+    def _headers(self) -> dict[str, str]:
+        if self.cfg.api_key:
+            return {"Authorization": f"Bearer {self.cfg.api_key}"}
+        return {}
+
+    def _body(self, model: str, req: dict[str, Any]) -> dict[str, Any]:
+        body = {k: v for k, v in req.items() if v is not None}
+        body["model"] = model
+        return body
+
+    def complete(self, model: str, req: dict[str, Any], ctx: CallContext) -> dict:
+        body = self._body(model, req)
+        body["stream"] = False
+        body.pop("stream_options", None)
+        resp = self.http.post(
+            f"{self.cfg.base_url}/chat/completions", body=body, headers=self._headers()
+        )
+        try:
+            doc = resp.json()
+        except ValueError:
+            raise UpstreamError(
+                self.http.clean(f"{self.name} answered with invalid JSON: {resp.text[:200]!r}")
+            ) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
+            raise UpstreamError(f"{self.name} answered without 'choices': {str(doc)[:200]}")
+        return doc
+
+    def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
+        body = self._body(model, req)
+        body["stream"] = True
+        # Ask for the real token counts in the final chunk: the budget needs them.
+        body["stream_options"] = {"include_usage": True}
+        resp = self.http.post(
+            f"{self.cfg.base_url}/chat/completions",
+            body=body,
+            headers=self._headers(),
+            stream=True,
+        )
+        for event in self.http.events(resp):
+            data = event.data
+            if not data:
+                continue
+            if data.strip() == "[DONE]":
+                return
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                ctx.malformed(self.name, data)
+                continue
+            if not isinstance(chunk, dict):
+                ctx.malformed(self.name, data)
+                continue
+            if "error" in chunk and "choices" not in chunk:
+                err = chunk["error"]
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                raise UpstreamError(self.http.clean(f"{self.name} reported mid-stream: {msg}"))
+            yield chunk
+
+    def close(self) -> None:
+        self.http.close()

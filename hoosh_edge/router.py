@@ -1,0 +1,210 @@
+"""Model name -> ordered targets, and trying them in order until one serves.
+
+Order: a routing alias lists its targets explicitly; ``provider:model`` names one target; a plain
+model id goes to every backend that serves it, on-device first, then providers in config order.
+The next target is tried only when the failure says the target could not serve (``fallback_ok``)
+and nothing has reached the client yet.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from .config import Config, ProviderConfig
+from .errors import HooshError, ModelNotFound, ProviderDisabled
+from .providers.base import CallContext, ChatBackend
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Target:
+    backend: ChatBackend
+    model: str  # the model name the backend is asked for
+
+    @property
+    def provider(self) -> str:
+        return self.backend.name
+
+    @property
+    def label(self) -> str:
+        return f"{self.backend.name}:{self.model}"
+
+
+@dataclass
+class Selected:
+    """Yielded by ``Router.stream`` once a target produced its first chunk."""
+
+    target: Target
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class ProviderHealth:
+    """Recent outcomes of one provider, for /v1/health."""
+
+    failures: int = 0
+    successes: int = 0
+    last_error: str | None = None
+    last_error_at: float | None = None
+    latency_ema_s: float | None = None
+
+    def ok(self, latency_s: float) -> None:
+        self.failures = 0
+        self.successes += 1
+        a = 0.3
+        self.latency_ema_s = (
+            latency_s
+            if self.latency_ema_s is None
+            else a * latency_s + (1 - a) * self.latency_ema_s
+        )
+
+    def failed(self, message: str) -> None:
+        self.failures += 1
+        self.last_error = message
+        self.last_error_at = time.time()
+
+
+class Router:
+    """Knows every chat backend and picks, per request, the order to try them in."""
+
+    def __init__(self, config: Config, backends: list[ChatBackend]) -> None:
+        self.config = config
+        self.backends = backends
+        self.by_name = {b.name: b for b in backends}
+        self.aliases = dict(config.routing.aliases)
+        self.health: dict[str, ProviderHealth] = {b.name: ProviderHealth() for b in backends}
+        self._rr_lock = threading.Lock()
+        self._rr = itertools.count()
+
+    def provider_config(self, name: str) -> ProviderConfig | None:
+        return self.config.provider(name)
+
+    def model_ids(self) -> list[tuple[str, str]]:
+        """(model id, owner) for /v1/models: aliases, on-device models, concrete cloud ids."""
+        seen: dict[str, str] = {}
+        for alias in self.aliases:
+            seen.setdefault(alias, "hoosh-edge")
+        for b in self.backends:
+            for mid in b.model_ids():
+                seen.setdefault(mid, b.name)
+        return list(seen.items())
+
+    def resolve(self, model: str) -> list[Target]:
+        """Every target that may serve ``model``, in the order to try them."""
+        if model in self.aliases:
+            targets = []
+            for spec in self.aliases[model]:
+                pname, _, mname = spec.partition(":")
+                backend = self.by_name.get(pname)
+                if backend is not None:
+                    targets.append(Target(backend, mname))
+            return self._order(targets)
+        if ":" in model:
+            pname, _, mname = model.partition(":")
+            backend = self.by_name.get(pname)
+            if backend is not None and mname:
+                return [Target(backend, mname)]
+        targets = [Target(b, model) for b in self.backends if b.serves(model)]
+        if not targets:
+            known = sorted(mid for mid, _ in self.model_ids())
+            listing = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "")
+            raise ModelNotFound(
+                f"The model '{model}' does not exist here. Available: {listing or 'none'}.",
+                param="model",
+            )
+        return self._order(targets)
+
+    def _order(self, targets: list[Target]) -> list[Target]:
+        strategy = self.config.routing.strategy
+        if strategy == "round_robin" and len(targets) > 1:
+            with self._rr_lock:
+                start = next(self._rr) % len(targets)
+            return targets[start:] + targets[:start]
+        if strategy == "lowest_latency" and len(targets) > 1:
+
+            def key(t: Target) -> float:
+                ema = self.health[t.provider].latency_ema_s
+                return ema if ema is not None else 0.0
+
+            return sorted(targets, key=key)
+        return targets
+
+    def _check_usable(self, target: Target) -> None:
+        pcfg = self.config.provider(target.provider)
+        if pcfg is not None and not pcfg.enabled:
+            raise ProviderDisabled(f"provider '{pcfg.name}' is disabled: {pcfg.disabled_reason}")
+
+    def attempt(
+        self,
+        targets: list[Target],
+        ctx: CallContext,
+        call: Callable[[Target], Any],
+    ) -> tuple[Target, Any, list[tuple[str, str]]]:
+        """Call ``call(target)`` for each target in turn until one succeeds."""
+        failures: list[tuple[str, str]] = []
+        last: HooshError | None = None
+        for target in targets:
+            started = time.monotonic()
+            try:
+                self._check_usable(target)
+                result = call(target)
+            except HooshError as e:
+                self._failed(target, e)
+                if not e.fallback_ok:
+                    raise
+                failures.append((target.label, e.message))
+                last = e
+                log.info("request %s: %s failed (%s); trying the next target",
+                         ctx.request_id, target.label, e.message)  # fmt: skip
+                continue
+            self.health[target.provider].ok(time.monotonic() - started)
+            return target, result, failures
+        assert last is not None
+        if len(failures) > 1:
+            last.message = "No target could serve the request: " + "; ".join(
+                f"{label}: {msg}" for label, msg in failures
+            )
+        raise last
+
+    def stream(self, targets: list[Target], req_for: Callable[[Target], dict],
+               ctx: CallContext) -> Iterator[Any]:  # fmt: skip
+        """Yield ``Selected`` once a target produced its first chunk, then its chunks."""
+
+        def open_target(target: Target) -> tuple[Any, Iterator[dict]]:
+            it = target.backend.stream(target.model, req_for(target), ctx)
+            try:
+                first = next(it)
+            except StopIteration:
+                first = None
+            except BaseException:
+                close = getattr(it, "close", None)
+                if close:
+                    close()
+                raise
+            return first, it
+
+        target, (first, it), failures = self.attempt(targets, ctx, open_target)
+        try:
+            yield Selected(target, failures)
+            if first is not None:
+                yield first
+            yield from it
+        finally:
+            close = getattr(it, "close", None)
+            if close:
+                close()
+
+    def _failed(self, target: Target, e: HooshError) -> None:
+        if e.fallback_ok and not isinstance(e, ProviderDisabled):
+            self.health[target.provider].failed(e.message)
+
+    def close(self) -> None:
+        for b in self.backends:
+            b.close()

@@ -1,0 +1,89 @@
+"""Run the gateway on gevent's WSGIServer."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import sys
+from typing import TextIO
+
+import gevent
+from gevent.pywsgi import WSGIServer
+
+from . import __version__
+from .config import Config, is_loopback
+
+log = logging.getLogger("hoosh_edge")
+
+
+class StartupError(Exception):
+    """The gateway must not start as configured; the message says why and what to do."""
+
+
+def make_listener(host: str, port: int) -> socket.socket:
+    """A listening TCP socket with TCP_NODELAY (accepted sockets inherit it on Linux).
+
+    Without it, keep-alive clients wait out delayed ACKs: ~40 ms per request instead of ~2 ms.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise StartupError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
+
+
+def check_exposure(config: Config) -> None:
+    """Refuse to serve the LAN without keys unless the operator said so."""
+    s = config.server
+    if is_loopback(s.host) or s.api_keys or s.allow_unauthenticated:
+        return
+    raise StartupError(
+        f"refusing to listen on {s.host} without API keys: anyone on the network could use "
+        "(and spend through) this gateway. Set [server] api_keys (or create keys with "
+        "'hoosh-edge keys create'), or set server.allow_unauthenticated = true if you really mean it."
+    )
+
+
+def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
+    """Start the gateway and block until SIGTERM / SIGINT."""
+    from .app import create_app
+    from .local import build_gateway
+
+    for w in config.warnings:
+        log.warning("config: %s", w)
+    check_exposure(config)
+    gevent.get_hub().threadpool.maxsize = 32
+    gateway = build_gateway(config)
+    app = create_app(gateway=gateway)
+    listener = make_listener(config.server.host, config.server.port)
+    host, port = listener.getsockname()[:2]
+    server = WSGIServer(listener, app, log=None, error_log=logging.getLogger("hoosh_edge.wsgi"))
+
+    def stop(signum: int) -> None:
+        log.info("signal %d: stopping (draining in-flight requests for up to 10s)", signum)
+        gevent.spawn(server.stop, timeout=10)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(sig, stop, sig)
+
+    server.start()
+    shown = f"[{host}]" if ":" in host else host
+    print(f"hoosh-edge {__version__} listening on http://{shown}:{port}", file=out)
+    for line in gateway.describe():
+        print(f"  {line}", file=out)
+    if config.source:
+        print(f"  config: {config.source}", file=out)
+    out.flush()
+    try:
+        server.serve_forever()
+    finally:
+        gateway.close()
+    return 0

@@ -1,0 +1,341 @@
+"""A real HTTP server on 127.0.0.1 that speaks OpenAI's chat API (JSON and SSE).
+
+Tests script its next answers to reproduce what real upstreams do on bad days:
+
+    fake.script("status", 429, headers={"Retry-After": "1"})
+    fake.script("hang", 5)              # accept, then say nothing for 5 s
+    fake.script("cut", 3)               # stream 3 chunks, then drop the connection
+    fake.script("malformed", 2)         # chunk 2 is not JSON
+    fake.script("html")                 # a stream request answered with an HTML error page
+    fake.script("echo_key", 401)        # a 401 whose body repeats the key it was sent
+    fake.script("tool_call")            # answer with a tool call
+
+Without a script it answers "Echo: <last user message>" (word by word when streaming).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import deque
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class FakeOpenAI:
+    def __init__(
+        self, api_key: str | None = "sk-fake-test-key-123456", *, words_delay_s: float = 0.0
+    ):
+        self.api_key = api_key
+        self.requests: list[dict[str, Any]] = []
+        self.words_delay_s = words_delay_s
+        self._script: deque = deque()
+        self._lock = threading.Lock()
+        fake = self
+
+        class Handler(_Handler):
+            owner = fake
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FakeOpenAI:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def script(self, kind: str, *args: Any, **kw: Any) -> None:
+        with self._lock:
+            self._script.append((kind, args, kw))
+
+    def next_behaviour(self) -> tuple[str, tuple, dict]:
+        with self._lock:
+            return self._script.popleft() if self._script else ("ok", (), {})
+
+    @property
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeOpenAI
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def log_message(self, *args: Any) -> None:  # keep test output clean
+        pass
+
+    def _send_json(self, status: int, doc: Any, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(doc).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.endswith("/models"):
+            self._send_json(
+                200, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}
+            )
+        else:
+            self._send_json(
+                404, {"error": {"message": "not found", "type": "invalid_request_error"}}
+            )
+
+    def do_POST(self) -> None:  # noqa: N802
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length)
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        owner = self.owner
+        owner.requests.append({"path": self.path, "headers": dict(self.headers), "json": body})
+        kind, args, kw = owner.next_behaviour()
+        if owner.api_key and self.headers.get("Authorization") != f"Bearer {owner.api_key}":
+            self._send_json(
+                401,
+                {
+                    "error": {
+                        "message": "Incorrect API key provided.",
+                        "type": "invalid_request_error",
+                        "code": "invalid_api_key",
+                    }
+                },
+            )
+            return
+        if kind == "status":
+            status = args[0]
+            message = kw.get("message", f"fake upstream error {status}")
+            self._send_json(
+                status,
+                {
+                    "error": {
+                        "message": message,
+                        "type": "server_error" if status >= 500 else "invalid_request_error",
+                        "code": kw.get("code"),
+                    }
+                },
+                kw.get("headers"),
+            )
+            return
+        if kind == "echo_key":
+            self._send_json(
+                args[0],
+                {
+                    "error": {
+                        "message": f"Incorrect API key provided: "
+                        f"{self.headers.get('Authorization')} (api_key={owner.api_key})",
+                        "type": "invalid_request_error",
+                    }
+                },
+            )
+            return
+        if kind == "hang":
+            time.sleep(args[0])
+            try:
+                self._send_json(200, _completion(body, "late"))
+            except OSError:
+                pass
+            return
+        if not isinstance(body, dict):
+            self._send_json(
+                400, {"error": {"message": "bad json", "type": "invalid_request_error"}}
+            )
+            return
+        text = _reply_text(body)
+        tool = kind == "tool_call"
+        if body.get("stream"):
+            if kind == "html":
+                page = b"<html><body><h1>502 Bad Gateway</h1></body></html>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html")
+                self.send_header("Content-Length", str(len(page)))
+                self.end_headers()
+                self.wfile.write(page)
+                return
+            self._stream(body, text, kind, args, tool)
+        else:
+            self._send_json(200, _completion(body, text, tool=tool))
+
+    def _stream(self, body: dict, text: str, kind: str, args: tuple, tool: bool) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        cid = "chatcmpl-upstream"
+        model = body.get("model")
+        words = text.split(" ")
+        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+        finish = "stop"
+        if max_tokens is not None and len(words) > max_tokens:
+            words, finish = words[:max_tokens], "length"
+        chunks: list[Any] = [
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "delta": {"role": "assistant", "content": ""},
+                        "finish_reason": None,
+                    }
+                ],
+            }
+        ]
+        if tool:
+            chunks.append(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": {
+                                "tool_calls": [
+                                    {
+                                        "index": 0,
+                                        "id": "call_1",
+                                        "type": "function",
+                                        "function": {"name": "get_weather", "arguments": ""},
+                                    }
+                                ]
+                            },
+                            "finish_reason": None,
+                        }
+                    ],
+                }
+            )
+            for frag in ('{"city":', ' "Paris"}'):
+                chunks.append(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "model": model,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {
+                                    "tool_calls": [{"index": 0, "function": {"arguments": frag}}]
+                                },
+                                "finish_reason": None,
+                            }
+                        ],
+                    }
+                )
+            finish = "tool_calls"
+        else:
+            for i, w in enumerate(words):
+                piece = w if i == 0 else " " + w
+                chunks.append(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "model": model,
+                        "choices": [
+                            {"index": 0, "delta": {"content": piece}, "finish_reason": None}
+                        ],
+                    }
+                )
+        chunks.append(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "model": model,
+                "choices": [{"index": 0, "delta": {}, "finish_reason": finish}],
+            }
+        )
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append(
+                {
+                    "id": cid,
+                    "object": "chat.completion.chunk",
+                    "model": model,
+                    "choices": [],
+                    "usage": _usage(body, len(words)),
+                }
+            )
+        if kind == "malformed":
+            chunks.insert(args[0], "{this is not json")
+        try:
+            for i, chunk in enumerate(chunks):
+                if kind == "cut" and i == args[0]:
+                    self.wfile.flush()
+                    self.connection.shutdown(2)
+                    return
+                data = chunk if isinstance(chunk, str) else json.dumps(chunk)
+                self.wfile.write(f"data: {data}\n\n".encode())
+                self.wfile.flush()
+                if self.owner.words_delay_s:
+                    time.sleep(self.owner.words_delay_s)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
+
+
+def _reply_text(body: dict) -> str:
+    last = ""
+    for m in body.get("messages") or ():
+        if m.get("role") == "user":
+            c = m.get("content")
+            last = (
+                c
+                if isinstance(c, str)
+                else " ".join(p.get("text", "") for p in c or () if isinstance(p, dict))
+            )
+    return f"Echo: {last}".strip()
+
+
+def _usage(body: dict, completion_tokens: int) -> dict[str, int]:
+    prompt = sum(len(json.dumps(m)) // 4 for m in body.get("messages") or ())
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt + completion_tokens,
+    }
+
+
+def _completion(body: Any, text: str, *, tool: bool = False) -> dict:
+    body = body if isinstance(body, dict) else {}
+    words = text.split(" ")
+    max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
+    finish = "stop"
+    if max_tokens is not None and len(words) > max_tokens:
+        words, finish = words[:max_tokens], "length"
+    message: dict[str, Any] = {"role": "assistant", "content": " ".join(words)}
+    if tool:
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                }
+            ],
+        }
+        finish = "tool_calls"
+    return {
+        "id": "chatcmpl-upstream",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body.get("model"),
+        "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
+        "usage": _usage(body, len(words)),
+    }

@@ -1,0 +1,115 @@
+"""The chat API end to end: a real gateway process, a real fake upstream, the official SDK."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+import requests
+
+from tests.conftest import openai_provider_toml
+
+
+@pytest.fixture
+def gw(fake_openai, gateway_factory):
+    return gateway_factory(openai_provider_toml(fake_openai))
+
+
+def sdk(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key="unused", max_retries=0, timeout=20)
+
+
+def test_sdk_non_streaming(gw, fake_openai):
+    r = sdk(gw).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there"}]
+    )
+    c = r.parse()
+    assert c.choices[0].message.content == "Echo: hello there"
+    assert c.choices[0].finish_reason == "stop"
+    assert c.usage.total_tokens == c.usage.prompt_tokens + c.usage.completion_tokens > 0
+    assert c.id.startswith("chatcmpl-")
+    assert r.headers["X-Hoosh-Provider"] == "fake"
+    assert r.headers["X-Hoosh-Model"] == "gpt-4o-mini"
+    assert r.headers["X-Request-Id"]
+    # The upstream got the key of the provider, not the client's.
+    assert (
+        fake_openai.chat_requests[-1]["headers"]["Authorization"] == f"Bearer {fake_openai.api_key}"
+    )
+
+
+def test_sdk_streaming_with_usage(gw, fake_openai):
+    stream = sdk(gw).chat.completions.create(
+        model="gpt-4o-mini",
+        messages=[{"role": "user", "content": [{"type": "text", "text": "one two three"}]}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "Echo: one two three"
+    assert len({c.id for c in chunks}) == 1  # one id for every chunk of one completion
+    finishes = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finishes == ["stop"]
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
+    # Upstream was asked for usage even though the gateway decides what the client sees.
+    assert fake_openai.chat_requests[-1]["json"]["stream_options"] == {"include_usage": True}
+
+
+def test_stream_without_include_usage_sends_no_usage_chunk(gw):
+    r = requests.post(gw.url + "/v1/chat/completions", json={
+        "model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "hi"}]},
+        stream=True, timeout=10)  # fmt: skip
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    events = [line for line in r.iter_lines() if line]
+    assert events[-1] == b"data: [DONE]"
+    docs = [json.loads(e[6:]) for e in events[:-1]]
+    assert all(d.get("usage") is None for d in docs)
+
+
+def test_tool_calls_round_trip(gw, fake_openai):
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}]  # fmt: skip
+    fake_openai.script("tool_call")
+    c = sdk(gw).chat.completions.create(model="gpt-4o-mini", tools=tools, tool_choice="auto",
+                                        messages=[{"role": "user", "content": "weather?"}])  # fmt: skip
+    call = c.choices[0].message.tool_calls[0]
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {
+        "city": "Paris"
+    }
+    assert c.choices[0].finish_reason == "tool_calls"
+    assert fake_openai.chat_requests[-1]["json"]["tools"] == tools
+    fake_openai.script("tool_call")
+    chunks = list(sdk(gw).chat.completions.create(
+        model="gpt-4o-mini", tools=tools, messages=[{"role": "user", "content": "weather?"}],
+        stream=True))  # fmt: skip
+    args = "".join(c.choices[0].delta.tool_calls[0].function.arguments or ""
+                   for c in chunks if c.choices and c.choices[0].delta.tool_calls)  # fmt: skip
+    assert json.loads(args) == {"city": "Paris"}
+
+
+def test_max_tokens_and_finish_length(gw, fake_openai):
+    c = sdk(gw).chat.completions.create(model="gpt-4o-mini", max_completion_tokens=2,
+                                        messages=[{"role": "user", "content": "a b c d e"}])  # fmt: skip
+    assert c.choices[0].finish_reason == "length"
+    assert c.choices[0].message.content == "Echo: a"
+    assert fake_openai.chat_requests[-1]["json"]["max_completion_tokens"] == 2
+
+
+def test_models_list_and_get(gw):
+    m = sdk(gw).models.list()
+    ids = {x.id for x in m.data}
+    assert isinstance(ids, set)
+    got = sdk(gw).models.retrieve("gpt-4o-mini")
+    assert got.id == "gpt-4o-mini" and got.owned_by == "fake"
+    with pytest.raises(openai.NotFoundError):
+        sdk(gw).models.retrieve("no-such-model")
+
+
+def test_health_endpoints(gw):
+    assert requests.get(gw.url + "/health", timeout=5).json()["status"] == "ok"
+    h = requests.get(gw.url + "/v1/health", timeout=5).json()
+    assert [p["name"] for p in h["providers"]] == ["fake"]
+    assert h["providers"][0]["state"] == "ok"
