@@ -271,3 +271,30 @@ def test_the_gevent_hub_keeps_running_during_a_transcription(model: WhisperModel
     assert result.duration_s == pytest.approx(5.0)
     # whisper.cpp releases the GIL, so the hub's timer keeps firing while the thread works.
     assert ticks[0] >= max(3, int(0.2 * elapsed / 0.005))
+
+
+def test_multilingual_model_detects_language_and_translates(tmp_path: Path) -> None:
+    # One more token (51865) is what makes whisper.cpp treat a model as multilingual.
+    path = make_synthetic_whisper(tmp_path / "multi.bin", n_vocab=51865, seed=1)
+    m = WhisperModel.load(str(path), n_threads=1)
+    try:
+        assert m.multilingual is True
+        auto = m.transcribe(
+            _noise(1.0), language=None, prompt=None, temperature=0.0, translate=False
+        )
+        assert isinstance(auto.language, str) and language_name(auto.language) != auto.language
+        german = m.transcribe(
+            _noise(1.0), language="de", prompt=None, temperature=0.0, translate=False
+        )
+        assert german.language == "de"
+        english = m.transcribe(
+            _noise(1.0), language="de", prompt=None, temperature=0.0, translate=True
+        )
+        assert english.task == "translate" and english.language == "en"
+        with pytest.raises(InvalidRequest) as info:
+            m.transcribe(
+                _noise(1.0), language="klingon", prompt=None, temperature=0.0, translate=False
+            )
+        assert info.value.param == "language"
+    finally:
+        m.close()
