@@ -8,6 +8,9 @@ stale or missing one in the config:
     input_usd_per_mtok = "0.15"
     output_usd_per_mtok = "0.60"
 
+An override key is a model name (any provider; dated variants included) or ``PROVIDER/MODEL``
+for one provider's model, which is also how routers such as OpenRouter name models.
+
 A USD price per million tokens is, conveniently, exactly micro-dollars per token, so costs are
 computed in ``Decimal`` and rounded up once, to the whole micro-dollar: a cost is never undercounted.
 """
