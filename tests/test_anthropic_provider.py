@@ -137,6 +137,18 @@ def test_consecutive_same_role_messages_are_merged(provider, fake):
     ]  # fmt: skip
 
 
+def test_assistant_refusal_parts_and_empty_turns(provider, fake):
+    body = sent(provider, fake, chat(
+        user("a"),
+        {"role": "assistant", "content": [{"type": "refusal", "refusal": "I can't."}]},
+        {"role": "assistant", "content": ""},
+        user([{"type": "text", "text": "b"}, {"type": "text", "text": ""}]),
+    ))  # fmt: skip
+    assert body["messages"] == [
+        user("a"), {"role": "assistant", "content": "I can't."}, user("b")
+    ]  # fmt: skip
+
+
 def test_images_as_base64_and_url_sources(provider, fake):
     body = sent(provider, fake, chat(user([
         {"type": "text", "text": "What is this?"},
@@ -374,6 +386,26 @@ def test_stream_tool_without_arguments_still_gives_valid_json(provider, fake):
     fake.script(Reply(events=events))
     _, calls, _ = joined(collect(provider, chat(user("time?"))))
     assert json.loads(calls[0]["arguments"]) == {}
+
+
+def test_stream_skips_thinking_blocks_pings_and_unknown_events(provider, fake):
+    events = reply("Answer.").stream_events(MODEL)
+    thinking = [
+        ("content_block_start", {"type": "content_block_start", "index": 0,
+                                 "content_block": {"type": "thinking", "thinking": ""}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "thinking_delta", "thinking": "Hmm."}}),
+        ("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                 "delta": {"type": "signature_delta", "signature": "abc"}}),
+        ("content_block_stop", {"type": "content_block_stop", "index": 0}),
+        ("future_event", {"type": "future_event", "detail": 1}),
+        ("ping", {"type": "ping"}),
+    ]  # fmt: skip
+    renumbered = [(n, d.replace('"index": 0', '"index": 1')) for n, d in events[2:]]
+    fake.script(Reply(events=events[:2] + [(n, json.dumps(d)) for n, d in thinking] + renumbered))
+    seen: list[str] = []
+    chunks = collect(provider, chat(user("hi")), CallContext(on_malformed_chunk=seen.append))
+    assert joined(chunks)[:3:2] == ("Answer.", "stop") and seen == []
 
 
 # -- retries and failures --------------------------------------------------------------------

@@ -54,7 +54,7 @@ def _text_parts(content: Any, where: str) -> list[str]:
         if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
             kind = part.get("type") if isinstance(part, dict) else type(part).__name__
             raise _bad(f"{where}: only text content parts are allowed here, got {kind!r}")
-        texts.append(str(part.get("text") if part["type"] == "text" else part.get("refusal")))
+        texts.append(str(part.get(part["type"]) or ""))  # "text" or "refusal"
     return texts
 
 
@@ -181,7 +181,8 @@ def _convert_tools(req: dict[str, Any]) -> dict[str, Any]:
     elif choice == "required":
         mapped = {"type": "any"}
     elif isinstance(choice, dict):
-        name = (choice.get("function") or {}).get("name")
+        fn = choice.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else None
         if choice.get("type") != "function" or not name:
             raise InvalidRequest("tool_choice must name a function", param="tool_choice")
         mapped = {"type": "tool", "name": name}
@@ -251,6 +252,8 @@ def to_chat_completion(doc: dict[str, Any], model: str) -> dict[str, Any]:
     """An Anthropic message (non-streamed answer) as an OpenAI chat.completion."""
     texts, calls = [], []
     for block in doc.get("content") or []:
+        if not isinstance(block, dict):
+            continue
         if block.get("type") == "text":
             texts.append(block.get("text") or "")
         elif block.get("type") == "tool_use":
