@@ -29,10 +29,12 @@ from __future__ import annotations
 import fnmatch
 import os
 import re
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta, timezone
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -57,8 +59,13 @@ PERIODS = ("hour", "day", "week", "month", "total")
 ACTIONS = ("block", "local_only", "warn")
 RULE_FIELDS = ("name", "scope", "metric", "limit", "period", "action")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
-_UNITS = {"usd": "USD", "tokens": "tokens", "requests": "requests",
-          "audio_seconds": "audio seconds", "characters": "characters"}
+_UNITS = {
+    "usd": "USD",
+    "tokens": "tokens",
+    "requests": "requests",
+    "audio_seconds": "audio seconds",
+    "characters": "characters",
+}
 
 
 # ---- periods -----------------------------------------------------------------------------------
@@ -68,8 +75,10 @@ def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidRequest(f"Unknown timezone {name!r}; use an IANA name such as 'Europe/Berlin'.",
-                             param="timezone") from None
+        raise InvalidRequest(
+            f"Unknown timezone {name!r}; use an IANA name such as 'Europe/Berlin'.",
+            param="timezone",
+        ) from None
 
 
 def _to_us(moment: datetime) -> int:
@@ -82,7 +91,9 @@ def _midnight(day: date, tz: ZoneInfo) -> datetime:
     return datetime.combine(day, time(0), tzinfo=tz).astimezone(UTC)
 
 
-def period_bounds(period: str, now: datetime, tz: ZoneInfo) -> tuple[datetime | None, datetime | None]:
+def period_bounds(
+    period: str, now: datetime, tz: ZoneInfo
+) -> tuple[datetime | None, datetime | None]:
     """[start, end) in UTC of the calendar ``period`` holding ``now`` in ``tz``; None for total."""
     local = now.astimezone(tz)
     if period == "total":
@@ -153,11 +164,20 @@ class Rule:
 
 def rule_from_row(row: Any) -> Rule:
     """A rule from its ``budget_rules`` row."""
-    return Rule(row["name"], row["scope"], row["metric"], row["limit_value"], row["period"],
-                row["action"], row["source"])
+    return Rule(
+        row["name"],
+        row["scope"],
+        row["metric"],
+        row["limit_value"],
+        row["period"],
+        row["action"],
+        row["source"],
+    )
 
 
-def scope_matches(scope: str, *, key: str | None, provider: str, model: str, is_local: bool) -> bool:
+def scope_matches(
+    scope: str, *, key: str | None, provider: str, model: str, is_local: bool
+) -> bool:
     """Whether a call to this target falls under ``scope``."""
     if scope == "all":
         return True
@@ -211,14 +231,22 @@ def validate_rule(data: dict[str, Any], *, source: str) -> Rule:
         raise InvalidRequest("name: 1-64 letters, digits, '.', '_', ':' or '-'", param="name")
     scope = data["scope"].strip()
     kind, colon, value = scope.partition(":")
-    if not (scope in ("all", "cloud") or (colon and kind in ("provider", "model", "key") and value)):
+    if not (
+        scope in ("all", "cloud") or (colon and kind in ("provider", "model", "key") and value)
+    ):
         raise InvalidRequest(f"scope must be one of {', '.join(SCOPES)}", param="scope")
     for name, allowed in (("metric", METRICS), ("period", PERIODS), ("action", ACTIONS)):
         if data[name] not in allowed:
             raise InvalidRequest(f"{name} must be one of {', '.join(allowed)}", param=name)
-    return Rule(data["name"], scope, data["metric"], _limit(data["metric"], data["limit"]),
-                data["period"], data["action"], source)
-
+    return Rule(
+        data["name"],
+        scope,
+        data["metric"],
+        _limit(data["metric"], data["limit"]),
+        data["period"],
+        data["action"],
+        source,
+    )
 
 
 @dataclass
@@ -334,6 +362,44 @@ def _usage_row(usage: Usage, is_local: bool) -> dict[str, int]:
     }
 
 
+def _insert_row(db: Any, table: str, values: dict[str, Any]) -> int:
+    """Insert one row inside the caller's transaction; return its id."""
+    columns = ", ".join(values)
+    marks = ", ".join("?" * len(values))
+    sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+    return db.execute(sql, list(values.values())).lastrowid
+
+
+def _boot_id() -> str:
+    """This boot of the machine (Linux), so reservations from before a power cut are known dead."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+# Who owns a reservation: this boot, this pid, and this process (a reused pid is someone else).
+_OWNER = f"{_boot_id()}:{os.getpid()}:{secrets.token_hex(8)}"
+
+
+def _owner() -> str:
+    # Recomputed after fork(): a child is not its parent.
+    global _OWNER
+    if _OWNER.split(":")[1] != str(os.getpid()):
+        _OWNER = f"{_boot_id()}:{os.getpid()}:{secrets.token_hex(8)}"
+    return _OWNER
+
+
+def _orphaned(pid: int, owner: str) -> bool:
+    """Whether the process that made a reservation is gone."""
+    mine = _owner()
+    if owner == mine:
+        return False
+    if owner.split(":")[0] != mine.split(":")[0] or pid == os.getpid():
+        return True  # another boot, or a dead namesake of this process
+    return not _pid_alive(pid)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -347,7 +413,9 @@ def _pid_alive(pid: int) -> bool:
 class SpendLedger:
     """Budget rules, reservations and the committed spend ledger in the gateway database."""
 
-    def __init__(self, db: Database, *, timezone: str = "UTC", clock: Callable[[], datetime] | None = None) -> None:
+    def __init__(
+        self, db: Database, *, timezone: str = "UTC", clock: Callable[[], datetime] | None = None
+    ) -> None:
         self.db = db
         self.tz = _zone(timezone)
         self._clock = clock or (lambda: datetime.now(tz=UTC))
@@ -362,14 +430,14 @@ class SpendLedger:
 
     def release_orphans(self) -> int:
         """Drop reservations whose process is gone (a crash ends its requests); return how many."""
-        me = os.getpid()
         with self.db.write() as db:
-            pids = [row[0] for row in db.execute("SELECT DISTINCT pid FROM reservations")]
-            # This process is new, so any reservation with its pid is from a dead namesake.
-            dead = [pid for pid in pids if pid == me or not _pid_alive(pid)]
+            owners = db.execute("SELECT DISTINCT pid, owner FROM reservations").fetchall()
             removed = 0
-            for pid in dead:
-                removed += db.execute("DELETE FROM reservations WHERE pid = ?", [pid]).rowcount
+            for pid, owner in owners:
+                if _orphaned(pid, owner):
+                    removed += db.execute(
+                        "DELETE FROM reservations WHERE owner = ?", [owner]
+                    ).rowcount
         return removed
 
     # ---- rules -------------------------------------------------------------------------------
@@ -377,7 +445,9 @@ class SpendLedger:
     def list_rules(self) -> list[Rule]:
         """Every rule, by name."""
         with self.db.read() as db:
-            return [rule_from_row(r) for r in db.execute("SELECT * FROM budget_rules ORDER BY name")]
+            return [
+                rule_from_row(r) for r in db.execute("SELECT * FROM budget_rules ORDER BY name")
+            ]
 
     def get_rule(self, name: str) -> Rule:
         """One rule by name; ``NotFound`` if there is none."""
@@ -394,7 +464,9 @@ class SpendLedger:
         with self.db.write() as db:
             if db.execute("SELECT 1 FROM budget_rules WHERE name = ?", [rule.name]).fetchone():
                 raise InvalidRequest(
-                    f"A budget rule named '{rule.name}' already exists.", param="name", code="rule_exists"
+                    f"A budget rule named '{rule.name}' already exists.",
+                    param="name",
+                    code="rule_exists",
                 )
             self._insert(db, rule, stamp)
         return rule
@@ -402,7 +474,9 @@ class SpendLedger:
     def update_rule(self, name: str, changes: dict[str, Any]) -> Rule:
         """Change some fields of a rule (not its name); ``NotFound`` if there is none."""
         if "name" in changes and changes["name"] != name:
-            raise InvalidRequest("A budget rule cannot be renamed; delete and create it.", param="name")
+            raise InvalidRequest(
+                "A budget rule cannot be renamed; delete and create it.", param="name"
+            )
         stamp = self.now().astimezone(UTC).isoformat()
         with self.db.write() as db:
             row = db.execute("SELECT * FROM budget_rules WHERE name = ?", [name]).fetchone()
@@ -448,8 +522,17 @@ class SpendLedger:
         db.execute(
             "INSERT INTO budget_rules (name, scope, metric, limit_value, period, action, source, "
             "created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            [rule.name, rule.scope, rule.metric, rule.limit, rule.period, rule.action, rule.source,
-             stamp, stamp],
+            [
+                rule.name,
+                rule.scope,
+                rule.metric,
+                rule.limit,
+                rule.period,
+                rule.action,
+                rule.source,
+                stamp,
+                stamp,
+            ],
         )
 
     # ---- evaluation --------------------------------------------------------------------------
@@ -477,8 +560,13 @@ class SpendLedger:
                 _amount(rule.metric, row)
                 for rows in (committed[key], reserved)
                 for row in rows
-                if scope_matches(rule.scope, key=row["api_key"], provider=row["provider"],
-                                 model=row["model"], is_local=bool(row["is_local"]))
+                if scope_matches(
+                    rule.scope,
+                    key=row["api_key"],
+                    provider=row["provider"],
+                    model=row["model"],
+                    is_local=bool(row["is_local"]),
+                )
             )
             result.append((rule, used, _amount(rule.metric, need_row) if need_row else 0))
         return result
@@ -532,14 +620,20 @@ class SpendLedger:
                 if rule.action == "block" or (rule.action == "local_only" and not is_local):
                     raise BudgetExceeded(hit.message, retry_after=hit.retry_after)
                 fired.append(hit)
-            row = _usage_row(estimate, is_local)
-            cursor = db.execute(
-                "INSERT INTO reservations (ts, pid, request_id, api_key, provider, model, is_local, "
-                + ", ".join(row) + ") VALUES (" + ",".join("?" * (7 + len(row))) + ")",
-                [_to_us(self.now()), os.getpid(), request_id, key, provider, model,
-                 int(is_local), *row.values()],
-            )
-        return Reservation(cursor.lastrowid, request_id, key, provider, model, is_local, estimate, fired)
+            fixed = {
+                "ts": _to_us(self.now()),
+                "pid": os.getpid(),
+                "owner": _owner(),
+                "request_id": request_id,
+                "api_key": key,
+                "provider": provider,
+                "model": model,
+                "is_local": int(is_local),
+            }
+            reservation_id = _insert_row(db, "reservations", fixed | _usage_row(estimate, is_local))
+        return Reservation(
+            reservation_id, request_id, key, provider, model, is_local, estimate, fired
+        )
 
     def commit(self, reservation: Reservation, actual: Usage) -> int:
         """Record the real usage and drop the reservation, in one transaction; return the entry id."""
@@ -549,15 +643,18 @@ class SpendLedger:
         r = reservation
         with self.db.write() as db:
             # Written even if the reservation vanished: the money was spent all the same.
-            cursor = db.execute(
-                "INSERT INTO ledger (ts, request_id, api_key, provider, model, is_local, "
-                + ", ".join(row) + ") VALUES (" + ",".join("?" * (6 + len(row))) + ")",
-                [_to_us(self.now()), r.request_id, r.key, r.provider, r.model,
-                 int(r.is_local), *row.values()],
-            )
+            fixed = {
+                "ts": _to_us(self.now()),
+                "request_id": r.request_id,
+                "api_key": r.key,
+                "provider": r.provider,
+                "model": r.model,
+                "is_local": int(r.is_local),
+            }
+            entry = _insert_row(db, "ledger", fixed | row)
             db.execute("DELETE FROM reservations WHERE id = ?", [r.id])
         reservation.closed = True
-        return cursor.lastrowid
+        return entry
 
     def release(self, reservation: Reservation) -> None:
         """Give back a reservation whose call spent nothing (failed before the upstream billed)."""
@@ -582,7 +679,9 @@ class SpendLedger:
             evaluated = self._evaluate(db, target, None)
         for rule, used, _ in evaluated:
             if rule.metric == "usd" and not is_local and not price_known:
-                return Decision(False, self._hit(rule, used, 0), self._unpriced(model), "price_unknown")
+                return Decision(
+                    False, self._hit(rule, used, 0), self._unpriced(model), "price_unknown"
+                )
         for rule, used, _ in evaluated:
             stops = rule.action == "block" or (rule.action == "local_only" and not is_local)
             if stops and used >= rule.measured_limit:
@@ -640,4 +739,3 @@ class SpendLedger:
             }
             for row in rows
         ]
-

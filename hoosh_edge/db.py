@@ -90,6 +90,7 @@ MIGRATIONS: list[Migration] = [
             id INTEGER PRIMARY KEY,
             ts INTEGER NOT NULL,
             pid INTEGER NOT NULL,  -- owning process: a reservation never outlives it
+            owner TEXT NOT NULL,  -- boot id, pid and a per-process token: pids get reused
             request_id TEXT,
             api_key TEXT,
             provider TEXT NOT NULL,

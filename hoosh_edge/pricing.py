@@ -28,7 +28,12 @@ from .errors import InvalidRequest
 if TYPE_CHECKING:
     from .budget import Usage
 
-PRICE_FIELDS = ("input_usd_per_mtok", "output_usd_per_mtok", "usd_per_audio_minute", "usd_per_mchars")
+PRICE_FIELDS = (
+    "input_usd_per_mtok",
+    "output_usd_per_mtok",
+    "usd_per_audio_minute",
+    "usd_per_mchars",
+)
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,9 @@ class PriceTable:
         if override is None:
             return bundled
         # An override changes only the fields it names; the rest stay as bundled.
-        return replace(bundled or Price(), model=override, source="config", **self.overrides[override])
+        return replace(
+            bundled or Price(), model=override, source="config", **self.overrides[override]
+        )
 
 
 def _need(value: Decimal | None, what: str, price: Price) -> Decimal:

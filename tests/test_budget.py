@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from hoosh_edge import budget
 from hoosh_edge.budget import SpendLedger, Usage, period_bounds
 from hoosh_edge.db import DB_FILENAME, Database
 from hoosh_edge.errors import BudgetExceeded, InvalidRequest, NotFound
@@ -36,8 +37,14 @@ class Clock:
 
 
 def rule(name: str, **kw) -> dict:
-    base = {"name": name, "scope": "all", "metric": "usd", "limit": "1", "period": "day",
-            "action": "block"}
+    base = {
+        "name": name,
+        "scope": "all",
+        "metric": "usd",
+        "limit": "1",
+        "period": "day",
+        "action": "block",
+    }
     return {**base, **kw}
 
 
@@ -95,8 +102,10 @@ def test_fifty_os_threads_never_overspend_a_hard_limit(ledger: SpendLedger) -> N
     assert committed[0] == sum(admitted) <= 10_000
     assert committed[1] == len(admitted) >= 14  # 14 worst cases of 700 fit in 10 000
     assert refused and all("cent" in e.message and "0.01" in e.message for e in refused)
-    print(f"\nconcurrency: tried 50, admitted {len(admitted)}, refused {len(refused)}, "
-          f"committed {committed[0]} of 10000 micro-USD")
+    print(
+        f"\nconcurrency: tried 50, admitted {len(admitted)}, refused {len(refused)}, "
+        f"committed {committed[0]} of 10000 micro-USD"
+    )
 
 
 CHILD = textwrap.dedent(
@@ -123,7 +132,10 @@ CHILD = textwrap.dedent(
 def test_every_entry_committed_before_kill_9_survives(tmp_path: Path) -> None:
     child = subprocess.Popen(
         [sys.executable, "-c", CHILD, str(tmp_path)],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     try:
         assert child.stdout.readline().strip() == "ready"
@@ -164,15 +176,33 @@ def test_commit_records_the_actual_usage_and_ends_the_reservation(ledger: SpendL
     reservation = ledger.reserve(Usage(cost_micro_usd=800), **CLOUD, request_id="abc")
     with pytest.raises(BudgetExceeded):  # 800 reserved + 800 > 1000
         ledger.reserve(Usage(cost_micro_usd=800), **CLOUD)
-    entry = ledger.commit(reservation, Usage(prompt_tokens=7, completion_tokens=3, audio_seconds=1.5,
-                                             characters=11, cost_micro_usd=150))
+    entry = ledger.commit(
+        reservation,
+        Usage(
+            prompt_tokens=7,
+            completion_tokens=3,
+            audio_seconds=1.5,
+            characters=11,
+            cost_micro_usd=150,
+        ),
+    )
     with ledger.db.read() as r:
         row = r.execute("SELECT * FROM ledger WHERE id = ?", [entry]).fetchone()
         assert r.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
     assert dict(row) | {"ts": 0} == {
-        "id": entry, "ts": 0, "request_id": "abc", "api_key": "laptop", "provider": "openai",
-        "model": "gpt-4o-mini", "is_local": 0, "prompt_tokens": 7, "completion_tokens": 3,
-        "audio_ms": 1500, "characters": 11, "requests": 1, "cost_micro_usd": 150,
+        "id": entry,
+        "ts": 0,
+        "request_id": "abc",
+        "api_key": "laptop",
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "is_local": 0,
+        "prompt_tokens": 7,
+        "completion_tokens": 3,
+        "audio_ms": 1500,
+        "characters": 11,
+        "requests": 1,
+        "cost_micro_usd": 150,
     }
     ledger.reserve(Usage(cost_micro_usd=800), **CLOUD)  # 150 + 800 fits now
     with pytest.raises(RuntimeError):
@@ -190,15 +220,30 @@ def test_release_gives_the_budget_back(ledger: SpendLedger) -> None:
 
 
 def test_reservations_of_dead_processes_are_dropped_at_start(database: Database) -> None:
+    ledger = SpendLedger(database)
+    live = ledger.reserve(Usage(cost_micro_usd=5), **CLOUD, request_id="live")
+    boot = budget._owner().split(":")[0]
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
+    parent = os.getppid()
+    rows = [
+        (gone.pid, f"{boot}:{gone.pid}:aa", "dead process"),
+        (os.getpid(), f"{boot}:{os.getpid()}:bb", "earlier process with my pid"),
+        (parent, f"another-boot:{parent}:cc", "before the last power cut"),
+        (parent, f"{boot}:{parent}:dd", "a live process"),
+    ]
     with database.write() as db:
-        for pid in (gone.pid, os.getpid()):
-            db.execute("INSERT INTO reservations (ts, pid, provider, model, is_local, "
-                       "cost_micro_usd) VALUES (0, ?, 'openai', 'gpt-4o', 0, 5)", [pid])
-    SpendLedger(database)
+        for pid, owner, note in rows:
+            db.execute(
+                "INSERT INTO reservations (ts, pid, owner, request_id, provider, model, is_local)"
+                " VALUES (0, ?, ?, ?, 'openai', 'gpt-4o', 0)",
+                [pid, owner, note],
+            )
+    SpendLedger(database)  # a second ledger in this process must not drop the first's holds
     with database.read() as r:
-        assert r.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
+        kept = {row[0] for row in r.execute("SELECT request_id FROM reservations")}
+    assert kept == {"live", "a live process"}
+    ledger.commit(live, Usage(cost_micro_usd=5))
 
 
 def test_local_calls_cost_nothing_but_count_volume(ledger: SpendLedger) -> None:
@@ -256,9 +301,11 @@ def test_scopes_by_provider_model_glob_and_key(ledger: SpendLedger) -> None:
     ledger.create_rule(rule("kid", scope="key:tablet", metric="requests", limit=0))
     ok = {"key": "laptop", "provider": "openai", "model": "gpt-4o", "is_local": False}
     assert ledger.check(**ok).allowed
-    for change, name in ((("provider", "anthropic"), "anthropic"),
-                         (("model", "gpt-4.1-mini"), "minis"),
-                         (("key", "tablet"), "kid")):
+    for change, name in (
+        (("provider", "anthropic"), "anthropic"),
+        (("model", "gpt-4.1-mini"), "minis"),
+        (("key", "tablet"), "kid"),
+    ):
         decision = ledger.check(**(ok | dict([change])))
         assert not decision.allowed and decision.rule.name == name
 
@@ -378,10 +425,15 @@ def test_usage_summary_groups_by_provider_model_and_key(ledger: SpendLedger) -> 
     spend(ledger, Usage(prompt_tokens=7, characters=9), LOCAL | {"key": "tablet"})
     by_provider = ledger.usage_summary("day", "provider")
     assert [(r["provider"], r["requests"], r["cost_usd"]) for r in by_provider] == [
-        ("openai", 2, "0.00035"), ("local", 1, "0")]
+        ("openai", 2, "0.00035"),
+        ("local", 1, "0"),
+    ]
     by_model = ledger.usage_summary("day", "model")
     assert [(r["model"], r["prompt_tokens"]) for r in by_model] == [
-        ("gpt-4o", 5), ("gpt-4o-mini", 10), ("qwen2.5-0.5b", 7)]
+        ("gpt-4o", 5),
+        ("gpt-4o-mini", 10),
+        ("qwen2.5-0.5b", 7),
+    ]
     by_key = {r["key"]: r for r in ledger.usage_summary("month", "key")}
     assert by_key["laptop"]["cost_micro_usd"] == 350 and by_key["tablet"]["characters"] == 9
     with pytest.raises(InvalidRequest) as caught:
@@ -433,7 +485,10 @@ def test_invalid_rules_name_the_field(ledger: SpendLedger, changes: dict, param:
 
 
 def test_seeding_makes_config_rules_true_and_keeps_api_rules(ledger: SpendLedger) -> None:
-    config = [rule("cfg-daily", scope="cloud", limit="2"), rule("cfg-old", metric="requests", limit=9)]
+    config = [
+        rule("cfg-daily", scope="cloud", limit="2"),
+        rule("cfg-old", metric="requests", limit=9),
+    ]
     ledger.seed_rules(config)
     ledger.create_rule(rule("mine", metric="tokens", limit=5000))
     ledger.update_rule("cfg-daily", {"limit": "50"})  # a live edit of a config rule

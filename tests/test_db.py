@@ -49,7 +49,7 @@ EXPECTED_SCHEMA = {
         ],
         "ledger": LEDGER_COLUMNS,
         "reservations": LEDGER_COLUMNS[:2]
-        + [("pid", "INTEGER", 1, None, 0)]
+        + [("pid", "INTEGER", 1, None, 0), ("owner", "TEXT", 1, None, 0)]
         + [c for c in LEDGER_COLUMNS[2:]],
     },
     "indexes": {
@@ -243,7 +243,11 @@ def test_greenlet_parked_inside_a_write_does_not_freeze_other_greenlets(database
     pooled.get(timeout=30)
     assert order == ["slow", "fast"]
     with database.read() as r:
-        assert sorted(row[0] for row in r.execute("SELECT who FROM log")) == ["fast", "pool", "slow"]
+        assert sorted(row[0] for row in r.execute("SELECT who FROM log")) == [
+            "fast",
+            "pool",
+            "slow",
+        ]
 
 
 def test_a_second_process_connection_waits_for_the_write_lock(database: Database) -> None:

@@ -31,8 +31,13 @@ def table() -> PriceTable:
         ("openrouter", "openai/gpt-4o-mini", "gpt-4o-mini", "0.15", "0.60"),
         ("openrouter", "anthropic/claude-3.7-sonnet", "claude-3-7-sonnet", "3.00", "15.00"),
         ("groq", "llama-3.3-70b-versatile", "llama-3.3-70b-versatile", "0.59", "0.79"),
-        ("groq", "meta-llama/llama-4-scout-17b-16e-instruct",
-         "meta-llama/llama-4-scout-17b-16e-instruct", "0.11", "0.34"),
+        (
+            "groq",
+            "meta-llama/llama-4-scout-17b-16e-instruct",
+            "meta-llama/llama-4-scout-17b-16e-instruct",
+            "0.11",
+            "0.34",
+        ),
         ("mistral", "mistral-large-latest", "mistral-large", "2.00", "6.00"),
         ("mistral", "mistral-large-2411", "mistral-large", "2.00", "6.00"),
         ("deepseek", "deepseek-chat", "deepseek-chat", "0.28", "0.42"),
@@ -41,11 +46,16 @@ def table() -> PriceTable:
         ("azure", "gpt-4o", "gpt-4o", "2.50", "10.00"),  # unknown provider: any table's entry
     ],
 )
-def test_lookup(table: PriceTable, provider: str, model: str, matched: str, inp: str, out: str) -> None:
+def test_lookup(
+    table: PriceTable, provider: str, model: str, matched: str, inp: str, out: str
+) -> None:
     price = table.lookup(provider, model)
     assert price is not None
     assert (price.model, price.input_usd_per_mtok, price.output_usd_per_mtok) == (
-        matched, Decimal(inp), Decimal(out))
+        matched,
+        Decimal(inp),
+        Decimal(out),
+    )
     assert price.source == "bundled"
 
 
@@ -110,10 +120,12 @@ def test_override_changes_only_the_fields_it_names() -> None:
 
 
 def test_override_prices_an_unknown_model_exactly() -> None:
-    table = PriceTable({
-        "my-finetune": {"input_usd_per_mtok": 0.3, "output_usd_per_mtok": 1.2},
-        "openai/gpt-4o": {"input_usd_per_mtok": "3", "output_usd_per_mtok": "12"},
-    })
+    table = PriceTable(
+        {
+            "my-finetune": {"input_usd_per_mtok": 0.3, "output_usd_per_mtok": 1.2},
+            "openai/gpt-4o": {"input_usd_per_mtok": "3", "output_usd_per_mtok": "12"},
+        }
+    )
     price = table.lookup("openai", "my-finetune")
     assert price.input_usd_per_mtok == Decimal("0.3")  # the float 0.3, read as written
     assert cost_micro_usd(price, Usage(prompt_tokens=10, completion_tokens=10)) == 15
@@ -142,7 +154,13 @@ def test_bad_overrides_name_the_field(overrides: dict, param: str) -> None:
 
 def test_format_usd() -> None:
     assert [format_usd(v) for v in (0, 1, 1500, 10_000, 2_000_000, 1_234_567)] == [
-        "0", "0.000001", "0.0015", "0.01", "2", "1.234567"]
+        "0",
+        "0.000001",
+        "0.0015",
+        "0.01",
+        "2",
+        "1.234567",
+    ]
 
 
 def test_price_defaults_to_unpriced_dimensions() -> None:
