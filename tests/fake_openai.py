@@ -9,6 +9,7 @@ Tests script its next answers to reproduce what real upstreams do on bad days:
     fake.script("html")                 # a stream request answered with an HTML error page
     fake.script("echo_key", 401)        # a 401 whose body repeats the key it was sent
     fake.script("tool_call")            # answer with a tool call
+    fake.script("slow", 1.0)            # wait 1 s, then answer normally
 
 Without a script it answers "Echo: <last user message>" (word by word when streaming).
 """
@@ -148,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
             except OSError:
                 pass
             return
+        if kind == "slow":
+            time.sleep(args[0])  # then answer normally
         if not isinstance(body, dict):
             self._send_json(
                 400, {"error": {"message": "bad json", "type": "invalid_request_error"}}

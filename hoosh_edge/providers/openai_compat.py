@@ -65,6 +65,7 @@ class OpenAICompatProvider(ChatBackend):
             headers=self._headers(),
             stream=True,
         )
+        finished = False
         for event in self.http.events(resp):
             data = event.data
             if not data:
@@ -83,7 +84,14 @@ class OpenAICompatProvider(ChatBackend):
                 err = chunk["error"]
                 msg = err.get("message") if isinstance(err, dict) else str(err)
                 raise UpstreamError(self.http.clean(f"{self.name} reported mid-stream: {msg}"))
+            if any(
+                c.get("finish_reason") for c in chunk.get("choices") or () if isinstance(c, dict)
+            ):
+                finished = True
             yield chunk
+        if not finished:
+            # The connection closed cleanly but the completion never did: a cut stream.
+            raise UpstreamError(f"{self.name}: stream ended before the completion finished")
 
     def close(self) -> None:
         self.http.close()
