@@ -17,6 +17,9 @@ period's committed use plus all open reservations and records the reservation, i
 ``BEGIN IMMEDIATE`` transaction, so concurrent requests can never together cross a ``block``
 limit), then ``commit`` the real usage (ledger row written and reservation deleted in one
 transaction) or ``release`` it. Reservations of a process that died are dropped at start-up.
+Committed use per rule and period is kept as a running total (``budget_usage``), updated in the
+commit's transaction and summed afresh from the ledger whenever it is missing (new rule, edited
+rule, new period), so a reservation costs the same with ten ledger rows or a million.
 
 Rules from the config file are seeded at start-up with ``source='config'``: the config is their
 truth, so a live edit to one lasts until the config is applied again, and a config rule removed
@@ -400,6 +403,21 @@ def _orphaned(pid: int, owner: str) -> bool:
     return not _pid_alive(pid)
 
 
+def _sum_in_scope(rule: Rule, rows: list[Any]) -> int:
+    """The rule's metric summed over the rows of totals that fall in its scope."""
+    return sum(
+        _amount(rule.metric, row)
+        for row in rows
+        if scope_matches(
+            rule.scope,
+            key=row["api_key"],
+            provider=row["provider"],
+            model=row["model"],
+            is_local=bool(row["is_local"]),
+        )
+    )
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -468,6 +486,7 @@ class SpendLedger:
                     param="name",
                     code="rule_exists",
                 )
+            db.execute("DELETE FROM budget_usage WHERE rule = ?", [rule.name])
             self._insert(db, rule, stamp)
         return rule
 
@@ -485,6 +504,7 @@ class SpendLedger:
             merged = {**rule_from_row(row).to_dict(), **changes, "name": name}
             merged.pop("source", None)
             rule = validate_rule(merged, source=row["source"])
+            db.execute("DELETE FROM budget_usage WHERE rule = ?", [name])
             db.execute(
                 "UPDATE budget_rules SET scope=?, metric=?, limit_value=?, period=?, action=?, "
                 "updated_at=? WHERE name=?",
@@ -495,6 +515,7 @@ class SpendLedger:
     def delete_rule(self, name: str) -> None:
         """Delete a rule; ``NotFound`` if there is none."""
         with self.db.write() as db:
+            db.execute("DELETE FROM budget_usage WHERE rule = ?", [name])
             if not db.execute("DELETE FROM budget_rules WHERE name = ?", [name]).rowcount:
                 raise NotFound(f"No budget rule named '{name}'.", param="name")
 
@@ -512,7 +533,10 @@ class SpendLedger:
                 f"DELETE FROM budget_rules WHERE source = 'config' AND name NOT IN ({placeholders})",
                 names,
             )
+            # Running totals follow a rule's scope and period: start them afresh.
+            db.execute("DELETE FROM budget_usage WHERE rule NOT IN (SELECT name FROM budget_rules)")
             for rule in rules:
+                db.execute("DELETE FROM budget_usage WHERE rule = ?", [rule.name])
                 db.execute("DELETE FROM budget_rules WHERE name = ?", [rule.name])
                 self._insert(db, rule, stamp)
         return rules
@@ -538,38 +562,57 @@ class SpendLedger:
     # ---- evaluation --------------------------------------------------------------------------
 
     def _evaluate(
-        self, db: Any, target: dict[str, Any], needed: Usage | None
-    ) -> list[tuple[Rule, int, int]]:
-        """(rule, used, needed) for every rule in scope of ``target``, inside ``db``'s snapshot."""
+        self, db: Any, target: dict[str, Any], needed: Usage | None, *, writable: bool = True
+    ) -> tuple[list[tuple[Rule, int, int]], bool]:
+        """(rule, used, needed) for each rule in scope, and whether a running total was missing.
+
+        ``used`` is the committed use in the rule's current period (its running total in
+        ``budget_usage``, summed from the ledger and stored when missing) plus every open
+        reservation in scope, which counts in full whatever its start: it commits in this period.
+        """
         rules = [rule_from_row(r) for r in db.execute("SELECT * FROM budget_rules ORDER BY name")]
         rules = [r for r in rules if scope_matches(r.scope, **target)]
         if not rules:
-            return []
+            return [], False
         now = self.now()
-        # Open reservations count in full whatever their start: they will commit in this period.
         reserved = self._grouped(db, "reservations", None)
-        committed: dict[str, list[Any]] = {}
+        scans: dict[int, list[Any]] = {}
+        missing = False
         result = []
         need_row = _usage_row(needed, target["is_local"]) if needed else None
         for rule in rules:
             start, _ = period_bounds(rule.period, now, self.tz)
-            key = "total" if start is None else start.isoformat()
-            if key not in committed:
-                committed[key] = self._grouped(db, "ledger", start)
-            used = sum(
-                _amount(rule.metric, row)
-                for rows in (committed[key], reserved)
-                for row in rows
-                if scope_matches(
-                    rule.scope,
-                    key=row["api_key"],
-                    provider=row["provider"],
-                    model=row["model"],
-                    is_local=bool(row["is_local"]),
-                )
-            )
+            key = 0 if start is None else _to_us(start)
+            row = db.execute(
+                "SELECT used FROM budget_usage WHERE rule = ? AND period_start = ?",
+                [rule.name, key],
+            ).fetchone()
+            if row is not None:
+                committed = row[0]
+            else:
+                missing = True
+                if key not in scans:
+                    scans[key] = self._grouped(db, "ledger", start)
+                committed = _sum_in_scope(rule, scans[key])
+                if writable:
+                    # Totals of earlier periods are never read again.
+                    db.execute("DELETE FROM budget_usage WHERE rule = ?", [rule.name])
+                    db.execute(
+                        "INSERT INTO budget_usage (rule, period_start, used) VALUES (?, ?, ?)",
+                        [rule.name, key, committed],
+                    )
+            used = committed + _sum_in_scope(rule, reserved)
             result.append((rule, used, _amount(rule.metric, need_row) if need_row else 0))
-        return result
+        return result, missing
+
+    def _evaluate_snapshot(self, target: dict[str, Any]) -> list[tuple[Rule, int, int]]:
+        """Evaluate on the read connection; once per period per rule, store missing totals."""
+        with self.db.read() as db:
+            evaluated, missing = self._evaluate(db, target, None, writable=False)
+        if missing:
+            with self.db.write() as db:
+                evaluated, _ = self._evaluate(db, target, None)
+        return evaluated
 
     @staticmethod
     def _grouped(db: Any, table: str, since: datetime | None) -> list[Any]:
@@ -610,7 +653,7 @@ class SpendLedger:
         target = {"key": key, "provider": provider, "model": model, "is_local": is_local}
         fired: list[RuleHit] = []
         with self.db.write() as db:
-            evaluated = self._evaluate(db, target, estimate)
+            evaluated, _ = self._evaluate(db, target, estimate)
             if not is_local and not price_known and any(r.metric == "usd" for r, _, _ in evaluated):
                 raise BudgetExceeded(self._unpriced(model), code="price_unknown")
             for rule, used, needed in evaluated:
@@ -641,10 +684,12 @@ class SpendLedger:
             raise RuntimeError(f"reservation {reservation.id} was already committed or released")
         row = _usage_row(actual, reservation.is_local)
         r = reservation
+        now = self.now()
+        target = {"key": r.key, "provider": r.provider, "model": r.model, "is_local": r.is_local}
         with self.db.write() as db:
             # Written even if the reservation vanished: the money was spent all the same.
             fixed = {
-                "ts": _to_us(self.now()),
+                "ts": _to_us(now),
                 "request_id": r.request_id,
                 "api_key": r.key,
                 "provider": r.provider,
@@ -653,6 +698,19 @@ class SpendLedger:
             }
             entry = _insert_row(db, "ledger", fixed | row)
             db.execute("DELETE FROM reservations WHERE id = ?", [r.id])
+            # Keep the running totals in step; a missing one is summed from the ledger when read.
+            for found in db.execute("SELECT * FROM budget_rules").fetchall():
+                rule = rule_from_row(found)
+                if scope_matches(rule.scope, **target):
+                    start, _ = period_bounds(rule.period, now, self.tz)
+                    db.execute(
+                        "UPDATE budget_usage SET used = used + ? WHERE rule = ? AND period_start = ?",
+                        [
+                            _amount(rule.metric, row),
+                            rule.name,
+                            0 if start is None else _to_us(start),
+                        ],
+                    )
         reservation.closed = True
         return entry
 
@@ -675,8 +733,7 @@ class SpendLedger:
     ) -> Decision:
         """Whether a target may be tried now, without reserving anything."""
         target = {"key": key, "provider": provider, "model": model, "is_local": is_local}
-        with self.db.read() as db:
-            evaluated = self._evaluate(db, target, None)
+        evaluated = self._evaluate_snapshot(target)
         for rule, used, _ in evaluated:
             if rule.metric == "usd" and not is_local and not price_known:
                 return Decision(
@@ -694,8 +751,7 @@ class SpendLedger:
     ) -> tuple[Rule, int] | None:
         """The tightest limiting rule for a target and what is left (measured unit, >= 0)."""
         target = {"key": key, "provider": provider, "model": model, "is_local": is_local}
-        with self.db.read() as db:
-            evaluated = self._evaluate(db, target, None)
+        evaluated = self._evaluate_snapshot(target)
         best: tuple[Rule, int] | None = None
         best_share = 2.0
         for rule, used, _ in evaluated:

@@ -109,6 +109,18 @@ MIGRATIONS: list[Migration] = [
         "0003_ledger_request_id_index",
         "CREATE INDEX ledger_request_id ON ledger (request_id);",
     ),
+    Migration(
+        "0004_budget_usage",
+        # Running totals per rule and period, so a reservation need not re-sum the whole ledger.
+        """
+        CREATE TABLE budget_usage (
+            rule TEXT NOT NULL,
+            period_start INTEGER NOT NULL,  -- microseconds since the epoch, UTC; 0 for 'total'
+            used INTEGER NOT NULL,  -- committed use in the rule's measured unit
+            PRIMARY KEY (rule, period_start)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 

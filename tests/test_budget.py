@@ -508,3 +508,25 @@ def test_database_file_is_a_plain_sqlite_file(tmp_path: Path) -> None:
     conn = sqlite3.connect(tmp_path / DB_FILENAME)
     assert conn.execute("SELECT SUM(cost_micro_usd) FROM ledger").fetchone()[0] == 42
     conn.close()
+
+
+def test_running_totals_agree_with_the_ledger(ledger: SpendLedger) -> None:
+    for _ in range(3):
+        spend(ledger, Usage(prompt_tokens=100), CLOUD)
+    spend(ledger, Usage(prompt_tokens=40), LOCAL)
+    # A rule created after the spend still sees it (its total is summed from the ledger).
+    ledger.create_rule(rule("tok", metric="tokens", limit=1000))
+    assert ledger.remaining(**CLOUD)[1] == 1000 - 340
+    spend(ledger, Usage(prompt_tokens=5, completion_tokens=5), LOCAL)  # kept in step on commit
+    assert ledger.remaining(**CLOUD)[1] == 1000 - 350
+    ledger.update_rule("tok", {"scope": "cloud"})  # a new scope: summed afresh
+    assert ledger.remaining(**CLOUD)[1] == 1000 - 300
+    with ledger.db.read() as r:
+        stored = r.execute("SELECT used FROM budget_usage WHERE rule = 'tok'").fetchone()[0]
+        cloud = r.execute(
+            "SELECT SUM(prompt_tokens + completion_tokens) FROM ledger WHERE is_local = 0"
+        ).fetchone()[0]
+    assert stored == cloud == 300
+    ledger.delete_rule("tok")
+    with ledger.db.read() as r:
+        assert r.execute("SELECT COUNT(*) FROM budget_usage").fetchone()[0] == 0

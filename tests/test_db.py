@@ -47,6 +47,11 @@ EXPECTED_SCHEMA = {
             ("created_at", "TEXT", 1, None, 0),
             ("updated_at", "TEXT", 1, None, 0),
         ],
+        "budget_usage": [
+            ("rule", "TEXT", 1, None, 1),
+            ("period_start", "INTEGER", 1, None, 2),
+            ("used", "INTEGER", 1, None, 0),
+        ],
         "ledger": LEDGER_COLUMNS,
         "reservations": LEDGER_COLUMNS[:2]
         + [("pid", "INTEGER", 1, None, 0), ("owner", "TEXT", 1, None, 0)]
