@@ -49,6 +49,8 @@ class Gateway:
         self.metrics = Metrics()
         self.started_at = time.time()
         self.local_backends = list(local_backends or [])
+        self.pool: Any = None  # the ModelPool of on-device models, set by local.build_gateway
+        self.speech: Any = None  # LocalSpeech, likewise
         self.router = Router(config, self.local_backends + build_providers(config))
 
     def request_for(self, target: Target, base: dict[str, Any]) -> dict[str, Any]:
@@ -102,11 +104,16 @@ class Gateway:
         for b in self.router.backends:
             pcfg = self.config.provider(b.name)
             if b.is_local:
-                lines.append(f"local: {', '.join(b.model_ids()) or '(no models)'}")
+                lines.append(f"local chat: {', '.join(b.model_ids()) or '(no models)'}")
             elif pcfg is not None:
                 state = "" if pcfg.enabled else f" [disabled: {pcfg.disabled_reason}]"
                 lines.append(f"{b.name} ({pcfg.type}, {pcfg.base_url}): "
                              f"{', '.join(pcfg.models)}{state}")  # fmt: skip
+        if self.speech is not None and self.speech.stt:
+            lines.append(f"local speech-to-text: {', '.join(self.speech.stt)}")
+        if self.speech is not None and self.speech.tts:
+            lines.append(f"local text-to-speech voices: {', '.join(self.speech.tts)} "
+                         f"(default {self.speech.default_voice})")  # fmt: skip
         if not lines:
             lines.append("no models yet: pull one with 'hoosh-edge models pull smollm2' "
                          "or set OPENAI_API_KEY / ANTHROPIC_API_KEY")  # fmt: skip
@@ -117,8 +124,18 @@ class Gateway:
         pool = getattr(self, "pool", None)
         return pool.status() if pool is not None else []
 
+    def model_ids(self) -> list[tuple[str, str]]:
+        """(id, owner) of every model: chat targets, then on-device speech models."""
+        ids = self.router.model_ids()
+        if self.speech is not None:
+            seen = {mid for mid, _ in ids}
+            ids += [(mid, "local") for mid in self.speech.model_ids() if mid not in seen]
+        return ids
+
     def close(self) -> None:
         self.router.close()
+        if self.pool is not None:
+            self.pool.stop()
 
 
 def _log_access(rid: str, method: str, path: str, status: int, duration_s: float,
@@ -142,10 +159,12 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.json.sort_keys = False
     app.extensions["hoosh"] = gateway
 
+    from .api.audio import bp as audio_bp
     from .api.chat import bp as chat_bp
     from .api.models import bp as models_bp
 
     app.register_blueprint(chat_bp)
+    app.register_blueprint(audio_bp)
     app.register_blueprint(models_bp)
 
     keys = tuple(k.encode() for k in config.server.api_keys)

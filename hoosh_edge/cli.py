@@ -34,10 +34,12 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         print(f"hoosh-edge: invalid configuration: {e}", file=sys.stderr)
         return 2
     _setup_logging(args.log_level or config.server.log_level)
+    from .errors import HooshError
+
     try:
         return serve(config)
-    except StartupError as e:
-        print(f"hoosh-edge: {e}", file=sys.stderr)
+    except (StartupError, HooshError, ValueError) as e:
+        print(f"hoosh-edge: cannot start: {e}", file=sys.stderr)
         return 2
 
 

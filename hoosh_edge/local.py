@@ -1,16 +1,162 @@
-"""Wire the on-device engines found in config or ``models/`` into a Gateway."""
+"""Wire the on-device engines found in config or ``models/`` into a Gateway.
+
+Engines are imported only when a model of their kind exists, so a box without (say) Piper
+installed still serves chat, and start-up stays quick.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 from .app import Gateway
-from .config import Config
+from .config import Config, LocalEngineConfig
+from .engines.pool import ModelPool, ModelSlot
+from .errors import InvalidRequest, ModelNotFound
+from .providers.base import CallContext, ChatBackend
+from .threads import ThreadStream, run_blocking
 
 log = logging.getLogger("hoosh_edge")
+
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage",
+                 "shimmer", "verse")  # fmt: skip
+OPENAI_TTS_MODELS = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "piper")
+OPENAI_STT_MODELS = ("whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe")
+
+
+class LocalChat(ChatBackend):
+    """The llama.cpp engine as a chat backend named ``local``."""
+
+    name = "local"
+    is_local = True
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def serves(self, model: str) -> bool:
+        return model in self.engine.paths
+
+    def model_ids(self) -> list[str]:
+        return self.engine.model_ids()
+
+    def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
+        return self.engine.chat_stream(model, req)
+
+
+class LocalSpeech:
+    """whisper.cpp and Piper models in the pool, one job at a time per model."""
+
+    def __init__(self, pool: ModelPool, stt: dict[str, str], tts: dict[str, str],
+                 stt_cfg: LocalEngineConfig, tts_cfg: LocalEngineConfig) -> None:  # fmt: skip
+        self.pool = pool
+        self.stt = dict(stt)
+        self.tts = dict(tts)
+        self.default_voice = tts_cfg.default_voice or next(iter(self.tts), None)
+        if self.default_voice and self.default_voice not in self.tts:
+            raise ValueError(f"local.tts.default_voice {self.default_voice!r} is not a voice")
+        if self.stt:
+            from .engines.whisper import WhisperModel
+
+            for mid, path in self.stt.items():
+                pool.register(ModelSlot(
+                    key=f"stt:{mid}", kind="stt",
+                    loader=lambda p=path: WhisperModel.load(p, stt_cfg.n_threads),
+                    estimate_bytes=WhisperModel.estimate_bytes(path),
+                    keep_alive_s=stt_cfg.keep_alive_s, max_queue=stt_cfg.max_queue))  # fmt: skip
+        if self.tts:
+            from .engines.piper import PiperVoice
+
+            for vid, path in self.tts.items():
+                pool.register(ModelSlot(
+                    key=f"tts:{vid}", kind="tts",
+                    loader=lambda p=path: PiperVoice.load(p, tts_cfg.n_threads),
+                    estimate_bytes=PiperVoice.estimate_bytes(path),
+                    keep_alive_s=tts_cfg.keep_alive_s, max_queue=tts_cfg.max_queue))  # fmt: skip
+
+    def model_ids(self) -> list[str]:
+        ids = list(self.stt) + list(self.tts)
+        if self.tts:
+            ids.append("piper")
+        return ids
+
+    def stt_model(self, model: str) -> str | None:
+        """The local speech-to-text model for a requested name, or None."""
+        if model in self.stt:
+            return model
+        if model in OPENAI_STT_MODELS and self.stt:
+            return next(iter(self.stt))
+        return None
+
+    def voice(self, model: str, voice: str) -> str:
+        """The local voice for an OpenAI (model, voice) pair."""
+        if voice in self.tts:
+            return voice
+        if model in self.tts:
+            return model
+        if voice in OPENAI_VOICES and self.default_voice:
+            return self.default_voice
+        known = ", ".join([*self.tts, *OPENAI_VOICES]) or "none"
+        raise InvalidRequest(f"Unknown voice '{voice}'. Voices here: {known}.", param="voice")
+
+    def transcribe(self, model: str, samples: Any, **opts: Any) -> Any:
+        with self.pool.slot(f"stt:{model}").use() as m:
+            return run_blocking(m.transcribe, samples, **opts)
+
+    def synthesize(self, voice: str, text: str, speed: float) -> Iterator[bytes]:
+        """PCM per sentence as it is made; holds the voice until the stream ends."""
+        with self.pool.slot(f"tts:{voice}").use() as v:
+            stream = ThreadStream(v.synthesize_stream, text, speed=speed, max_buffer=2)
+            try:
+                yield from stream
+            finally:
+                stream.close()
+                stream.join()
+
+    def sample_rate(self, voice: str) -> int:
+        slot = self.pool.slot(f"tts:{voice}")
+        return slot.ensure_loaded().sample_rate
+
+
+def _resolve(cfg: LocalEngineConfig, found: dict[str, Path]) -> dict[str, str]:
+    """Configured models, or else the ones found in models_dir."""
+    if cfg.models:
+        out = {}
+        for mid, path in cfg.models:
+            if not os.path.exists(path):
+                log.warning("model %s: file %s does not exist; not serving it", mid, path)
+                continue
+            out[mid] = path
+        return out
+    return {mid: str(p) for mid, p in found.items()}
 
 
 def build_gateway(config: Config) -> Gateway:
     """A Gateway with every configured provider and every local model found."""
-    gw = Gateway(config)
+    from .modelstore import LocalModels, discover_local_models
+
+    models_dir = Path(config.server.models_dir)
+    found = discover_local_models(models_dir) if models_dir.is_dir() else LocalModels()
+    pool = ModelPool()
+    backends: list[ChatBackend] = []
+    llm = _resolve(config.llm, found.llm)
+    if llm:
+        from .engines.llama import LlamaEngine
+
+        c = config.llm
+        engine = LlamaEngine(llm, pool, n_threads=c.n_threads, n_ctx=c.n_ctx,
+                             keep_alive_s=c.keep_alive_s, max_queue=c.max_queue)  # fmt: skip
+        backends.append(LocalChat(engine))
+    speech = LocalSpeech(pool, _resolve(config.stt, found.stt), _resolve(config.tts, found.tts),
+                         config.stt, config.tts)  # fmt: skip
+    gw = Gateway(config, local_backends=backends)
+    gw.pool = pool
+    gw.speech = speech
+    for mid in config.llm.preload:
+        if not llm or mid not in llm:
+            raise ModelNotFound(f"local.llm.preload names '{mid}', which is not a local model")
+        pool.slot(mid).ensure_loaded()
+    pool.start_reaper()
     return gw

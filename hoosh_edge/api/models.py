@@ -18,14 +18,14 @@ def _model_obj(mid: str, owner: str, created: int) -> dict:
 def list_models() -> Response:
     gw = gateway()
     created = int(gw.started_at)
-    data = [_model_obj(mid, owner, created) for mid, owner in gw.router.model_ids()]
+    data = [_model_obj(mid, owner, created) for mid, owner in gw.model_ids()]
     return jsonify({"object": "list", "data": data})
 
 
 @bp.get("/v1/models/<path:model_id>")
 def get_model(model_id: str) -> Response:
     gw = gateway()
-    for mid, owner in gw.router.model_ids():
+    for mid, owner in gw.model_ids():
         if mid == model_id:
             return jsonify(_model_obj(mid, owner, int(gw.started_at)))
     # A glob-served id (e.g. any gpt-*) exists too, if some backend would take it.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import email.utils
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -57,6 +58,13 @@ class HttpClient:
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers.update(dict(cfg.headers))
+        # Proxy and CA settings from the environment are read once here, not per request:
+        # requests otherwise walks every environment variable on each call (~0.2 ms).
+        self.session.proxies.update(requests.utils.get_environ_proxies(cfg.base_url))
+        ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        if ca:
+            self.session.verify = ca
+        self.session.trust_env = False
 
     @property
     def secrets(self) -> tuple[str, ...]:
