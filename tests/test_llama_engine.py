@@ -206,6 +206,12 @@ def test_json_response_format_constrains_output(tiny_gguf):
         next(engine.chat_stream("tiny", {"messages": HI, "response_format": {"type": "xml"}}))
 
 
+def test_max_tokens_below_one_is_invalid(tiny_gguf):
+    with pytest.raises(InvalidRequest) as e:
+        next(make_engine(tiny_gguf).chat_stream("tiny", {"messages": HI, "max_tokens": 0}))
+    assert e.value.param == "max_tokens"
+
+
 # -- context ----------------------------------------------------------------------------------
 
 

@@ -59,19 +59,7 @@ STREAM_BUFFER = 16
 DEFAULTS = {"temperature": 0.8, "top_p": 0.95, "top_k": 40, "min_p": 0.05}
 
 # GGUF value types -> struct format (8 = string, 9 = array are handled apart).
-_GGUF_SCALARS = {
-    0: "B",
-    1: "b",
-    2: "H",
-    3: "h",
-    4: "I",
-    5: "i",
-    6: "f",
-    7: "?",
-    10: "Q",
-    11: "q",
-    12: "d",
-}
+_GGUF_SCALARS = dict(zip((0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12), "BbHhIif?Qqd", strict=True))
 
 
 def read_gguf_metadata(path: str) -> dict[str, Any]:
@@ -245,14 +233,14 @@ class LlamaEngine:
             verbose=False,
         )
         eos, bos = llm.token_eos(), llm.token_bos()
-        eos_text = (
-            llm.detokenize([eos], special=True).decode("utf-8", "replace") if eos >= 0 else ""
-        )
-        bos_text = (
-            llm.detokenize([bos], special=True).decode("utf-8", "replace") if bos >= 0 else ""
-        )
+
+        def text(tok: int) -> str:
+            return (
+                llm.detokenize([tok], special=True).decode("utf-8", "replace") if tok >= 0 else ""
+            )
+
         template = llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
-        formatter = Jinja2ChatFormatter(template=template, eos_token=eos_text, bos_token=bos_text)
+        formatter = Jinja2ChatFormatter(template=template, eos_token=text(eos), bos_token=text(bos))
         return LoadedLlama(llm, formatter, n_ctx, frozenset({eos} if eos >= 0 else ()))
 
     def _prepare(
@@ -266,16 +254,16 @@ class LlamaEngine:
                 f"take {len(prompt)} tokens. Please shorten the messages.",
                 param="messages",
             )
-        max_tokens = req.get("max_tokens") or req.get("max_completion_tokens")
+        max_tokens = req.get("max_completion_tokens")
+        max_tokens = req.get("max_tokens") if max_tokens is None else max_tokens
         if max_tokens is not None and max_tokens < 1:
             raise InvalidRequest("max_tokens must be at least 1.", param="max_tokens")
         stop = req.get("stop") or []
         stops = [stop] if isinstance(stop, str) else [s for s in stop if s]
         if m.formatter.eos_token:
             stops.append(m.formatter.eos_token)  # some models write their end marker as text
-        temp = _num(req, "temperature")
         sampling = {
-            "temp": temp,
+            "temp": _num(req, "temperature"),
             "top_p": _num(req, "top_p"),
             "top_k": DEFAULTS["top_k"],
             "min_p": DEFAULTS["min_p"],
