@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import threading
 import time
 from pathlib import Path
 
@@ -63,7 +62,7 @@ def test_health_and_cloud_answer_quickly_during_local_generation(
     gw = gateway_factory(local_toml(tiny) + openai_provider_toml(fake_openai))
     r = long_stream(gw)
     it = r.iter_lines()
-    assert next(l for l in it if l.startswith(b"data:"))  # generation is under way
+    assert next(x for x in it if x.startswith(b"data:"))  # generation is under way
     timings = []
     for _ in range(5):
         t0 = time.monotonic()
@@ -73,7 +72,7 @@ def test_health_and_cloud_answer_quickly_during_local_generation(
     c = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
         "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "quick"}]})  # fmt: skip
     cloud_s = time.monotonic() - t0
-    rest = [l for l in it if l.startswith(b"data:")]
+    rest = [x for x in it if x.startswith(b"data:")]
     assert rest[-1] == b"data: [DONE]" and len(rest) > 100  # the generation was still running
     assert c.status_code == 200
     # Generous bounds (a shared machine): a blocked hub would take seconds, not a fraction.
@@ -103,7 +102,7 @@ def test_disconnect_mid_stream_frees_the_model(tiny, gateway_factory):
 def test_queue_full_is_429_with_retry_after(tiny, gateway_factory):
     gw = gateway_factory(local_toml(tiny, max_queue=0))
     r = long_stream(gw, max_tokens=1800)
-    next(l for l in r.iter_lines() if l.startswith(b"data:"))
+    next(x for x in r.iter_lines() if x.startswith(b"data:"))
     r2 = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
         "model": "tiny", "messages": [{"role": "user", "content": "me too"}]})  # fmt: skip
     assert r2.status_code == 429
@@ -124,7 +123,7 @@ aliases = { chat = ["local:tiny", "fake:gpt-4o-mini"] }
     gw = gateway_factory(cfg)
     r = long_stream(gw, max_tokens=1800, model="chat")
     assert r.headers["X-Hoosh-Provider"] == "local"
-    next(l for l in r.iter_lines() if l.startswith(b"data:"))
+    next(x for x in r.iter_lines() if x.startswith(b"data:"))
     r2 = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
         "model": "chat", "messages": [{"role": "user", "content": "me too"}]})  # fmt: skip
     assert r2.status_code == 200 and r2.headers["X-Hoosh-Provider"] == "fake"
