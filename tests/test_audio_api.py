@@ -1,0 +1,193 @@
+"""The OpenAI audio endpoints through the gateway: tiny synthetic models, then the real ones."""
+
+from __future__ import annotations
+
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import openai
+import pytest
+import requests
+import soundfile as sf
+
+from tests.synth_piper import make_voice
+from tests.synth_whisper import make_synthetic_whisper
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def synth_gw(tmp_path_factory):
+    from tests.conftest import GatewayProcess
+
+    d = tmp_path_factory.mktemp("speech")
+    voice = make_voice(str(d), name="tiny")
+    whisper = make_synthetic_whisper(d / "ggml-synth.bin")
+    cfg = f"""
+[server]
+max_audio_bytes = 2000000
+[local.stt.models]
+synth = "{whisper}"
+[local.tts]
+default_voice = "tiny"
+[local.tts.voices]
+tiny = "{voice}"
+"""
+    with GatewayProcess(cfg, d) as gw:
+        yield gw
+
+
+def wav_bytes(
+    seconds: float = 1.0, rate: int = 44100, channels: int = 2, subtype: str = "PCM_24"
+) -> bytes:
+    t = np.arange(int(seconds * rate)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 440 * t)
+    data = np.stack([tone] * channels, axis=1)
+    buf = io.BytesIO()
+    sf.write(buf, data, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def speak(gw, **body):
+    payload = {"model": "tts-1", "voice": "alloy", "input": "Hello there. How are you?", **body}
+    return requests.post(gw.url + "/v1/audio/speech", json=payload, timeout=30)
+
+
+@pytest.mark.parametrize("fmt,ctype,magic", [
+    ("wav", "audio/wav", b"RIFF"), ("mp3", "audio/mpeg", None), ("flac", "audio/flac", b"fLaC"),
+    ("opus", "audio/ogg", b"OggS"), ("pcm", "audio/pcm", None)])  # fmt: skip
+def test_speech_formats(synth_gw, fmt, ctype, magic):
+    r = speak(synth_gw, response_format=fmt)
+    assert r.status_code == 200, r.text
+    assert r.headers["Content-Type"].startswith(ctype)
+    assert r.headers["X-Hoosh-Provider"] == "local" and r.headers["X-Hoosh-Model"] == "tiny"
+    assert len(r.content) > 100
+    if magic:
+        assert r.content.startswith(magic)
+    if fmt == "pcm":
+        assert len(r.content) % 2 == 0 and int(r.headers["X-Hoosh-Sample-Rate"]) > 0
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"input": ""}, "input"), ({"input": "x" * 4097}, "input"), ({"input": 5}, "input"),
+    ({"response_format": "aac"}, "response_format"), ({"response_format": "midi"}, "response_format"),
+    ({"speed": 5}, "speed"), ({"speed": 0.1}, "speed"), ({"voice": "nobody"}, "voice")])  # fmt: skip
+def test_speech_bad_input(synth_gw, body, param):
+    r = speak(synth_gw, **body)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def transcribe(
+    gw, data: bytes, *, filename="a.wav", ctype="audio/wav", path="transcriptions", **form
+):
+    fields = {"model": "whisper-1", **form}
+    return requests.post(gw.url + f"/v1/audio/{path}", data=fields,
+                         files={"file": (filename, data, ctype)}, timeout=60)  # fmt: skip
+
+
+def test_transcription_formats(synth_gw):
+    audio = wav_bytes()
+    r = transcribe(synth_gw, audio)
+    assert r.status_code == 200, r.text
+    assert isinstance(r.json()["text"], str) and r.headers["X-Hoosh-Model"] == "synth"
+    v = transcribe(synth_gw, audio, response_format="verbose_json").json()
+    assert v["task"] == "transcribe" and v["duration"] == pytest.approx(1.0, abs=0.05)
+    assert isinstance(v["segments"], list)
+    srt = transcribe(synth_gw, audio, response_format="srt")
+    assert srt.status_code == 200 and srt.headers["Content-Type"].startswith("text/")
+    vtt = transcribe(synth_gw, audio, response_format="vtt")
+    assert vtt.text.startswith("WEBVTT")
+    txt = transcribe(synth_gw, audio, response_format="text")
+    assert txt.headers["Content-Type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("rate,channels,subtype", [
+    (8000, 1, "PCM_U8"), (22050, 1, "PCM_16"), (48000, 2, "PCM_32"), (44100, 6, "FLOAT")])  # fmt: skip
+def test_any_wav_layout_is_accepted_and_its_rate_read_from_the_file(
+    synth_gw, rate, channels, subtype
+):
+    r = transcribe(
+        synth_gw, wav_bytes(0.5, rate, channels, subtype), response_format="verbose_json"
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["duration"] == pytest.approx(0.5, abs=0.05)
+
+
+def test_transcription_bad_uploads(synth_gw):
+    r = transcribe(
+        synth_gw, b"this is plainly text, not audio", filename="a.txt", ctype="text/plain"
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+    r = transcribe(synth_gw, b"\x00" * 5000, ctype="audio/wav")
+    assert r.status_code == 400 and "audio" in r.json()["error"]["message"].lower()
+    r = transcribe(synth_gw, b"")
+    assert r.status_code == 400
+    r = requests.post(
+        synth_gw.url + "/v1/audio/transcriptions", data={"model": "whisper-1"}, timeout=10
+    )
+    assert r.status_code == 400 and r.json()["error"]["param"] == "file"
+    r = transcribe(synth_gw, wav_bytes(), model="nope")
+    assert r.status_code == 404
+    r = transcribe(synth_gw, wav_bytes(), response_format="docx")
+    assert r.status_code == 400
+    # A real WAV sent with a wrong declared type is judged by its bytes, and accepted.
+    r = transcribe(synth_gw, wav_bytes(), ctype="text/plain")
+    assert r.status_code == 200
+    # Translation needs a multilingual model.
+    r = transcribe(synth_gw, wav_bytes(), path="translations")
+    assert r.status_code == 400
+
+
+def test_upload_over_the_limit_is_413_and_server_lives_on(synth_gw):
+    r = transcribe(synth_gw, b"\x00" * 2_100_000)
+    assert r.status_code == 413
+    assert requests.get(synth_gw.url + "/health", timeout=5).ok
+
+
+# -- the real models ------------------------------------------------------------------------
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def word_error_rate(ref: str, hyp: str) -> float:
+    r, h = _words(ref), _words(hyp)
+    d = list(range(len(h) + 1))
+    for i in range(1, len(r) + 1):
+        prev, d[0] = d[0], i
+        for j in range(1, len(h) + 1):
+            cur = min(d[j] + 1, d[j - 1] + 1, prev + (r[i - 1] != h[j - 1]))
+            prev, d[j] = d[j], cur
+    return d[len(h)] / max(1, len(r))
+
+
+@pytest.mark.slow
+def test_real_round_trip_piper_speaks_whisper_hears(gateway_factory):
+    models = ROOT / "models"
+    voice, whisper = models / "en_US-joe-medium.onnx", models / "ggml-tiny.en.bin"
+    assert voice.exists() and whisper.exists(), "run scripts/setup to pull joe and whisper-tiny.en"
+    gw = gateway_factory(f"""
+[local.stt.models]
+"whisper-tiny.en" = "{whisper}"
+[local.tts.voices]
+joe = "{voice}"
+""")
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    sentence = ("The quick brown fox jumps over the lazy dog. "
+                "Please turn on the kitchen lights at seven o'clock.")  # fmt: skip
+    wav = client.audio.speech.create(model="tts-1", voice="alloy", input=sentence,
+                                     response_format="wav").read()  # fmt: skip
+    mp3 = client.audio.speech.create(model="tts-1", voice="joe", input=sentence,
+                                     response_format="mp3").read()  # fmt: skip
+    assert wav.startswith(b"RIFF") and len(mp3) > 1000
+    for name, data in (("speech.wav", wav), ("speech.mp3", mp3)):
+        t = client.audio.transcriptions.create(model="whisper-1", file=(name, data))
+        wer = word_error_rate(sentence, t.text)
+        assert wer < 0.2, (name, t.text, wer)
+    v = client.audio.transcriptions.create(model="whisper-tiny.en", file=("s.wav", wav),
+                                           response_format="verbose_json")  # fmt: skip
+    assert v.segments and v.duration > 3
