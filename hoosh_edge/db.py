@@ -121,6 +121,24 @@ MIGRATIONS: list[Migration] = [
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        "0005_api_keys",
+        # Only a non-secret prefix (the lookup id) and a SHA-256 of each key: see keys.py.
+        """
+        CREATE TABLE api_keys (
+            name TEXT PRIMARY KEY,
+            prefix TEXT NOT NULL UNIQUE,
+            key_hash TEXT NOT NULL,
+            allowed_models TEXT,  -- JSON list of globs; NULL allows every model
+            rpm INTEGER,
+            max_concurrent INTEGER,
+            budget_usd TEXT,  -- exact decimal string, for a key:NAME budget rule
+            created_at TEXT NOT NULL,
+            last_used_at TEXT,
+            revoked_at TEXT
+        );
+        """,
+    ),
 ]
 
 
