@@ -26,6 +26,7 @@ at a different key later; a new key needs a new name. ``last_used_at`` is writte
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import hashlib
 import hmac
@@ -84,18 +85,10 @@ class KeyRecord:
 
     def to_dict(self) -> dict[str, Any]:
         """The listing form for the API and the CLI."""
-        return {
-            "name": self.name,
-            "prefix": self.prefix,
-            "kind": self.kind,
-            "allowed_models": list(self.allowed_models) if self.allowed_models else None,
-            "rpm": self.rpm,
-            "max_concurrent": self.max_concurrent,
-            "budget_usd": self.budget_usd,
-            "created_at": self.created_at,
-            "last_used_at": self.last_used_at,
-            "revoked_at": self.revoked_at,
-        }
+        out = dataclasses.asdict(self)
+        # An empty list allows nothing; only None allows everything.
+        out["allowed_models"] = None if self.allowed_models is None else list(self.allowed_models)
+        return out
 
 
 def hash_key(key: str) -> str:
@@ -318,7 +311,7 @@ class KeyStore:
         ts = self._pending.get(record.name)
         if ts is None:
             return record
-        return KeyRecord(**{**record.__dict__, "last_used_at": _utc(ts)})
+        return dataclasses.replace(record, last_used_at=_utc(ts))
 
 
 class StaticKeys:

@@ -337,6 +337,15 @@ def test_allowed_models_are_globs(store: KeyStore) -> None:
     assert is_allowed_model(None, "anything")  # open gateway
     nothing, _ = store.create("none", allowed_models=[])
     assert not is_allowed_model(nothing, "smollm2")
+    # The listing keeps "nothing" and "everything" apart.
+    assert (
+        nothing.to_dict()["allowed_models"] == [] and everything.to_dict()["allowed_models"] is None
+    )
+    assert record.to_dict()["allowed_models"] == ["smollm2*", "whisper-tiny", "gpt-4o-mini"]
+    assert set(record.to_dict()) == {
+        "name", "prefix", "kind", "allowed_models", "rpm", "max_concurrent", "budget_usd",
+        "created_at", "last_used_at", "revoked_at",
+    }  # fmt: skip
 
 
 # --- secrets never leak -----------------------------------------------------------------------
