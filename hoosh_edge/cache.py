@@ -153,7 +153,9 @@ def speech_key(provider: str, voice: str, model: str, text: str, fmt: str, speed
                               "format": fmt, "speed": float(speed)})  # fmt: skip
 
 
-def transcription_key(provider: str, model: str, audio_sha256: str, params: Mapping[str, Any]) -> str:
+def transcription_key(
+    provider: str, model: str, audio_sha256: str, params: Mapping[str, Any]
+) -> str:
     """Key of a transcription or translation; ``params`` holds every option that shapes it."""
     fields = {k: v for k, v in params.items() if v is not None}
     if fields.get("temperature") == 0:
@@ -492,7 +494,9 @@ class ResponseCache:
         if not self.policy.enabled:
             return False
         body = bytes(body)
-        meta_text = json.dumps(dict(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        meta_text = json.dumps(
+            dict(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+        )
         meta_bytes = meta_text.encode()
         size = len(body) + len(meta_bytes)
         if size > self.policy.max_bytes:
@@ -504,7 +508,9 @@ class ResponseCache:
         try:
             with self.db.write() as w:
                 self._flush_touches(w)
-                w.execute("DELETE FROM response_cache WHERE created <= ?", [now - self.policy.ttl_s])
+                w.execute(
+                    "DELETE FROM response_cache WHERE created <= ?", [now - self.policy.ttl_s]
+                )
                 w.execute(
                     "INSERT INTO response_cache (key, kind, provider, model, body, meta, size, "
                     "checksum, created, last_used) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
@@ -522,7 +528,9 @@ class ResponseCache:
         self.evictions += evicted
         return True
 
-    def put_chat(self, key: str, doc: Mapping[str, Any] | None, *, provider: str, model: str) -> bool:
+    def put_chat(
+        self, key: str, doc: Mapping[str, Any] | None, *, provider: str, model: str
+    ) -> bool:
         """Store a finished ``chat.completion`` (None or an unfinished answer is ignored)."""
         if doc is None or "error" in doc or not _is_completion(doc):
             return False
@@ -581,7 +589,9 @@ class ResponseCache:
         try:
             with self.db.write() as w:
                 # Only the row we judged: a fresh put may have replaced it meanwhile.
-                w.execute("DELETE FROM response_cache WHERE key = ? AND checksum IS ?", [key, checksum])
+                w.execute(
+                    "DELETE FROM response_cache WHERE key = ? AND checksum IS ?", [key, checksum]
+                )
         except (sqlite3.Error, HooshError) as e:
             log.warning("cache: dropping a bad entry failed: %s", e)
 
