@@ -391,8 +391,12 @@ class Flight:
         slot = self._cache._flights.setdefault(self.key, [gevent.lock.Semaphore(), 0])
         slot[1] += 1
         self.waited = slot[0].locked()
-        # On timeout go ahead anyway: a stuck leader must not stall every follower forever.
-        self._held = slot[0].acquire(timeout=self.timeout_s)
+        try:
+            # On timeout go ahead anyway: a stuck leader must not stall every follower forever.
+            self._held = slot[0].acquire(timeout=self.timeout_s)
+        except BaseException:  # killed while waiting: leave no slot behind
+            self.release()
+            raise
         return self
 
     def release(self) -> None:
@@ -494,9 +498,7 @@ class ResponseCache:
         if not self.policy.enabled:
             return False
         body = bytes(body)
-        meta_text = json.dumps(
-            dict(meta), sort_keys=True, separators=(",", ":"), ensure_ascii=False
-        )
+        meta_text = json.dumps(dict(meta), sort_keys=True, separators=(",", ":"))
         meta_bytes = meta_text.encode()
         size = len(body) + len(meta_bytes)
         if size > self.policy.max_bytes:
@@ -535,10 +537,14 @@ class ResponseCache:
         if doc is None or "error" in doc or not _is_completion(doc):
             return False
         stored = {k: v for k, v in doc.items() if k not in ("id", "created")}
-        body = json.dumps(stored, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        text = json.dumps(stored, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        try:
+            body = text.encode()
+        except UnicodeEncodeError:  # a lone surrogate from a JSON escape: not worth keeping
+            return False
         meta = {"provider": provider, "model": model, "content_type": "application/json",
                 "usage": doc.get("usage")}  # fmt: skip
-        return self.put(key, "chat", body.encode("utf-8", "surrogatepass"), meta)
+        return self.put(key, "chat", body, meta)
 
     def _evict(self, w: Any, keep: str) -> int:
         """Delete least-recently-used rows (never ``keep``) until both bounds hold."""
@@ -565,7 +571,8 @@ class ResponseCache:
     def _touch(self, key: str, now: float) -> None:
         with self._touch_lock:
             self._touches[key] = now
-            due = now - self._last_flush >= self.touch_interval_s
+            # A clock set back (no RTC, then NTP) must not postpone the flush until it catches up.
+            due = not 0 <= now - self._last_flush < self.touch_interval_s
         if due:
             try:
                 with self.db.write() as w:

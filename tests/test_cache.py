@@ -594,3 +594,19 @@ def test_a_failed_leader_lets_the_next_request_compute(database: Database, clock
     gevent.joinall([gevent.spawn(request, i) for i in range(4)], raise_error=True)
     assert computed == [0, 1]
     assert cache._flights == {}
+
+
+def test_a_waiter_killed_while_waiting_leaves_nothing_behind(
+    database: Database, clock: Clock
+) -> None:
+    cache = make_cache(database, clock)
+    leader = cache.inflight("k").acquire()
+    waiter = gevent.spawn(lambda: cache.inflight("k").acquire())
+    gevent.sleep(0.01)
+    assert not waiter.dead  # parked behind the leader
+    waiter.kill()
+    leader.release()
+    leader.release()  # twice is harmless
+    assert cache._flights == {}
+    with cache.inflight("k") as flight:
+        assert not flight.waited
