@@ -1,0 +1,560 @@
+"""The operator's status page: its JSON against the gateway's state, and the page in a real browser."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import datetime, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from hoosh_edge.api import status
+from hoosh_edge.app import Gateway, create_app
+from hoosh_edge.budget import SpendLedger, Usage
+from hoosh_edge.config import load_config
+from hoosh_edge.db import Database
+from hoosh_edge.engines.pool import ModelPool, ModelSlot
+from tests.conftest import ROOT, GatewayProcess, openai_provider_toml
+
+MiB = 1024 * 1024
+NOON = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
+
+
+class FixedCache:
+    """A response cache stand-in that reports fixed statistics (the status page only reads them)."""
+
+    def stats(self) -> dict[str, Any]:
+        return {"entries": 42, "bytes": 3 * MiB, "hit_rate": 0.375}
+
+
+RULES = [
+    {"name": "cloud-daily", "scope": "cloud", "metric": "usd", "limit": "0.05", "period": "day",
+     "action": "block"},
+    {"name": "laptop-requests", "scope": "key:laptop", "metric": "requests", "limit": 2,
+     "period": "day", "action": "block"},
+    {"name": "mini-usd", "scope": "model:gpt-4o-*", "metric": "usd", "limit": "0.01",
+     "period": "month", "action": "warn"},
+    {"name": "tokens-month", "scope": "all", "metric": "tokens", "limit": 1000, "period": "month",
+     "action": "local_only"},
+    {"name": "cloudy-total", "scope": "provider:cloudy", "metric": "requests", "limit": 10,
+     "period": "total", "action": "block"},
+]  # fmt: skip
+
+
+def book(ledger: SpendLedger, usage: Usage, **target: Any) -> None:
+    """Reserve and commit one call, as the gateway does."""
+    ledger.commit(ledger.reserve(usage, **target), usage)
+
+
+# ---- the JSON ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway(tmp_path: Path):
+    cfg = tmp_path / "hoosh-edge.toml"
+    cfg.write_text("""
+[[providers]]
+name = "cloudy"
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "sk-test-cloudy"
+models = ["gpt-*"]
+
+[[providers]]
+name = "nokey"
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "$STATUS_TEST_UNSET_SECRET"
+models = ["other-*"]
+""")
+    gw = Gateway(load_config(cfg, env={}))
+    pool = ModelPool(mem_available=lambda: None)
+    pool.register(ModelSlot(key="smol", kind="llm", loader=object, estimate_bytes=300 * MiB))
+    pool.register(ModelSlot(key="stt:tiny", kind="stt", loader=object, estimate_bytes=75 * MiB))
+    pool.slot("smol").ensure_loaded()
+    gw.pool = pool
+    db = Database.open(tmp_path / "data")
+    gw.ledger = SpendLedger(db, clock=lambda: NOON)
+    for r in RULES:
+        gw.ledger.create_rule(r)
+    gw.cache = FixedCache()
+    yield gw
+    db.close()
+
+
+@pytest.fixture
+def client(gateway: Gateway):
+    app = create_app(gateway=gateway)
+    if "status" not in app.blueprints:  # until create_app registers it
+        app.register_blueprint(status.bp)
+    return app.test_client()
+
+
+def test_status_json_reports_models_providers_and_device(gateway, client):
+    gateway.router.health["cloudy"].failed("upstream timed out after 2s")
+    with gateway.pool.slot("smol").use():  # busy while the page looks
+        data = client.get("/admin/status.json").get_json()
+    assert data["version"] == __import__("hoosh_edge").__version__
+    assert 0 <= data["uptime_s"] < 60
+    models = {m["id"]: m for m in data["models"]}
+    assert models["smol"] == {"id": "smol", "kind": "llm", "loaded": True, "busy": True,
+                              "queue_depth": 0, "estimate_bytes": 300 * MiB,
+                              "idle_s": models["smol"]["idle_s"]}  # fmt: skip
+    assert models["stt:tiny"]["loaded"] is False and models["stt:tiny"]["busy"] is False
+    providers = {p["name"]: p for p in data["providers"]}
+    assert providers["cloudy"]["state"] == "degraded"
+    assert providers["cloudy"]["last_error"] == "upstream timed out after 2s"
+    assert providers["nokey"]["state"] == "disabled"
+    assert "STATUS_TEST_UNSET_SECRET" in providers["nokey"]["disabled_reason"]
+    # The same providers as /v1/health reports.
+    assert data["providers"] == client.get("/v1/health").get_json()["providers"]
+    dev = data["device"]
+    if Path("/proc/meminfo").exists():
+        assert 0 < dev["mem_available_bytes"] <= dev["mem_total_bytes"]
+    assert len(dev["load_avg"]) == 3
+    assert data["cache"] == {"entries": 42, "bytes": 3 * MiB, "hit_rate": 0.375}
+
+
+def test_budgets_and_spend_follow_the_ledger(gateway, client):
+    ledger = gateway.ledger
+    cloud = {"provider": "cloudy", "model": "gpt-4o-mini", "is_local": False}
+    book(ledger, Usage(100, 50, cost_micro_usd=12_300), key="laptop", **cloud)
+    book(ledger, Usage(200, 100, cost_micro_usd=2_000), key="phone", **cloud)
+    book(ledger, Usage(40, 10), key="laptop", provider="local", model="smol", is_local=True)
+    # An open reservation is not committed use: the page shows spend, not holds.
+    ledger.reserve(Usage(1, 1, cost_micro_usd=10_000), key="phone", **cloud)
+
+    data = client.get("/admin/status.json").get_json()
+    budgets = {b["name"]: b for b in data["budgets"]}
+    assert [b["name"] for b in data["budgets"]] == sorted(r["name"] for r in RULES)
+    assert budgets["cloud-daily"] | {} == {
+        "name": "cloud-daily", "scope": "cloud", "metric": "usd", "unit": "USD", "period": "day",
+        "action": "block", "limit": "0.05", "used": "0.0143", "remaining": "0.0357",
+        "percent": 28.6, "resets_at": "2025-03-11T00:00:00+00:00",
+    }  # fmt: skip
+    assert (budgets["laptop-requests"]["used"], budgets["laptop-requests"]["percent"]) == (
+        "2",
+        100.0,
+    )
+    assert budgets["laptop-requests"]["remaining"] == "0"
+    assert budgets["mini-usd"]["used"] == "0.0143"
+    assert budgets["mini-usd"]["percent"] == 143.0  # over a warn rule: shown, not capped
+    assert budgets["mini-usd"]["resets_at"] == "2025-04-01T00:00:00+00:00"
+    assert budgets["tokens-month"]["used"] == str(150 + 300 + 50)
+    assert budgets["cloudy-total"]["used"] == "2" and budgets["cloudy-total"]["resets_at"] is None
+    # The page agrees with the ledger's own judgement: the full rule blocks the laptop.
+    assert not ledger.check(
+        key="laptop", is_local=False, **{k: cloud[k] for k in ("provider", "model")}
+    ).allowed
+    assert data["spend"] == {"today_usd": "0.0143", "today_requests": 3,
+                             "month_usd": "0.0143", "month_requests": 3}  # fmt: skip
+
+
+def test_missing_parts_are_null_and_a_broken_part_is_an_error(gateway, client):
+    gateway.ledger = None
+    gateway.pool = None
+
+    class BrokenCache:
+        def stats(self) -> dict[str, Any]:
+            raise RuntimeError("database is locked")
+
+    gateway.cache = BrokenCache()
+    resp = client.get("/admin/status.json")
+    assert resp.status_code == 200 and resp.headers["Cache-Control"] == "no-store"
+    data = resp.get_json()
+    assert data["budgets"] is None and data["spend"] is None and data["models"] == []
+    assert data["cache"] == {"error": "RuntimeError: database is locked"}
+    assert [p["name"] for p in data["providers"]] == ["cloudy", "nokey"]
+
+
+def test_request_totals_count_api_routes_only(gateway, client):
+    for _ in range(3):
+        assert client.get("/v1/models").status_code == 200
+    assert client.get("/v1/models/no-such-model").status_code == 404
+    client.get("/admin/status.json")
+    client.get("/")
+    totals = client.get("/admin/status.json").get_json()["requests"]
+    assert totals == {"total": 4, "by_class": {"2xx": 3, "4xx": 1, "5xx": 0}}
+
+
+def test_page_and_assets_are_served(client):
+    page = client.get("/")
+    assert page.status_code == 200 and page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert "/status/status.js" in text and "/status/status.css" in text
+    assert "http://" not in text and "https://" not in text  # nothing from outside the box
+    assert client.get("/status/status.js").mimetype == "text/javascript"
+    assert client.get("/status/status.css").mimetype == "text/css"
+    assert client.get("/status/status.html").status_code == 404
+    assert client.get("/status/..%2Fapi%2Fstatus.py").status_code == 404
+
+
+def test_device_readings_from_kernel_files(tmp_path):
+    for i, milli in enumerate(["48312", "61000", "garbage"]):
+        zone = tmp_path / f"thermal_zone{i}"
+        zone.mkdir()
+        (zone / "temp").write_text(milli + "\n")
+    assert status.cpu_temperature_c(str(tmp_path / "thermal_zone*/temp")) == 61.0
+    assert status.cpu_temperature_c(str(tmp_path / "nothing*/temp")) is None
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(
+        "MemTotal:        8000000 kB\nMemFree:  100 kB\nMemAvailable:    2500000 kB\n"
+    )
+    assert status.memory_bytes(str(meminfo)) == (2500000 * 1024, 8000000 * 1024)
+    assert status.memory_bytes(str(tmp_path / "absent")) == (None, None)
+
+
+# ---- the page in a real browser ----------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+
+# TEMPORARY runner, to delete once create_app registers the status blueprint (then the browser
+# tests start ``hoosh_edge.py`` through GatewayProcess, see ``start_gateway``).
+RUNNER = '''\
+"""Serve the gateway plus the status page on 127.0.0.1 (test helper)."""
+from gevent import monkey
+
+monkey.patch_all()
+
+import hmac
+import sys
+
+from flask import request
+from gevent.pywsgi import WSGIServer
+
+from hoosh_edge.api.status import bp
+from hoosh_edge.app import create_app
+from hoosh_edge.config import load_config
+from hoosh_edge.local import build_gateway
+from hoosh_edge.server import make_listener
+
+config = load_config(sys.argv[1])
+gw = build_gateway(config)
+if getattr(gw, "ledger", None) is None:
+    from hoosh_edge.budget import SpendLedger
+    from hoosh_edge.db import Database
+
+    gw.ledger = SpendLedger(Database.open(config.server.data_dir), timezone=config.timezone)
+    gw.ledger.seed_rules([dict(b) for b in config.budgets])
+app = create_app(gateway=gw)
+if "status" not in app.blueprints:
+    app.register_blueprint(bp)
+admin_key = config.server.admin_key
+
+
+@app.before_request
+def guard_admin():
+    # Stands in for the gateway's admin auth on /admin/*.
+    if admin_key and request.path.startswith("/admin/"):
+        given = request.headers.get("Authorization", "")[7:]
+        if not hmac.compare_digest(given.encode(), admin_key.encode()):
+            return {"error": {"message": "admin key required"}}, 401
+    return None
+
+
+listener = make_listener("127.0.0.1", 0)
+server = WSGIServer(listener, app, log=None)
+print(f"hoosh-edge (status test runner) listening on http://127.0.0.1:{listener.getsockname()[1]}",
+      flush=True)
+server.serve_forever()
+'''
+
+
+class RunnerProcess(GatewayProcess):
+    """The temporary runner above in a child process, with GatewayProcess's reading and stopping."""
+
+    def start(self, timeout: float = 60) -> RunnerProcess:
+        script = self.tmp / "status_runner.py"
+        script.write_text(RUNNER)
+        env = dict(self.env, PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script), str(self.config_path)], cwd=self.tmp, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        assert self.proc.stdout is not None
+        first = self.proc.stdout.readline()
+        if "listening on" not in first:
+            self.proc.wait(5)
+            raise RuntimeError(f"runner did not start: {first!r}\n{self.log}")
+        self.url = first.strip().rsplit(" ", 1)[-1]
+        self.banner = [first]
+        threading.Thread(target=self._drain_stdout, daemon=True).start()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(self.url + "/health", timeout=2).ok:
+                    return self
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("runner never became healthy")
+
+
+def start_gateway(config_text: str, tmp: Path) -> GatewayProcess:
+    """The real gateway once it serves the page itself; until then the runner."""
+    serves_page = "status" in create_app(load_config(None, env={})).blueprints
+    cls = GatewayProcess if serves_page else RunnerProcess
+    return cls(config_text, tmp).start()
+
+
+def chromium(tmp: Path, url: str, *extra: str) -> str:
+    """Run headless Chromium on ``url`` and return its stdout."""
+    assert url.startswith("http://127.0.0.1:")
+    profile = tempfile.mkdtemp(dir=tmp, prefix="chromium-profile-")
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=3000",
+           *extra, url]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+class PageFields(HTMLParser):
+    """Texts of the page's elements by id, per table row / budget by data-k, and hidden ids."""
+
+    VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source",
+            "track", "wbr"}  # fmt: skip
+    ROWS = ("data-model", "data-provider", "data-budget", "data-error")
+
+    def __init__(self, html: str) -> None:
+        super().__init__()
+        self.by_id: dict[str, str] = {}
+        self.rows: dict[tuple[str, str], dict[str, str]] = {}
+        self.hidden: set[str] = set()
+        self.body: dict[str, str | None] = {}
+        self._stack: list[tuple[str, str | None, tuple[str, str] | None, str | None]] = []
+        self.feed(html)
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "body":
+            self.body = a
+        if "hidden" in a and a.get("id"):
+            self.hidden.add(a["id"])
+        if tag in self.VOID:
+            return
+        row = next(((r[5:], a[r]) for r in self.ROWS if a.get(r) is not None), None)
+        if row is None and self._stack:
+            row = self._stack[-1][2]
+        if row is not None:
+            self.rows.setdefault(row, {})
+        self._stack.append((tag, a.get("id"), row, a.get("data-k")))
+        if row is not None and a.get("data-k"):
+            self.rows[row][a["data-k"] + ".class"] = a.get("class") or ""
+        if a.get("id"):
+            self.by_id[a["id"]] = ""
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._stack:
+            if self._stack.pop()[0] == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        for _, ident, row, key in self._stack:
+            if ident:
+                self.by_id[ident] += data
+            if row is not None and key:
+                self.rows[row][key] = self.rows[row].get(key, "") + data
+
+
+def usd_text(amount: str) -> str:
+    """Dollars as the page shows them: 4 decimals below $1, cents above, no trailing zeros past 2."""
+    n = float(amount)
+    text = f"{n:.{2 if n >= 1 else 4}f}"
+    while len(text.partition(".")[2]) > 2 and text.endswith("0"):
+        text = text[:-1]
+    return "$" + text
+
+
+def bytes_text(n: int) -> str:
+    if n >= 1024**3:
+        return f"{n / 1024**3:.1f} GiB"
+    if n >= MiB:
+        return f"{round(n / MiB)} MiB"
+    return f"{round(n / 1024)} KiB" if n >= 1024 else f"{n} B"
+
+
+def browser_toml(fake, gguf: Path, tmp: Path, extra: str = "") -> str:
+    return (
+        openai_provider_toml(fake, name="cloudy", models='["gpt-*"]')
+        + f"""
+[[providers]]
+name = "deadend"
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "sk-test-deadend"
+models = ["dead-*"]
+max_retries = 0
+connect_timeout_s = 1
+
+[[providers]]
+name = "nokey"
+type = "openai"
+base_url = "http://127.0.0.1:9/v1"
+api_key = "$STATUS_TEST_UNSET_SECRET"
+models = ["other-*"]
+
+[[budgets]]
+name = "cloud-daily"
+scope = "cloud"
+metric = "usd"
+limit = "0.05"
+period = "day"
+action = "block"
+
+[[budgets]]
+name = "laptop-requests"
+scope = "key:laptop"
+metric = "requests"
+limit = 4
+period = "day"
+action = "block"
+
+[[budgets]]
+name = "tiny-tokens"
+scope = "model:tiny"
+metric = "tokens"
+limit = 10
+period = "day"
+action = "warn"
+
+[pricing."dead-1"]
+input_usd_per_mtok = 1
+output_usd_per_mtok = 1
+
+[local.llm]
+n_threads = 1
+n_ctx = 512
+[local.llm.models]
+tiny = "{gguf}"
+
+[server]
+data_dir = "{tmp / "data"}"
+models_dir = "{tmp / "models"}"
+{extra}
+"""
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> Path:
+    from tests.synth_gguf import make_tiny_gguf
+
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@needs_chromium
+def test_page_in_chromium_shows_what_the_json_says(tmp_path, fake_openai, tiny_gguf):
+    gw = start_gateway(browser_toml(fake_openai, tiny_gguf, tmp_path), tmp_path)
+    try:
+        chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        assert requests.post(gw.url + "/v1/chat/completions", json={"model": "tiny", **chat},
+                             timeout=60).status_code == 200  # fmt: skip
+        assert requests.post(gw.url + "/v1/chat/completions",
+                             json={"model": "gpt-4o-mini", **chat}, timeout=30).ok  # fmt: skip
+        failed = requests.post(gw.url + "/v1/chat/completions", json={"model": "dead-1", **chat},
+                               timeout=30)  # fmt: skip
+        assert failed.status_code >= 500
+        # Committed spend from a second writer of the same database: the page reads it live.
+        db = Database.open(tmp_path / "data")
+        try:
+            ledger = SpendLedger(db)
+            book(ledger, Usage(120, 30, cost_micro_usd=12_345), key="laptop", provider="cloudy",
+                 model="gpt-4o-mini", is_local=False)  # fmt: skip
+        finally:
+            db.close()
+
+        html = chromium(tmp_path, gw.url + "/", "--dump-dom")
+        data = requests.get(gw.url + "/admin/status.json", timeout=10).json()
+        shot = tmp_path / "status.png"
+        chromium(tmp_path, gw.url + "/", f"--screenshot={shot}", "--window-size=1100,1400")
+        phone = tmp_path / "status-phone.png"
+        chromium(tmp_path, gw.url + "/", f"--screenshot={phone}", "--window-size=390,1600")
+    finally:
+        gw.stop()
+    assert shot.stat().st_size > 10_000 and phone.stat().st_size > 10_000
+    print(f"screenshots: {shot} {phone}")
+
+    page = PageFields(html)
+    assert page.body.get("data-loaded") == "1", html[:3000]
+    assert "keyform" in page.hidden and "main" not in page.hidden
+    assert page.by_id["version"] == data["version"]
+
+    providers = {p["name"]: p for p in data["providers"]}
+    assert providers["cloudy"]["state"] == "ok"
+    assert providers["deadend"]["state"] in ("degraded", "down")
+    assert providers["nokey"]["state"] == "disabled"
+    shown = {name: row for (kind, name), row in page.rows.items() if kind == "provider"}
+    assert {n: r["state"] for n, r in shown.items()} == {
+        n: p["state"] for n, p in providers.items()
+    }
+    errors = {name: row["text"] for (kind, name), row in page.rows.items() if kind == "error"}
+    assert errors == {"deadend": providers["deadend"]["last_error"],
+                      "nokey": providers["nokey"]["disabled_reason"]}  # fmt: skip
+
+    models = {m["id"]: m for m in data["models"]}
+    assert models["tiny"]["loaded"] is True
+    shown = {name: row for (kind, name), row in page.rows.items() if kind == "model"}
+    assert set(shown) == set(models)
+    assert shown["tiny"]["state"] == "loaded"
+    assert shown["tiny"]["memory"] == bytes_text(models["tiny"]["estimate_bytes"])
+
+    budgets = {b["name"]: b for b in data["budgets"]}
+    assert set(budgets) == {"cloud-daily", "laptop-requests", "tiny-tokens"}
+    shown = {name: row for (kind, name), row in page.rows.items() if kind == "budget"}
+    assert set(shown) == set(budgets)
+    assert budgets["laptop-requests"]["used"] == "1"
+    assert shown["laptop-requests"]["percent"] == "25 %"
+    assert (shown["laptop-requests"]["used"], shown["laptop-requests"]["limit"]) == (
+        "1",
+        "4 requests",
+    )
+    cloud = budgets["cloud-daily"]
+    assert shown["cloud-daily"]["used"] == usd_text(cloud["used"])
+    assert shown["cloud-daily"]["limit"] == "$0.05"
+    assert shown["cloud-daily"]["percent.class"].split() == ["pct"]
+    assert budgets["tiny-tokens"]["percent"] > 100  # the local chat used more than 10 tokens
+    assert shown["tiny-tokens"]["percent.class"].split() == ["pct", "over"]
+    assert shown["tiny-tokens"]["percent"] == f"{round(budgets['tiny-tokens']['percent'])} %"
+    assert usd_text("0.012345") == "$0.0123" and usd_text("12.5") == "$12.50"
+    assert page.by_id["spend-today"] == usd_text(data["spend"]["today_usd"])
+    assert page.by_id["spend-month"] == usd_text(data["spend"]["month_usd"])
+    assert page.by_id["spend-today"].startswith("$0.0")
+    assert int(page.by_id["req-total"]) >= 3 and int(page.by_id["req-5xx"]) >= 1
+    assert page.by_id["mem-free"] == bytes_text(data["device"]["mem_available_bytes"])
+    cache = data["cache"]
+    if cache and "hit_rate" in cache and cache["hit_rate"] is not None:
+        assert page.by_id["cache-hit-rate"].endswith(" %")
+    elif cache is None:
+        assert page.by_id["cache-hit-rate"] == "off"
+
+
+@needs_chromium
+def test_page_asks_for_the_admin_key_when_refused(tmp_path, fake_openai, tiny_gguf):
+    key = "admin-test-key-4242"
+    cfg = browser_toml(fake_openai, tiny_gguf, tmp_path, extra=f'admin_key = "{key}"')
+    gw = start_gateway(cfg, tmp_path)
+    try:
+        assert requests.get(gw.url + "/admin/status.json", timeout=10).status_code in (401, 403)
+        auth = {"Authorization": f"Bearer {key}"}
+        assert requests.get(gw.url + "/admin/status.json", headers=auth, timeout=10).ok
+        html = chromium(tmp_path, gw.url + "/", "--dump-dom")
+    finally:
+        gw.stop()
+    page = PageFields(html)
+    assert "keyform" not in page.hidden and "main" in page.hidden
+    assert page.by_id["keymsg"] == "This page needs the admin key."
+    assert "data-loaded" not in page.body
