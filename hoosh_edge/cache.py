@@ -537,13 +537,17 @@ class ResponseCache:
         if doc is None or "error" in doc or not _is_completion(doc):
             return False
         stored = {k: v for k, v in doc.items() if k not in ("id", "created")}
+        usage = stored.get("usage")
+        if isinstance(usage, dict) and "cost_usd" in usage:
+            # What the first call cost is bookkeeping, not part of the answer: a hit costs nothing.
+            stored["usage"] = {k: v for k, v in usage.items() if k != "cost_usd"}
         text = json.dumps(stored, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         try:
             body = text.encode()
         except UnicodeEncodeError:  # a lone surrogate from a JSON escape: not worth keeping
             return False
         meta = {"provider": provider, "model": model, "content_type": "application/json",
-                "usage": doc.get("usage")}  # fmt: skip
+                "usage": stored.get("usage")}  # fmt: skip
         return self.put(key, "chat", body, meta)
 
     def _evict(self, w: Any, keep: str) -> int:

@@ -519,6 +519,12 @@ def test_a_streamed_answer_serves_a_plain_request_and_back(
     assert cache.put_chat("p", copy.deepcopy(COMPLETION), provider="local", model="qwen")
     stored = cache.get_chat("p")
     assert "id" not in stored and "created" not in stored  # per request: stamped on each hit
+
+    paid = copy.deepcopy(COMPLETION)
+    paid["usage"]["cost_usd"] = "0.000120"
+    assert cache.put_chat("c", paid, provider="openai", model="gpt-4o-mini")
+    assert cache.get_chat("c")["usage"] == COMPLETION["usage"]  # a hit is not billed again
+    assert cache.get("c").meta["usage"] == COMPLETION["usage"]
     assert join_chunks(replay_chunks(stored))["choices"][0]["message"] == (
         COMPLETION["choices"][0]["message"])  # fmt: skip
 
