@@ -51,7 +51,19 @@ class Gateway:
         self.local_backends = list(local_backends or [])
         self.pool: Any = None  # the ModelPool of on-device models, set by local.build_gateway
         self.speech: Any = None  # LocalSpeech, likewise
+        self.db: Any = None  # the SQLite Database
+        self.ledger: Any = None  # budget.SpendLedger
+        self.accountant: Any = None  # spend.Accountant: the budget gate
         self.router = Router(config, self.local_backends + build_providers(config))
+
+    def attach_budgets(self, db: Any, ledger: Any, accountant: Any) -> None:
+        """Connect the database, the ledger and the budget gate."""
+        self.db, self.ledger, self.accountant = db, ledger, accountant
+        self.router.release = accountant.release
+
+    def provider_type(self, target: Target) -> str:
+        pcfg = self.config.provider(target.provider)
+        return "local" if pcfg is None else pcfg.type
 
     def request_for(self, target: Target, base: dict[str, Any]) -> dict[str, Any]:
         """The chat request as ``target`` should get it."""
@@ -136,6 +148,8 @@ class Gateway:
         self.router.close()
         if self.pool is not None:
             self.pool.stop()
+        if self.db is not None:
+            self.db.close()
 
 
 def _log_access(rid: str, method: str, path: str, status: int, duration_s: float,

@@ -133,6 +133,20 @@ def _resolve(cfg: LocalEngineConfig, found: dict[str, Path]) -> dict[str, str]:
     return {mid: str(p) for mid, p in found.items()}
 
 
+def attach_database(gw: Gateway) -> None:
+    """Open the SQLite database, seed the config's budget rules, connect the budget gate."""
+    from .budget import SpendLedger
+    from .db import Database
+    from .pricing import PriceTable
+    from .spend import Accountant
+
+    config = gw.config
+    db = Database.open(Path(config.server.data_dir))
+    ledger = SpendLedger(db, timezone=config.timezone)
+    ledger.seed_rules([dict(b) for b in config.budgets])
+    gw.attach_budgets(db, ledger, Accountant(ledger, PriceTable(dict(config.pricing))))
+
+
 def build_gateway(config: Config) -> Gateway:
     """A Gateway with every configured provider and every local model found."""
     from .modelstore import LocalModels, discover_local_models
@@ -154,6 +168,7 @@ def build_gateway(config: Config) -> Gateway:
     gw = Gateway(config, local_backends=backends)
     gw.pool = pool
     gw.speech = speech
+    attach_database(gw)
     for mid in config.llm.preload:
         if not llm or mid not in llm:
             raise ModelNotFound(f"local.llm.preload names '{mid}', which is not a local model")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, ProviderConfig
-from .errors import HooshError, ModelNotFound, ProviderDisabled
+from .errors import BudgetExceeded, HooshError, ModelNotFound, ProviderDisabled
 from .providers.base import CallContext, ChatBackend
 
 log = logging.getLogger(__name__)
@@ -43,6 +43,7 @@ class Selected:
 
     target: Target
     failures: list[tuple[str, str]] = field(default_factory=list)
+    hold: Any = None  # the budget hold of the chosen target, committed by the API
 
 
 @dataclass
@@ -54,9 +55,29 @@ class ProviderHealth:
     last_error: str | None = None
     last_error_at: float | None = None
     latency_ema_s: float | None = None
+    opened_at: float | None = None  # circuit breaker: set after STRIKES failures in a row
+
+    STRIKES = 3
+    COOLDOWN_S = 30.0
+
+    def is_open(self, now: float) -> bool:
+        """True while the breaker is open; after the cooldown one request may probe (half-open)."""
+        if self.opened_at is None:
+            return False
+        if now - self.opened_at >= self.COOLDOWN_S:
+            self.opened_at = now  # let one request through, keep the others away meanwhile
+            return False
+        return True
+
+    @property
+    def state(self) -> str:
+        if self.opened_at is not None:
+            return "open"
+        return "degraded" if self.failures else "ok"
 
     def ok(self, latency_s: float) -> None:
         self.failures = 0
+        self.opened_at = None
         self.successes += 1
         a = 0.3
         self.latency_ema_s = (
@@ -69,6 +90,8 @@ class ProviderHealth:
         self.failures += 1
         self.last_error = message
         self.last_error_at = time.time()
+        if self.failures >= self.STRIKES:
+            self.opened_at = time.monotonic()
 
 
 class Router:
@@ -82,6 +105,7 @@ class Router:
         self.health: dict[str, ProviderHealth] = {b.name: ProviderHealth() for b in backends}
         self._rr_lock = threading.Lock()
         self._rr = itertools.count()
+        self.release: Callable[[Any], None] | None = None  # gives back a budget hold
 
     def provider_config(self, name: str) -> ProviderConfig | None:
         return self.config.provider(name)
@@ -146,16 +170,35 @@ class Router:
         targets: list[Target],
         ctx: CallContext,
         call: Callable[[Target], Any],
-    ) -> tuple[Target, Any, list[tuple[str, str]]]:
-        """Call ``call(target)`` for each target in turn until one succeeds."""
+        admit: Callable[[Target], Any] | None = None,
+    ) -> tuple[Target, Any, list[tuple[str, str]], Any]:
+        """Call ``call(target)`` for each target in turn until one succeeds.
+
+        ``admit(target)`` is the budget gate: it returns a hold (released here if the call fails)
+        or raises ``BudgetExceeded``, which skips the target. Returns (target, result, failures,
+        hold).
+        """
         failures: list[tuple[str, str]] = []
         last: HooshError | None = None
-        for target in targets:
+        refusal: BudgetExceeded | None = None
+        for target in self._breaker_order(targets):
             started = time.monotonic()
+            hold = None
             try:
                 self._check_usable(target)
+                if admit is not None:
+                    hold = admit(target)
                 result = call(target)
+            except BudgetExceeded as e:
+                if hold is not None and self.release is not None:
+                    self.release(hold)
+                failures.append((target.label, e.message))
+                refusal = refusal or e
+                last = e
+                continue
             except HooshError as e:
+                if hold is not None and self.release is not None:
+                    self.release(hold)
                 self._failed(target, e)
                 if not e.fallback_ok:
                     raise
@@ -164,8 +207,15 @@ class Router:
                 log.info("request %s: %s failed (%s); trying the next target",
                          ctx.request_id, target.label, e.message)  # fmt: skip
                 continue
+            except BaseException:
+                if hold is not None and self.release is not None:
+                    self.release(hold)
+                raise
             self.health[target.provider].ok(time.monotonic() - started)
-            return target, result, failures
+            return target, result, failures, hold
+        if refusal is not None:
+            # The budget is what stopped the request: say which rule, its limit and its reset.
+            raise refusal
         assert last is not None
         if len(failures) > 1:
             last.message = "No target could serve the request: " + "; ".join(
@@ -174,7 +224,8 @@ class Router:
         raise last
 
     def stream(self, targets: list[Target], req_for: Callable[[Target], dict],
-               ctx: CallContext) -> Iterator[Any]:  # fmt: skip
+               ctx: CallContext, admit: Callable[[Target], Any] | None = None,
+               ) -> Iterator[Any]:  # fmt: skip
         """Yield ``Selected`` once a target produced its first chunk, then its chunks."""
 
         def open_target(target: Target) -> tuple[Any, Iterator[dict]]:
@@ -190,9 +241,9 @@ class Router:
                 raise
             return first, it
 
-        target, (first, it), failures = self.attempt(targets, ctx, open_target)
+        target, (first, it), failures, hold = self.attempt(targets, ctx, open_target, admit)
         try:
-            yield Selected(target, failures)
+            yield Selected(target, failures, hold)
             if first is not None:
                 yield first
             yield from it
@@ -200,6 +251,12 @@ class Router:
             close = getattr(it, "close", None)
             if close:
                 close()
+
+    def _breaker_order(self, targets: list[Target]) -> list[Target]:
+        """Targets whose circuit is open go last (still tried if nothing else serves)."""
+        now = time.monotonic()
+        closed = [t for t in targets if not self.health[t.provider].is_open(now)]
+        return closed + [t for t in targets if t not in closed]
 
     def _failed(self, target: Target, e: HooshError) -> None:
         if e.fallback_ok and not isinstance(e, ProviderDisabled):

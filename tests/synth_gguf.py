@@ -74,14 +74,16 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
     return w
 
 
-def make_tiny_gguf(path: str | Path, *, seed: int = 0, name: str = "tiny-test") -> Path:
+def make_tiny_gguf(
+    path: str | Path, *, seed: int = 0, name: str = "tiny-test", n_ctx_train: int = N_CTX_TRAIN
+) -> Path:
     """Write a few-hundred-KB llama GGUF with a byte vocabulary and a chat template to ``path``."""
     import gguf  # test-only dependency
 
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_name(name)
-    writer.add_context_length(N_CTX_TRAIN)
+    writer.add_context_length(n_ctx_train)
     writer.add_embedding_length(N_EMBD)
     writer.add_block_count(N_LAYER)
     writer.add_feed_forward_length(N_FF)

@@ -17,10 +17,11 @@ from tests.synth_gguf import make_tiny_gguf
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+    # A long training context lets one request generate for seconds (the tiny model is fast).
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", n_ctx_train=8192)
 
 
-def local_toml(path: Path, *, max_queue: int = 4, n_ctx: int = 2048) -> str:
+def local_toml(path: Path, *, max_queue: int = 4, n_ctx: int = 8192) -> str:
     return f"""
 [local.llm]
 n_threads = 1
@@ -31,7 +32,7 @@ tiny = "{path}"
 """
 
 
-def long_stream(gw, max_tokens: int = 1500, **kw):
+def long_stream(gw, max_tokens: int = 6000, **kw):
     body = {"model": "tiny", "stream": True, "max_tokens": max_tokens, "temperature": 0,
             "messages": [{"role": "user", "content": "go"}], **kw}  # fmt: skip
     return requests.post(gw.url + "/v1/chat/completions", json=body, stream=True, timeout=60)
@@ -81,7 +82,7 @@ def test_health_and_cloud_answer_quickly_during_local_generation(
 
 def test_disconnect_mid_stream_frees_the_model(tiny, gateway_factory):
     gw = gateway_factory(local_toml(tiny, max_queue=0))
-    r = long_stream(gw, max_tokens=1800)
+    r = long_stream(gw, max_tokens=6000)
     lines = r.iter_lines()
     for _ in range(5):
         next(lines)
@@ -96,13 +97,14 @@ def test_disconnect_mid_stream_frees_the_model(tiny, gateway_factory):
     assert r2.status_code == 200, r2.text
     line = next(json.loads(x.split("INFO hoosh_edge.access: ", 1)[1])
                 for x in gw.log.splitlines() if '"status":499' in x)  # fmt: skip
-    assert line["completion_tokens"] < 1800  # generation stopped early, not run to the end
+    assert line["completion_tokens"] < 6000  # generation stopped early, not run to the end
 
 
 def test_queue_full_is_429_with_retry_after(tiny, gateway_factory):
     gw = gateway_factory(local_toml(tiny, max_queue=0))
-    r = long_stream(gw, max_tokens=1800)
-    next(x for x in r.iter_lines() if x.startswith(b"data:"))
+    r = long_stream(gw, max_tokens=6000)
+    lines = r.iter_lines()  # kept referenced: a collected iterator closes the connection
+    next(x for x in lines if x.startswith(b"data:"))
     r2 = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
         "model": "tiny", "messages": [{"role": "user", "content": "me too"}]})  # fmt: skip
     assert r2.status_code == 429
@@ -121,9 +123,10 @@ aliases = { chat = ["local:tiny", "fake:gpt-4o-mini"] }
 """
     )
     gw = gateway_factory(cfg)
-    r = long_stream(gw, max_tokens=1800, model="chat")
+    r = long_stream(gw, max_tokens=6000, model="chat")
     assert r.headers["X-Hoosh-Provider"] == "local"
-    next(x for x in r.iter_lines() if x.startswith(b"data:"))
+    lines = r.iter_lines()  # kept referenced: a collected iterator closes the connection
+    next(x for x in lines if x.startswith(b"data:"))
     r2 = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
         "model": "chat", "messages": [{"role": "user", "content": "me too"}]})  # fmt: skip
     assert r2.status_code == 200 and r2.headers["X-Hoosh-Provider"] == "fake"

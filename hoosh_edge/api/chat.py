@@ -10,9 +10,11 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify
 
 from .. import chatfmt
+from ..budget import Usage
 from ..errors import HooshError
 from ..providers.base import CallContext
 from ..router import Selected, Target
+from ..spend import DEFAULT_MAX_TOKENS, Hold, chat_usage, estimate_prompt_tokens
 from ..threads import KEEPALIVE, pump
 from .common import gateway, inference_headers, read_json
 
@@ -47,10 +49,52 @@ class ChatCall:
         self.created = int(time.time())
         self.prompt_text = chatfmt.message_text(req["messages"])
         self.started = time.monotonic()
+        self.key = g.get("key_name")
+        self.budgeted = gw.accountant is not None and gw.accountant.has_rules()
 
     def request_for(self, target: Target) -> dict[str, Any]:
         """The request as this target should get it (token limit clamped to the provider's)."""
-        return self.gw.request_for(target, self.base)
+        req = self.gw.request_for(target, self.base)
+        if self.budgeted and not target.backend.is_local and chatfmt.max_tokens_of(req) is None:
+            # A paid call under budget rules needs a worst case: cap what it may write.
+            field = (
+                "max_tokens"
+                if "anthropic" == self.gw.provider_type(target)
+                else "max_completion_tokens"
+            )
+            req[field] = DEFAULT_MAX_TOKENS
+        return req
+
+    def admit(self, target: Target) -> Hold | None:
+        """Reserve this target's worst case in the ledger (or raise BudgetExceeded)."""
+        acct = self.gw.accountant
+        if acct is None:
+            return None
+        max_tokens = chatfmt.max_tokens_of(self.request_for(target))
+        estimate = Usage(
+            prompt_tokens=estimate_prompt_tokens(self.prompt_text),
+            completion_tokens=max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS,
+        )
+        return acct.admit(provider=target.provider, model=target.model,
+                          is_local=target.backend.is_local, estimate=estimate, key=self.key,
+                          request_id=self.ctx.request_id)  # fmt: skip
+
+    def settle(self, hold: Hold | None, usage: dict[str, Any]) -> None:
+        """Book the real (or estimated) usage; add its cost to the usage object."""
+        if hold is None or self.gw.accountant is None:
+            return
+        self.gw.accountant.commit(hold, chat_usage(usage))
+        usage["cost_usd"] = hold.cost_usd
+
+    def budget_headers(self, resp: Response, target: Target, hold: Hold | None) -> None:
+        if hold is None or self.gw.accountant is None:
+            return
+        resp.headers["X-Hoosh-Cost-USD"] = hold.cost_usd_text
+        left = self.gw.accountant.remaining_header(
+            key=self.key, provider=target.provider, model=target.model,
+            is_local=target.backend.is_local)  # fmt: skip
+        if left is not None:
+            resp.headers["X-Hoosh-Budget-Remaining"] = left
 
     def complete(self, targets: list[Target], base: dict[str, Any]) -> Response:
         self.base = base
@@ -62,7 +106,7 @@ class ChatCall:
                 doc = chatfmt.join_chunks(target.backend.stream(target.model, body, self.ctx))
             return doc
 
-        target, doc, _ = self.gw.router.attempt(targets, self.ctx, run)
+        target, doc, _, hold = self.gw.router.attempt(targets, self.ctx, run, self.admit)
         doc["id"] = self.id
         doc["object"] = "chat.completion"
         doc.setdefault("created", self.created)
@@ -70,16 +114,19 @@ class ChatCall:
         doc["usage"] = chatfmt.normalize_usage(
             doc.get("usage"), self.prompt_text, chatfmt.completion_text(doc)
         )
+        self.settle(hold, doc["usage"])
         self.gw.record_chat(self.ctx, target, doc["usage"], status=200, stream=False,
                             duration_s=time.monotonic() - self.started)  # fmt: skip
-        return inference_headers(jsonify(doc), target.provider, target.model)
+        resp = jsonify(doc)
+        self.budget_headers(resp, target, hold)
+        return inference_headers(resp, target.provider, target.model)
 
     def stream(self, targets: list[Target], base: dict[str, Any]) -> Response:
         self.base = base
         include_usage = bool((self.req.get("stream_options") or {}).get("include_usage"))
         heartbeat = self.gw.config.server.sse_keepalive_s
         source = pump(
-            self.gw.router.stream(targets, self.request_for, self.ctx),
+            self.gw.router.stream(targets, self.request_for, self.ctx, self.admit),
             maxsize=16,
             heartbeat_s=heartbeat,
         )
@@ -96,6 +143,12 @@ class ChatCall:
             mimetype="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
+        if target is not None and self.gw.accountant is not None:
+            left = self.gw.accountant.remaining_header(
+                key=self.key, provider=target.provider, model=target.model,
+                is_local=target.backend.is_local)  # fmt: skip
+            if left is not None:
+                resp.headers["X-Hoosh-Budget-Remaining"] = left
         return inference_headers(resp, target.provider if target else None,
                                  target.model if target else None)  # fmt: skip
 
@@ -106,6 +159,7 @@ class ChatCall:
         text: list[str] = []
         status = 200
         finished = False
+        hold = first.hold if isinstance(first, Selected) else None
         items = _prepend(first, source)
         try:
             for item in items:
@@ -113,7 +167,7 @@ class ChatCall:
                     yield b": keep-alive\n\n"
                     continue
                 if isinstance(item, Selected):
-                    target = item.target
+                    target, hold = item.target, item.hold
                     continue
                 if item.get("usage"):
                     usage = item["usage"]
@@ -124,6 +178,7 @@ class ChatCall:
                 text.append(chatfmt.chunk_text(item))
                 yield chatfmt.sse(item)
             usage = chatfmt.normalize_usage(usage, self.prompt_text, "".join(text))
+            self.settle(hold, usage)
             if include_usage:
                 tail = {"choices": [], "usage": usage}
                 self._stamp(tail, target)
@@ -154,6 +209,9 @@ class ChatCall:
             if target is not None:
                 if not isinstance(usage, dict) or "total_tokens" not in usage:
                     usage = chatfmt.normalize_usage(usage, self.prompt_text, "".join(text))
+                if hold is not None and not hold.committed:
+                    # Cut short (client gone, upstream died): bill what was streamed.
+                    self.settle(hold, usage)
                 self.gw.record_chat(self.ctx, target, usage, status=status, stream=True,
                                     duration_s=time.monotonic() - self.started)  # fmt: skip
 

@@ -44,12 +44,8 @@ def health() -> Response:
         pcfg = gw.config.provider(b.name)
         if pcfg is not None and not pcfg.enabled:
             state = "disabled"
-        elif h.failures >= 3:
-            state = "down"
-        elif h.failures:
-            state = "degraded"
         else:
-            state = "ok"
+            state = {"open": "down"}.get(h.state, h.state)
         providers.append(
             {
                 "name": b.name,
