@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
 import re
@@ -15,7 +14,7 @@ from werkzeug.exceptions import HTTPException
 
 from . import __version__
 from .config import Config, load_config
-from .errors import AuthenticationError, HooshError
+from .errors import HooshError
 from .metrics import Metrics
 from .providers.base import CallContext, ChatBackend
 from .router import Router, Target
@@ -54,12 +53,24 @@ class Gateway:
         self.db: Any = None  # the SQLite Database
         self.ledger: Any = None  # budget.SpendLedger
         self.accountant: Any = None  # spend.Accountant: the budget gate
+        self.cache: Any = None  # cache.ResponseCache
+        self.keys: Any = None  # keys.KeyStore
+        from .keys import Authenticator, StaticKeys
+        from .limits import RateLimiter
+
+        self.auth = Authenticator(None, StaticKeys(config.server.api_keys, config.server.admin_key))
+        self.limiter = RateLimiter()
         self.router = Router(config, self.local_backends + build_providers(config))
 
-    def attach_budgets(self, db: Any, ledger: Any, accountant: Any) -> None:
-        """Connect the database, the ledger and the budget gate."""
-        self.db, self.ledger, self.accountant = db, ledger, accountant
+    def attach_database(self, db: Any, ledger: Any, accountant: Any, cache: Any) -> None:
+        """Connect the database: ledger, budget gate, response cache and stored API keys."""
+        from .keys import Authenticator, KeyStore, StaticKeys
+
+        self.db, self.ledger, self.accountant, self.cache = db, ledger, accountant, cache
         self.router.release = accountant.release
+        self.keys = KeyStore(db)
+        s = self.config.server
+        self.auth = Authenticator(self.keys, StaticKeys(s.api_keys, s.admin_key))
 
     def provider_type(self, target: Target) -> str:
         pcfg = self.config.provider(target.provider)
@@ -148,6 +159,10 @@ class Gateway:
         self.router.close()
         if self.pool is not None:
             self.pool.stop()
+        if self.cache is not None:
+            self.cache.flush()
+        if self.keys is not None:
+            self.keys.flush_last_used()
         if self.db is not None:
             self.db.close()
 
@@ -166,22 +181,24 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     if gateway is None:
         gateway = Gateway(config if config is not None else load_config(None))
     config = gateway.config
-    app = Flask(__name__)
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = max(
         config.server.max_audio_bytes, config.server.max_body_bytes
     )
     app.json.sort_keys = False
     app.extensions["hoosh"] = gateway
 
+    from .api.admin import bp as admin_bp
     from .api.audio import bp as audio_bp
     from .api.chat import bp as chat_bp
     from .api.models import bp as models_bp
+    from .api.status import bp as status_bp
 
     app.register_blueprint(chat_bp)
     app.register_blueprint(audio_bp)
+    app.register_blueprint(admin_bp)
+    app.register_blueprint(status_bp)
     app.register_blueprint(models_bp)
-
-    keys = tuple(k.encode() for k in config.server.api_keys)
 
     @app.before_request
     def _start() -> None:
@@ -189,12 +206,26 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:24]
         g.started = time.monotonic()
         g.log_fields = None
-        if keys and request.path.startswith("/v1/") and request.path != "/v1/health":
-            _check_key(keys)
+        g.key = None
+        g.key_name = None
+        path = request.path
+        if (path.startswith("/v1/") and path != "/v1/health") or path.startswith("/admin"):
+            record = gateway.auth.authenticate_request(request.headers, path=path)
+            if record is not None:
+                g.key, g.key_name = record, record.name
+                g.lease = gateway.limiter.acquire(
+                    record.name, rpm=record.rpm, max_concurrent=record.max_concurrent
+                )
 
     @app.after_request
     def _finish(resp: Response) -> Response:
+        lease = g.pop("lease", None)
+        if lease is not None:
+            resp.call_on_close(lease.release)  # a stream holds its slot until it ends
         resp.headers.setdefault("X-Request-Id", g.get("request_id", "-"))
+        if g.get("key_name"):
+            fields = g.get("log_fields") or {}
+            g.log_fields = {"key": g.key_name, **fields}
         route = request.url_rule.rule if request.url_rule else "unmatched"
         gateway.metrics.inc("hoosh_requests_total", {"route": route, "status": str(resp.status_code)},
                             help="HTTP requests by route and status")  # fmt: skip
@@ -205,6 +236,12 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
             _log_access(g.get("request_id", "-"), request.method, request.path,
                         resp.status_code, elapsed, g.get("log_fields"))  # fmt: skip
         return resp
+
+    @app.teardown_request
+    def _teardown(_exc: BaseException | None) -> None:
+        lease = g.pop("lease", None)  # only when after_request never ran
+        if lease is not None:
+            lease.release()
 
     @app.errorhandler(HooshError)
     def _hoosh_error(e: HooshError) -> tuple[Response, int]:
@@ -242,21 +279,3 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         return Response(gateway.metrics.render(), mimetype="text/plain; version=0.0.4")
 
     return app
-
-
-def _check_key(keys: tuple[bytes, ...]) -> None:
-    """Accept ``Authorization: Bearer KEY`` or ``x-api-key: KEY``; compare in constant time."""
-    auth = request.headers.get("Authorization", "")
-    given = (
-        auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-    )
-    if not given:
-        raise AuthenticationError(
-            "Missing API key: send 'Authorization: Bearer YOUR_KEY'.", code="missing_api_key"
-        )
-    given_b = given.encode()
-    ok = False
-    for k in keys:
-        ok |= hmac.compare_digest(given_b, k)
-    if not ok:
-        raise AuthenticationError("Invalid API key.")

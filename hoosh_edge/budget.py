@@ -605,6 +605,14 @@ class SpendLedger:
             result.append((rule, used, _amount(rule.metric, need_row) if need_row else 0))
         return result, missing
 
+    def rule_usage(self, rule: Rule) -> int:
+        """Committed plus reserved use of ``rule`` in its current period (its measured unit)."""
+        start, _ = period_bounds(rule.period, self.now(), self.tz)
+        with self.db.read() as db:
+            committed = self._grouped(db, "ledger", start)
+            reserved = self._grouped(db, "reservations", None)
+        return _sum_in_scope(rule, committed) + _sum_in_scope(rule, reserved)
+
     def _evaluate_snapshot(self, target: dict[str, Any]) -> list[tuple[Rule, int, int]]:
         """Evaluate on the read connection; once per period per rule, store missing totals."""
         with self.db.read() as db:

@@ -136,6 +136,7 @@ def _resolve(cfg: LocalEngineConfig, found: dict[str, Path]) -> dict[str, str]:
 def attach_database(gw: Gateway) -> None:
     """Open the SQLite database, seed the config's budget rules, connect the budget gate."""
     from .budget import SpendLedger
+    from .cache import CachePolicy, ResponseCache
     from .db import Database
     from .pricing import PriceTable
     from .spend import Accountant
@@ -144,7 +145,8 @@ def attach_database(gw: Gateway) -> None:
     db = Database.open(Path(config.server.data_dir))
     ledger = SpendLedger(db, timezone=config.timezone)
     ledger.seed_rules([dict(b) for b in config.budgets])
-    gw.attach_budgets(db, ledger, Accountant(ledger, PriceTable(dict(config.pricing))))
+    cache = ResponseCache(db, CachePolicy.from_config(config.cache))
+    gw.attach_database(db, ledger, Accountant(ledger, PriceTable(dict(config.pricing))), cache)
 
 
 def build_gateway(config: Config) -> Gateway:

@@ -7,15 +7,17 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify
+from flask import Blueprint, Response, g, jsonify, request
 
 from .. import chatfmt
 from ..budget import Usage
+from ..cache import ChatRecorder, chat_key, directives, replay_chunks
 from ..errors import HooshError
+from ..keys import require_model
 from ..providers.base import CallContext
 from ..router import Selected, Target
 from ..spend import DEFAULT_MAX_TOKENS, Hold, chat_usage, estimate_prompt_tokens
-from ..threads import KEEPALIVE, pump
+from ..threads import KEEPALIVE, pump, run_blocking
 from .common import gateway, inference_headers, read_json
 
 log = logging.getLogger(__name__)
@@ -29,17 +31,95 @@ _OWN_FIELDS = ("model", "stream", "stream_options")
 def chat_completions() -> Response:
     gw = gateway()
     req = chatfmt.validate_chat_request(read_json(gw.config.server.max_body_bytes))
+    require_model(g.get("key"), req["model"])
     targets = gw.router.resolve(req["model"])
     ctx = CallContext(request_id=g.request_id, on_malformed_chunk=gw.metrics.malformed_chunk)
     base = {k: v for k, v in req.items() if k not in _OWN_FIELDS}
     call = ChatCall(gw, req, ctx)
-    if req.get("stream"):
-        return call.stream(targets, base)
-    return call.complete(targets, base)
+    call.base = base
+    lookup, store = directives(request.headers.get("Cache-Control"))
+    cache = gw.cache
+    if cache is None or not cache.policy.enabled or not cache.policy.chat_cacheable(req):
+        call.cache_state = "BYPASS"
+        return call.run(targets)
+    primary = targets[0]
+    call.cache_key = chat_key(primary.provider, primary.model, base)
+    call.cache_store = store
+    flight = cache.inflight(call.cache_key).acquire()  # identical requests wait, then hit
+    try:
+        doc = run_blocking(cache.get_chat, call.cache_key) if lookup else None
+        if doc is not None:
+            gw.metrics.inc("hoosh_cache_total", {"result": "hit"}, help="Response cache lookups")
+            flight.release()
+            return call.replay(doc)
+        gw.metrics.inc("hoosh_cache_total", {"result": "miss" if lookup else "bypass"},
+                       help="Response cache lookups")  # fmt: skip
+        call.cache_state = "MISS" if lookup else "BYPASS"
+        call.flight = flight
+        return call.run(targets)
+    except BaseException:
+        flight.release()
+        raise
 
 
 class ChatCall:
     """One chat request on its way through the router, and what it used."""
+
+    cache_key: str | None = None
+    cache_store = False
+    cache_state = "BYPASS"
+    flight: Any = None
+    base: dict[str, Any]
+
+    def run(self, targets: list[Target]) -> Response:
+        """Serve from the targets; a stream releases the cache flight when it ends."""
+        if self.req.get("stream"):
+            return self.stream(targets, self.base)
+        try:
+            return self.complete(targets, self.base)
+        finally:
+            self.release_flight()
+
+    def release_flight(self) -> None:
+        if self.flight is not None:
+            self.flight.release()
+            self.flight = None
+
+    def maybe_store(self, target: Target, primary: bool, doc: dict[str, Any] | None) -> None:
+        """Keep a finished answer of the primary target (a fallback's answer is not its)."""
+        if doc is None or not self.cache_key or not self.cache_store or not primary:
+            return
+        stored = {**doc, "usage": {k: v for k, v in (doc.get("usage") or {}).items()
+                                   if k != "cost_usd"}}  # fmt: skip
+        run_blocking(self.gw.cache.put_chat, self.cache_key, stored,
+                     provider=target.provider, model=target.model)  # fmt: skip
+
+    def replay(self, doc: dict[str, Any]) -> Response:
+        """Answer from the cache: no upstream call, no budget touched, cost 0."""
+        usage = doc.get("usage") or {}
+        usage["cost_usd"] = 0
+        doc["usage"] = usage
+        model = doc.get("model") or self.req["model"]
+        if not self.req.get("stream"):
+            doc.update(id=self.id, object="chat.completion", created=self.created)
+            resp = jsonify(doc)
+        else:
+            include_usage = bool((self.req.get("stream_options") or {}).get("include_usage"))
+
+            def frames() -> Iterator[bytes]:
+                for chunk in replay_chunks(doc):
+                    if not chunk.get("choices") and not include_usage:
+                        continue
+                    self._stamp(chunk, None)
+                    chunk["model"] = model
+                    yield chatfmt.sse(chunk)
+                yield b"data: [DONE]\n\n"
+
+            resp = Response(frames(), mimetype="text/event-stream",
+                            headers={"Cache-Control": "no-cache"})  # fmt: skip
+        resp.headers["X-Hoosh-Cache"] = "HIT"
+        resp.headers["X-Hoosh-Cost-USD"] = "0"
+        return inference_headers(resp, "cache", model)
 
     def __init__(self, gw: Any, req: dict[str, Any], ctx: CallContext) -> None:
         self.gw = gw
@@ -97,7 +177,6 @@ class ChatCall:
             resp.headers["X-Hoosh-Budget-Remaining"] = left
 
     def complete(self, targets: list[Target], base: dict[str, Any]) -> Response:
-        self.base = base
 
         def run(target: Target) -> dict[str, Any]:
             body = self.request_for(target)
@@ -115,14 +194,15 @@ class ChatCall:
             doc.get("usage"), self.prompt_text, chatfmt.completion_text(doc)
         )
         self.settle(hold, doc["usage"])
+        self.maybe_store(target, target == targets[0], doc)
         self.gw.record_chat(self.ctx, target, doc["usage"], status=200, stream=False,
                             duration_s=time.monotonic() - self.started)  # fmt: skip
         resp = jsonify(doc)
+        resp.headers["X-Hoosh-Cache"] = self.cache_state
         self.budget_headers(resp, target, hold)
         return inference_headers(resp, target.provider, target.model)
 
     def stream(self, targets: list[Target], base: dict[str, Any]) -> Response:
-        self.base = base
         include_usage = bool((self.req.get("stream_options") or {}).get("include_usage"))
         heartbeat = self.gw.config.server.sse_keepalive_s
         source = pump(
@@ -136,8 +216,10 @@ class ChatCall:
             first = KEEPALIVE
         except BaseException:
             source.close()
+            self.release_flight()
             raise
         target = first.target if isinstance(first, Selected) else None
+        self.primary = targets[0]
         resp = Response(
             self._frames(source, first, target, include_usage),
             mimetype="text/event-stream",
@@ -149,6 +231,7 @@ class ChatCall:
                 is_local=target.backend.is_local)  # fmt: skip
             if left is not None:
                 resp.headers["X-Hoosh-Budget-Remaining"] = left
+        resp.headers["X-Hoosh-Cache"] = self.cache_state
         return inference_headers(resp, target.provider if target else None,
                                  target.model if target else None)  # fmt: skip
 
@@ -160,6 +243,7 @@ class ChatCall:
         status = 200
         finished = False
         hold = first.hold if isinstance(first, Selected) else None
+        recorder = ChatRecorder() if self.cache_key and self.cache_store else None
         items = _prepend(first, source)
         try:
             for item in items:
@@ -176,9 +260,16 @@ class ChatCall:
                     item = {k: v for k, v in item.items() if k != "usage"}
                 self._stamp(item, target)
                 text.append(chatfmt.chunk_text(item))
+                if recorder is not None:
+                    recorder.add(item)
                 yield chatfmt.sse(item)
             usage = chatfmt.normalize_usage(usage, self.prompt_text, "".join(text))
             self.settle(hold, usage)
+            if recorder is not None and target is not None:
+                doc = recorder.completion()
+                if doc is not None:
+                    doc["usage"] = usage
+                self.maybe_store(target, target == self.primary, doc)
             if include_usage:
                 tail = {"choices": [], "usage": usage}
                 self._stamp(tail, target)
@@ -204,6 +295,7 @@ class ChatCall:
             )
         finally:
             source.close()
+            self.release_flight()
             if not finished and status == 200:
                 status = 499  # the client went away mid-stream
             if target is not None:
