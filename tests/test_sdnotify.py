@@ -186,3 +186,48 @@ def test_a_wedged_hub_sends_no_pings(path_listener: NotifyListener) -> None:
         assert "WATCHDOG=1" in path_listener.drain()  # and pings again once the hub is free
     finally:
         g.kill()
+
+
+SERVER_PY = Path(__file__).resolve().parent.parent / "hoosh_edge" / "server.py"
+
+
+@pytest.mark.skipif(
+    "notify_ready" not in SERVER_PY.read_text(), reason="server.py does not call sdnotify yet"
+)
+def test_gateway_tells_systemd_ready_watchdog_and_stopping(
+    tmp_path: Path, path_listener: NotifyListener
+) -> None:
+    """The real gateway under a stand-in systemd: READY=1 once listening, pings, STOPPING=1."""
+    root = Path(__file__).resolve().parent.parent
+    config = tmp_path / "hoosh-edge.toml"
+    config.write_text(
+        f'[server]\ndata_dir = "{tmp_path / "data"}"\nmodels_dir = "{tmp_path / "m"}"\n'
+    )
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    # No WATCHDOG_PID: the child cannot know its pid in advance; systemd sets it, we need not.
+    env.update(NOTIFY_SOCKET=path_listener.env_value, WATCHDOG_USEC="1000000", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(
+        [sys.executable, str(root / "hoosh_edge.py"), "--config", str(config), "--port", "0"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        messages: list[str] = []
+        deadline = time.monotonic() + 60
+        while not any(m.startswith("READY=1") for m in messages):
+            assert time.monotonic() < deadline and proc.poll() is None, messages
+            try:
+                messages.append(path_listener.recv(timeout=1))
+            except TimeoutError:
+                pass
+        assert proc.stdout is not None
+        assert "listening on" in proc.stdout.readline()  # READY=1 came after the socket was bound
+        assert path_listener.recv(timeout=3) == "WATCHDOG=1"  # every 0.5 s with a 1 s interval
+        proc.terminate()
+        rest = []
+        while "STOPPING=1" not in rest:
+            rest.append(path_listener.recv(timeout=10))
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
