@@ -107,6 +107,9 @@ class Router:
         self._rr = itertools.count()
         self.release: Callable[[Any], None] | None = None  # gives back a budget hold
 
+    def health_of(self, name: str) -> ProviderHealth:
+        return self.health.setdefault(name, ProviderHealth())
+
     def provider_config(self, name: str) -> ProviderConfig | None:
         return self.config.provider(name)
 
@@ -154,7 +157,7 @@ class Router:
         if strategy == "lowest_latency" and len(targets) > 1:
 
             def key(t: Target) -> float:
-                ema = self.health[t.provider].latency_ema_s
+                ema = self.health_of(t.provider).latency_ema_s
                 return ema if ema is not None else 0.0
 
             return sorted(targets, key=key)
@@ -211,7 +214,7 @@ class Router:
                 if hold is not None and self.release is not None:
                     self.release(hold)
                 raise
-            self.health[target.provider].ok(time.monotonic() - started)
+            self.health_of(target.provider).ok(time.monotonic() - started)
             return target, result, failures, hold
         if refusal is not None:
             # The budget is what stopped the request: say which rule, its limit and its reset.
@@ -255,12 +258,12 @@ class Router:
     def _breaker_order(self, targets: list[Target]) -> list[Target]:
         """Targets whose circuit is open go last (still tried if nothing else serves)."""
         now = time.monotonic()
-        closed = [t for t in targets if not self.health[t.provider].is_open(now)]
+        closed = [t for t in targets if not self.health_of(t.provider).is_open(now)]
         return closed + [t for t in targets if t not in closed]
 
     def _failed(self, target: Target, e: HooshError) -> None:
         if e.fallback_ok and not isinstance(e, ProviderDisabled):
-            self.health[target.provider].failed(e.message)
+            self.health_of(target.provider).failed(e.message)
 
     def close(self) -> None:
         for b in self.backends:

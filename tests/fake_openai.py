@@ -151,6 +151,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         if kind == "slow":
             time.sleep(args[0])  # then answer normally
+        if self.path.endswith("/audio/transcriptions") or self.path.endswith("/audio/translations"):
+            # A multipart upload: the fake checks it carries a file and answers OpenAI's JSON.
+            ok = b'name="file"' in raw and b'name="model"' in raw
+            self._send_json(
+                200 if ok else 400,
+                {"text": "cloud transcript"}
+                if ok
+                else {"error": {"message": "file missing", "type": "invalid_request_error"}},
+            )
+            return
+        if self.path.endswith("/audio/speech"):
+            audio = b"ID3" + bytes(2000)
+            self.send_response(200)
+            self.send_header("Content-Type", "audio/mpeg")
+            self.send_header("Content-Length", str(len(audio)))
+            self.end_headers()
+            self.wfile.write(audio)
+            return
         if not isinstance(body, dict):
             self._send_json(
                 400, {"error": {"message": "bad json", "type": "invalid_request_error"}}

@@ -1,14 +1,27 @@
-"""POST /v1/audio/transcriptions, /v1/audio/translations and /v1/audio/speech, served locally."""
+"""POST /v1/audio/transcriptions, /v1/audio/translations and /v1/audio/speech.
+
+On-device whisper.cpp and Piper first; an OpenAI-type provider that serves the requested model
+(``whisper-1``, ``tts-1`` ...) is the fallback, under the same budget rules as chat. Answers are
+cached: speech by (voice, model, text, format, speed), transcriptions by audio hash + parameters.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 from collections.abc import Iterator
+from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, request
 
-from ..errors import InvalidRequest, ModelNotFound, PayloadTooLarge, ServiceUnavailable
+from ..budget import Usage
+from ..cache import directives, speech_key, transcription_key
+from ..errors import InvalidRequest, ModelNotFound, PayloadTooLarge
+from ..keys import require_model
+from ..providers.base import CallContext
+from ..router import Target
 from ..threads import run_blocking
 from .common import gateway, inference_headers, read_json
 
@@ -19,11 +32,14 @@ MAX_SPEECH_CHARS = 4096
 _ACCEPTED_PREFIXES = ("audio/", "video/")
 
 
-def _speech():
-    gw = gateway()
-    if gw.speech is None:
-        raise ServiceUnavailable("On-device speech is not available on this gateway.")
-    return gw, gw.speech
+class _LocalSpeechBackend:
+    """The on-device speech engines as a router target."""
+
+    name = "local"
+    is_local = True
+
+
+_LOCAL = _LocalSpeechBackend()
 
 
 def _form_float(name: str, default: float, lo: float, hi: float) -> float:
@@ -39,8 +55,8 @@ def _form_float(name: str, default: float, lo: float, hi: float) -> float:
     return v
 
 
-def _upload() -> bytes:
-    """The uploaded audio, refused when it is plainly not audio."""
+def _upload() -> tuple[bytes, str]:
+    """The uploaded audio and its file name, refused when it is plainly not audio."""
     from ..engines.audio_in import sniff_audio_kind
 
     limit = gateway().config.server.max_audio_bytes
@@ -66,20 +82,51 @@ def _upload() -> bytes:
             "wav, flac, ogg or mp3 (audio/*, video/* or application/octet-stream).",
             param="file",
         )
-    return data
+    return data, f.filename or "audio"
+
+
+def _cloud_targets(gw: Any, model: str, method: str) -> list[Target]:
+    return [Target(b, model) for b in gw.router.backends
+            if not b.is_local and hasattr(b, method) and b.serves(model)]  # fmt: skip
+
+
+def _admit(gw: Any, usage: Usage):
+    """The budget gate for one audio target."""
+
+    def admit(target: Target):
+        if gw.accountant is None:
+            return None
+        return gw.accountant.admit(provider=target.provider, model=target.model,
+                                   is_local=target.backend.is_local, estimate=usage,
+                                   key=g.get("key_name"), request_id=g.request_id)  # fmt: skip
+
+    return admit
+
+
+def _settle(gw: Any, hold: Any, usage: Usage, resp: Response) -> None:
+    if hold is None or gw.accountant is None:
+        return
+    gw.accountant.commit(hold, usage)
+    resp.headers["X-Hoosh-Cost-USD"] = hold.cost_usd_text
 
 
 def _transcribe(translate: bool) -> Response:
     from ..engines.audio_in import decode_audio
     from ..engines.transcript_formats import FORMATS, render
 
-    gw, speech = _speech()
+    gw = gateway()
+    speech = gw.speech
     model_name = request.form.get("model") or ""
     if not model_name:
         raise InvalidRequest("'model' is required (e.g. whisper-1).", param="model")
-    model = speech.stt_model(model_name)
-    if model is None:
-        known = ", ".join(speech.stt) or "none"
+    require_model(g.get("key"), model_name)
+    targets: list[Target] = []
+    local_id = speech.stt_model(model_name) if speech is not None else None
+    if local_id:
+        targets.append(Target(_LOCAL, local_id))
+    targets += _cloud_targets(gw, model_name, "transcribe")
+    if not targets:
+        known = ", ".join(speech.stt if speech else ()) or "none"
         raise ModelNotFound(
             f"The speech-to-text model '{model_name}' does not exist here. Available: {known}.",
             param="model",
@@ -90,26 +137,60 @@ def _transcribe(translate: bool) -> Response:
             f"'response_format' must be one of {', '.join(FORMATS)}.", param="response_format"
         )
     temperature = _form_float("temperature", 0.0, 0.0, 1.0)
-    data = _upload()
-    audio = run_blocking(decode_audio, data)
-    transcript = speech.transcribe(
-        model,
-        audio.samples,
-        language=request.form.get("language") or None,
-        prompt=request.form.get("prompt") or None,
-        temperature=temperature,
-        translate=translate,
-    )
-    gw.metrics.inc("hoosh_audio_seconds_total", {"provider": "local", "kind": "stt"},
+    language = request.form.get("language") or None
+    prompt = request.form.get("prompt") or None
+    data, filename = _upload()
+    audio = run_blocking(decode_audio, data)  # also validates before anything is paid for
+
+    params = {"language": language, "prompt": prompt, "temperature": temperature,
+              "response_format": fmt, "translate": translate}  # fmt: skip
+    cache = gw.cache
+    lookup, store = directives(request.headers.get("Cache-Control"))
+    key = None
+    if (
+        cache is not None
+        and cache.policy.enabled
+        and cache.policy.transcription_cacheable(temperature)
+    ):
+        first = targets[0]
+        key = transcription_key(
+            first.provider, first.model, hashlib.sha256(data).hexdigest(), params
+        )
+        entry = run_blocking(cache.get, key) if lookup else None
+        if entry is not None:
+            resp = Response(entry.body, mimetype=entry.meta.get("content_type", "application/json"))
+            resp.headers["X-Hoosh-Cache"] = "HIT"
+            return inference_headers(resp, "cache", entry.meta.get("model"))
+
+    def call(target: Target) -> tuple[bytes, str]:
+        if target.backend.is_local:
+            transcript = speech.transcribe(target.model, audio.samples, language=language,
+                                           prompt=prompt, temperature=temperature,
+                                           translate=translate)  # fmt: skip
+            body, mimetype = render(transcript, fmt)
+            if isinstance(body, dict):
+                return json.dumps(body, ensure_ascii=False).encode(), "application/json"
+            return body.encode(), mimetype
+        form = {k: str(v) for k, v in (("language", language), ("prompt", prompt),
+                                         ("temperature", temperature), ("response_format", fmt))
+                if v is not None}  # fmt: skip
+        return target.backend.transcribe(target.model, data, filename, form, translate=translate)
+
+    usage = Usage(audio_seconds=audio.duration_s)
+    ctx = CallContext(request_id=g.request_id)
+    target, (body, mimetype), _, hold = gw.router.attempt(targets, ctx, call, _admit(gw, usage))
+    gw.metrics.inc("hoosh_audio_seconds_total", {"provider": target.provider, "kind": "stt"},
                    audio.duration_s, help="Seconds of audio transcribed")  # fmt: skip
-    g.log_fields = {
-        "provider": "local",
-        "model": model,
-        "audio_seconds": round(audio.duration_s, 2),
-    }
-    body, mimetype = render(transcript, fmt)
-    resp = jsonify(body) if isinstance(body, dict) else Response(body, mimetype=mimetype)
-    return inference_headers(resp, "local", model)
+    g.log_fields = {"provider": target.provider, "model": target.model,
+                    "audio_seconds": round(audio.duration_s, 2)}  # fmt: skip
+    resp = Response(body, mimetype=mimetype.split(";")[0])
+    _settle(gw, hold, Usage(audio_seconds=audio.duration_s), resp)
+    if key and store and target is targets[0]:
+        run_blocking(cache.put, key, "transcription", body,
+                     {"provider": target.provider, "model": target.model,
+                      "content_type": mimetype})  # fmt: skip
+    resp.headers["X-Hoosh-Cache"] = "MISS" if key and lookup else "BYPASS"
+    return inference_headers(resp, target.provider, target.model)
 
 
 @bp.post("/v1/audio/transcriptions")
@@ -122,11 +203,8 @@ def translations() -> Response:
     return _transcribe(translate=True)
 
 
-@bp.post("/v1/audio/speech")
-def speech() -> Response:
-    from ..engines.audio_out import StreamEncoder, check_format
-
-    gw, local = _speech()
+def _speech_request() -> dict[str, Any]:
+    gw = gateway()
     body = read_json(gw.config.server.max_body_bytes)
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
@@ -140,49 +218,118 @@ def speech() -> Response:
     model = body.get("model")
     if not isinstance(model, str) or not model:
         raise InvalidRequest("'model' is required (e.g. tts-1 or piper).", param="model")
-    voice_name = body.get("voice") or "alloy"
-    if not isinstance(voice_name, str):
+    voice = body.get("voice") or "alloy"
+    if not isinstance(voice, str):
         raise InvalidRequest("'voice' must be a string.", param="voice")
-    if not local.tts:
-        raise ModelNotFound("No text-to-speech voice is installed here.", param="model")
-    voice = local.voice(model, voice_name)
-    fmt = check_format(body.get("response_format") or "mp3")
     speed = body.get("speed", 1.0)
     if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
         raise InvalidRequest("'speed' must be a number from 0.25 to 4.0.", param="speed")
+    fmt = body.get("response_format") or "mp3"
+    if not isinstance(fmt, str):
+        raise InvalidRequest("'response_format' must be a string.", param="response_format")
+    return {**body, "input": text, "model": model, "voice": voice, "speed": float(speed),
+            "response_format": fmt}  # fmt: skip
 
-    pcm = local.synthesize(voice, text, float(speed))
-    try:
-        first = next(pcm)  # errors (queue full, no memory, bad text) still get a JSON answer
-    except StopIteration:
-        first = b""
-    except BaseException:
-        pcm.close()
-        raise
-    rate = local.sample_rate(voice)
-    encoder = StreamEncoder(fmt, rate)
-    gw.metrics.inc("hoosh_tts_characters_total", {"provider": "local"}, len(text),
+
+@bp.post("/v1/audio/speech")
+def speech() -> Response:
+    from ..engines.audio_out import StreamEncoder, check_format, content_type
+
+    gw = gateway()
+    req = _speech_request()
+    text, model, fmt, speed = req["input"], req["model"], req["response_format"], req["speed"]
+    require_model(g.get("key"), model)
+    local = gw.speech
+    targets: list[Target] = []
+    if local is not None and local.tts:
+        targets.append(Target(_LOCAL, local.voice(model, req["voice"])))
+        check_format(fmt)
+    targets += _cloud_targets(gw, model, "speech")
+    if not targets:
+        raise ModelNotFound(f"No text-to-speech voice or provider serves '{model}' here.",
+                            param="model")  # fmt: skip
+
+    cache = gw.cache
+    lookup, store = directives(request.headers.get("Cache-Control"))
+    key = None
+    if cache is not None and cache.policy.enabled and cache.policy.speech_cacheable():
+        first = targets[0]
+        voice_id = first.model if first.backend.is_local else req["voice"]
+        key = speech_key(first.provider, voice_id, model, text, fmt, speed)
+        entry = run_blocking(cache.get, key) if lookup else None
+        if entry is not None:
+            resp = Response(entry.body, mimetype=entry.meta.get("content_type"))
+            if entry.meta.get("sample_rate"):
+                resp.headers["X-Hoosh-Sample-Rate"] = str(entry.meta["sample_rate"])
+            resp.headers["X-Hoosh-Cache"] = "HIT"
+            return inference_headers(resp, "cache", entry.meta.get("model"))
+
+    def call(target: Target) -> tuple[Iterator[bytes], str, int | None]:
+        if not target.backend.is_local:
+            body = {k: v for k, v in req.items() if k != "model"}
+            chunks, ctype = target.backend.speech(target.model, body)
+            return chunks, ctype, None
+        pcm = local.synthesize(target.model, text, speed)
+        try:
+            first = next(pcm)  # errors (queue full, no memory) still get a JSON answer
+        except StopIteration:
+            first = b""
+        except BaseException:
+            pcm.close()
+            raise
+        rate = local.sample_rate(target.model)
+        encoder = StreamEncoder(fmt, rate)
+
+        def encoded() -> Iterator[bytes]:
+            try:
+                for chunk in _prepend(first, pcm):
+                    out = encoder.write(chunk)
+                    if out:
+                        yield out
+                tail = encoder.close()
+                if tail:
+                    yield tail
+            finally:
+                pcm.close()
+
+        return encoded(), content_type(fmt), rate
+
+    usage = Usage(characters=len(text))
+    ctx = CallContext(request_id=g.request_id)
+    target, (chunks, ctype, rate), _, hold = gw.router.attempt(targets, ctx, call,
+                                                                _admit(gw, usage))  # fmt: skip
+    if hold is not None:
+        gw.accountant.commit(hold, Usage(characters=len(text)))  # billed per character, known now
+    gw.metrics.inc("hoosh_tts_characters_total", {"provider": target.provider}, len(text),
                    help="Characters spoken")  # fmt: skip
-    g.log_fields = {"provider": "local", "model": voice, "characters": len(text)}
+    g.log_fields = {"provider": target.provider, "model": target.model, "characters": len(text)}
+    request_id = g.request_id
+    keep = key is not None and store and target is targets[0]
 
     def frames() -> Iterator[bytes]:
+        parts: list[bytes] = []
         try:
-            out = encoder.write(first)
-            if out:
+            for out in chunks:
+                if keep:
+                    parts.append(out)
                 yield out
-            for chunk in pcm:
-                out = encoder.write(chunk)
-                if out:
-                    yield out
-            tail = encoder.close()
-            if tail:
-                yield tail
         except Exception:  # noqa: BLE001 - headers are gone; end the body early and log
-            log.exception("request %s: speech synthesis failed mid-stream", g_request_id)
-        finally:
-            pcm.close()
+            log.exception("request %s: speech failed mid-stream", request_id)
+            return
+        if keep:
+            meta = {"provider": target.provider, "model": target.model, "content_type": ctype,
+                    "sample_rate": rate}  # fmt: skip
+            run_blocking(cache.put, key, "speech", b"".join(parts), meta)
 
-    g_request_id = g.request_id
-    resp = Response(frames(), mimetype=encoder.content_type)
-    resp.headers["X-Hoosh-Sample-Rate"] = str(rate if fmt != "opus" else 24000)
-    return inference_headers(resp, "local", voice)
+    resp = Response(frames(), mimetype=ctype)
+    if rate is not None:
+        resp.headers["X-Hoosh-Sample-Rate"] = str(rate if fmt != "opus" else 24000)
+    if hold is not None:
+        resp.headers["X-Hoosh-Cost-USD"] = hold.cost_usd_text
+    resp.headers["X-Hoosh-Cache"] = "MISS" if key and lookup else "BYPASS"
+    return inference_headers(resp, target.provider, target.model)
+
+
+def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
+    yield first
+    yield from rest

@@ -75,20 +75,31 @@ class HttpClient:
         return redact(text, self.secrets)
 
     def post(
-        self, url: str, *, body: dict[str, Any], headers: dict[str, str], stream: bool = False
+        self,
+        url: str,
+        *,
+        body: dict[str, Any] | None = None,
+        headers: dict[str, str],
+        stream: bool = False,
+        form: dict[str, str] | None = None,
+        files: dict[str, Any] | None = None,
     ) -> requests.Response:
-        """POST JSON; retry what is safe to retry; raise a HooshError for any failure."""
+        """POST JSON (or a multipart form); retry what is safe to retry; raise HooshErrors."""
         cfg = self.cfg
         deadline = time.monotonic() + cfg.retry_max_s
         attempt = 0
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
-        headers = {"Content-Type": "application/json", **headers}
+        if files is None:
+            data: Any = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+            headers = {"Content-Type": "application/json", **headers}
+        else:
+            data = form or {}
         while True:
             attempt += 1
             try:
                 resp = self.session.post(
                     url,
                     data=data,
+                    files=files,
                     headers=headers,
                     timeout=(cfg.connect_timeout_s, cfg.timeout_s),
                     stream=stream,

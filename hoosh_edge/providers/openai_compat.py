@@ -93,5 +93,39 @@ class OpenAICompatProvider(ChatBackend):
             # The connection closed cleanly but the completion never did: a cut stream.
             raise UpstreamError(f"{self.name}: stream ended before the completion finished")
 
+    def transcribe(
+        self, model: str, data: bytes, filename: str, form: dict[str, str], *, translate: bool
+    ) -> tuple[bytes, str]:
+        """OpenAI's /audio/transcriptions (or /translations): the body and its Content-Type."""
+        path = "translations" if translate else "transcriptions"
+        resp = self.http.post(
+            f"{self.cfg.base_url}/audio/{path}",
+            headers=self._headers(),
+            form={**form, "model": model},
+            files={"file": (filename or "audio", data, "application/octet-stream")},
+        )
+        return resp.content, resp.headers.get("Content-Type", "application/json")
+
+    def speech(self, model: str, body: dict[str, Any]) -> tuple[Iterator[bytes], str]:
+        """OpenAI's /audio/speech, streamed through: the byte chunks and their Content-Type."""
+        resp = self.http.post(
+            f"{self.cfg.base_url}/audio/speech",
+            body={**body, "model": model},
+            headers=self._headers(),
+            stream=True,
+        )
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from resp.iter_content(chunk_size=16384)
+            except Exception as e:  # noqa: BLE001 - the body is cut: end it, say why in the log
+                raise UpstreamError(
+                    f"{self.name}: speech stream broke off ({type(e).__name__})"
+                ) from e
+            finally:
+                resp.close()
+
+        return chunks(), resp.headers.get("Content-Type", "application/octet-stream")
+
     def close(self) -> None:
         self.http.close()
