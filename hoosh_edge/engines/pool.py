@@ -31,16 +31,42 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 
 
-def mem_available_bytes(path: str = "/proc/meminfo") -> int | None:
-    """MemAvailable from /proc/meminfo, or None where the file does not exist."""
+def mem_available_bytes(path: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
+    """Free memory for us: MemAvailable, or less when a cgroup limit (systemd MemoryMax) is nearer."""
+    avail = None
     try:
         with open(path) as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+                    avail = int(line.split()[1]) * 1024
+                    break
     except OSError:
+        pass
+    left = _cgroup_headroom(cgroup)
+    if left is not None:
+        avail = left if avail is None else min(avail, left)
+    return avail
+
+
+def _cgroup_headroom(root: str) -> int | None:
+    """memory.max - memory.current of our cgroup (v2), or None when unlimited or unknown."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            rel = next(
+                (line.split("::", 1)[1].strip() for line in f if line.startswith("0::")), None
+            )
+        if rel is None:
+            return None
+        base = f"{root}{rel}".rstrip("/")
+        with open(f"{base}/memory.max") as f:
+            limit = f.read().strip()
+        if limit == "max":
+            return None
+        with open(f"{base}/memory.current") as f:
+            current = int(f.read().strip())
+        return max(0, int(limit) - current)
+    except (OSError, ValueError):
         return None
-    return None
 
 
 @dataclass
