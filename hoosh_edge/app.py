@@ -61,6 +61,75 @@ class Gateway:
         self.auth = Authenticator(None, StaticKeys(config.server.api_keys, config.server.admin_key))
         self.limiter = RateLimiter()
         self.router = Router(config, self.local_backends + build_providers(config))
+        self.metrics.gauge_callback(self._gauges)
+
+    def _gauges(self) -> list[tuple[str, str, list[tuple[dict[str, str], float]]]]:
+        """Gauges read at scrape time: models, queues, budgets, cache, device."""
+        from .device import cpu_temperature_c, mem_info
+
+        out: list[tuple[str, str, list[tuple[dict[str, str], float]]]] = []
+        if self.pool is not None:
+            status = self.pool.status()
+            out.append(
+                (
+                    "hoosh_model_loaded",
+                    "1 when the on-device model is in memory",
+                    [({"model": m["id"], "kind": m["kind"]}, float(m["loaded"])) for m in status],
+                )
+            )
+            out.append(
+                (
+                    "hoosh_model_memory_bytes",
+                    "Estimated memory of each loaded model",
+                    [
+                        ({"model": m["id"]}, m["estimate_bytes"] if m["loaded"] else 0)
+                        for m in status
+                    ],
+                )
+            )
+            out.append(
+                (
+                    "hoosh_model_queue_depth",
+                    "Requests waiting for each model",
+                    [({"model": m["id"]}, m["queue_depth"]) for m in status],
+                )
+            )
+        if self.ledger is not None:
+            samples = []
+            for rule in self.ledger.list_rules():
+                left = max(0, rule.measured_limit - self.ledger.rule_usage(rule))
+                samples.append(
+                    (
+                        {"rule": rule.name, "metric": rule.metric, "unit": rule.unit},
+                        float(rule.format_amount(left)),
+                    )
+                )
+            out.append(
+                ("hoosh_budget_remaining", "What each budget rule has left this period", samples)
+            )
+        if self.cache is not None:
+            st = self.cache.stats()
+            out.append(
+                (
+                    "hoosh_cache_entries",
+                    "Answers in the response cache",
+                    [({}, st.get("entries", 0))],
+                )
+            )
+            out.append(
+                ("hoosh_cache_bytes", "Bytes in the response cache", [({}, st.get("bytes", 0))])
+            )
+        temp = cpu_temperature_c()
+        if temp is not None:
+            out.append(
+                ("hoosh_device_cpu_temperature_celsius", "Hottest thermal zone", [({}, temp)])
+            )
+        mem = mem_info()
+        if mem.get("MemAvailable") is not None:
+            out.append(
+                ("hoosh_device_memory_available_bytes", "MemAvailable", [({}, mem["MemAvailable"])])
+            )
+        return out  # fmt: skip
 
     def attach_database(self, db: Any, ledger: Any, accountant: Any, cache: Any) -> None:
         """Connect the database: ledger, budget gate, response cache and stored API keys."""
@@ -68,9 +137,53 @@ class Gateway:
 
         self.db, self.ledger, self.accountant, self.cache = db, ledger, accountant, cache
         self.router.release = accountant.release
+        accountant.metrics = self.metrics
         self.keys = KeyStore(db)
         s = self.config.server
         self.auth = Authenticator(self.keys, StaticKeys(s.api_keys, s.admin_key))
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read the config; apply providers, routing, budgets, prices, cache policy and keys.
+
+        A bad new config changes nothing and says why. In-flight requests finish on the objects
+        they started with. On-device model changes take effect at the next restart.
+        """
+        from .cache import CachePolicy
+        from .config import ConfigError, load_config
+        from .keys import Authenticator, StaticKeys
+        from .pricing import PriceTable
+        from .spend import Accountant
+
+        old = self.config
+        try:
+            new = load_config(old.source, host=old.server.host, port=old.server.port)
+            prices = PriceTable(dict(new.pricing))
+            policy = CachePolicy.from_config(new.cache)
+            router = Router(new, self.local_backends + build_providers(new))
+            if self.ledger is not None:
+                self.ledger.seed_rules([dict(b) for b in new.budgets])
+        except (ConfigError, HooshError, ValueError) as e:
+            message = e.message if isinstance(e, HooshError) else str(e)
+            log.error("config reload refused, keeping the running config: %s", message)
+            return {"reloaded": False, "error": message}
+        for name, health in self.router.health.items():
+            if name in router.by_name:
+                router.health[name] = health  # a provider keeps its record across reloads
+        router.release = self.router.release
+        self.router, self.config = router, new
+        if self.accountant is not None:
+            self.accountant = Accountant(self.ledger, prices)
+            self.accountant.metrics = self.metrics
+            self.router.release = self.accountant.release
+        if self.cache is not None:
+            self.cache.policy = policy
+        self.auth = Authenticator(self.keys, StaticKeys(new.server.api_keys, new.server.admin_key))
+        for w in new.warnings:
+            log.warning("config: %s", w)
+        restart = [k for k in ("llm", "stt", "tts") if getattr(new, k) != getattr(old, k)]
+        log.info("config reloaded from %s", new.source or "the environment")
+        return {"reloaded": True, "source": new.source, "providers": [p.name for p in new.providers],
+                "restart_needed_for": [f"local.{k}" for k in restart]}  # fmt: skip
 
     def provider_type(self, target: Target) -> str:
         pcfg = self.config.provider(target.provider)
@@ -169,8 +282,8 @@ class Gateway:
 
 def _log_access(rid: str, method: str, path: str, status: int, duration_s: float,
                 fields: dict[str, Any] | None) -> None:  # fmt: skip
-    line = {"request_id": rid, "method": method, "path": path, "status": status,
-            "duration_ms": round(duration_s * 1000, 2)}  # fmt: skip
+    line = {"ts": round(time.time(), 3), "request_id": rid, "method": method, "path": path,
+            "status": status, "duration_ms": round(duration_s * 1000, 2)}  # fmt: skip
     if fields:
         line.update(fields)
     access_log.info(json.dumps(line, separators=(",", ":")))

@@ -21,6 +21,12 @@ def _setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # One JSON object per line per request, nothing around it: easy for journald and jq.
+    access = logging.getLogger("hoosh_edge.access")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:

@@ -82,6 +82,10 @@ class LocalEngineConfig:
 class RoutingConfig:
     aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
     strategy: str = "priority"  # priority | round_robin | lowest_latency
+    # Device-aware routing (opt-in): past any of these, cloud targets go before local ones.
+    prefer_cloud_cpu_temp_c: float | None = None
+    prefer_cloud_free_ram_mb: int | None = None
+    prefer_cloud_queue_depth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -316,7 +320,15 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
 
 
 def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> RoutingConfig:
-    _check_keys(t, {"aliases", "strategy"}, "routing.", src)
+    _check_keys(t, {"aliases", "strategy", "prefer_cloud_when"}, "routing.", src)
+    when = _typed(t, "prefer_cloud_when", dict, "routing.", src, {})
+    _check_keys(
+        when, {"cpu_temp_c", "free_ram_mb", "queue_depth"}, "routing.prefer_cloud_when.", src
+    )
+    w = "routing.prefer_cloud_when."
+    temp = _typed(when, "cpu_temp_c", (int, float), w, src, None)
+    free = _typed(when, "free_ram_mb", int, w, src, None)
+    depth = _typed(when, "queue_depth", int, w, src, None)
     strategy = _typed(t, "strategy", str, "routing.", src, "priority")
     if strategy not in ("priority", "round_robin", "lowest_latency"):
         raise ConfigError(
@@ -341,7 +353,13 @@ def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> Routin
                     "configured"
                 )
         aliases.append((alias, tuple(targets)))
-    return RoutingConfig(aliases=tuple(aliases), strategy=strategy)
+    return RoutingConfig(
+        aliases=tuple(aliases),
+        strategy=strategy,
+        prefer_cloud_cpu_temp_c=None if temp is None else float(temp),
+        prefer_cloud_free_ram_mb=free,
+        prefer_cloud_queue_depth=depth,
+    )
 
 
 _TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone"}

@@ -139,7 +139,10 @@ MIGRATIONS: list[Migration] = [
         );
         """,
     ),
-    Migration("0006_response_cache", lambda db: __import__("hoosh_edge.cache", fromlist=["_"]).create_tables(db)),
+    Migration(
+        "0006_response_cache",
+        lambda db: __import__("hoosh_edge.cache", fromlist=["_"]).create_tables(db),
+    ),
 ]
 
 

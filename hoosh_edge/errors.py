@@ -19,6 +19,7 @@ Every failure a client can see is a ``HooshError``. Its class says the HTTP stat
     +-- ServiceUnavailable (503)
     |   +-- InsufficientMemory (code insufficient_memory)          fallback_ok
     |   +-- ProviderDisabled (code provider_disabled)              fallback_ok
+    +-- DeadlineExceeded (504 deadline_exceeded)
     +-- UpstreamError (502 upstream_error)                         fallback_ok
         +-- UpstreamTimeout (504)
         +-- UpstreamStatus (the upstream's own 4xx/429/5xx)
@@ -145,6 +146,14 @@ class InsufficientMemory(ServiceUnavailable):
 class ProviderDisabled(ServiceUnavailable):
     code = "provider_disabled"
     fallback_ok = True
+
+
+class DeadlineExceeded(HooshError):
+    """The whole request ran past ``server.request_timeout_s``; no fallback after that."""
+
+    status = 504
+    type = "timeout_error"
+    code = "deadline_exceeded"
 
 
 class UpstreamError(HooshError):

@@ -45,6 +45,11 @@ class LocalChat(ChatBackend):
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
         return self.engine.chat_stream(model, req)
 
+    def queue_depth(self, model: str) -> int:
+        """Requests running or waiting on this model (for device-aware routing)."""
+        slot = self.engine.pool.slot(model)
+        return slot.waiting + (1 if slot.busy else 0)
+
 
 class LocalSpeech:
     """whisper.cpp and Piper models in the pool, one job at a time per model."""

@@ -149,6 +149,38 @@ class Router:
         return self._order(targets)
 
     def _order(self, targets: list[Target]) -> list[Target]:
+        ordered = self._strategy_order(targets)
+        if any(t.backend.is_local for t in ordered) and self._device_busy(ordered):
+            # The box is hot, short of memory or queued up: the cloud first, budget permitting
+            # (a refused cloud target still falls back to the local one).
+            ordered = [t for t in ordered if not t.backend.is_local] + [
+                t for t in ordered if t.backend.is_local
+            ]
+        return ordered
+
+    def _device_busy(self, targets: list[Target]) -> bool:
+        """True when a configured device threshold is passed (opt-in; off by default)."""
+        r = self.config.routing
+        if r.prefer_cloud_cpu_temp_c is not None:
+            from .device import cpu_temperature_c
+
+            temp = cpu_temperature_c()
+            if temp is not None and temp >= r.prefer_cloud_cpu_temp_c:
+                return True
+        if r.prefer_cloud_free_ram_mb is not None:
+            from .engines.pool import mem_available_bytes
+
+            avail = mem_available_bytes()
+            if avail is not None and avail < r.prefer_cloud_free_ram_mb * 1024 * 1024:
+                return True
+        if r.prefer_cloud_queue_depth is not None:
+            for t in targets:
+                depth = getattr(t.backend, "queue_depth", None)
+                if depth is not None and depth(t.model) >= r.prefer_cloud_queue_depth:
+                    return True
+        return False
+
+    def _strategy_order(self, targets: list[Target]) -> list[Target]:
         strategy = self.config.routing.strategy
         if strategy == "round_robin" and len(targets) > 1:
             with self._rr_lock:

@@ -78,6 +78,8 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, stop, sig)
+    # SIGHUP re-reads the config without dropping a connection (systemctl reload).
+    gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(gateway.reload))
 
     server.start()
     shown = f"[{host}]" if ":" in host else host

@@ -56,6 +56,7 @@ class Accountant:
     def __init__(self, ledger: SpendLedger, prices: PriceTable) -> None:
         self.ledger = ledger
         self.prices = prices
+        self.metrics: Any = None  # counts spend for /metrics when set
 
     def price_of(self, provider: str, model: str, is_local: bool) -> Price | None:
         return None if is_local else self.prices.lookup(provider, model)
@@ -107,6 +108,9 @@ class Accountant:
         try:
             run_blocking(self.ledger.commit, hold.reservation, actual)
             hold.committed = True
+            if self.metrics is not None and hold.cost_micro_usd:
+                self.metrics.inc("hoosh_spend_usd_total", {"provider": hold.provider},
+                                 hold.cost_micro_usd / 1_000_000, help="USD spent")  # fmt: skip
         except Exception:  # noqa: BLE001 - the answer is already out; keep serving, shout
             log.exception("could not record spend for %s:%s", hold.provider, hold.model)
 

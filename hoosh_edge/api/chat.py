@@ -7,12 +7,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 from flask import Blueprint, Response, g, jsonify, request
 
 from .. import chatfmt
 from ..budget import Usage
 from ..cache import ChatRecorder, chat_key, directives, replay_chunks
-from ..errors import HooshError
+from ..errors import DeadlineExceeded, HooshError
 from ..keys import require_model
 from ..providers.base import CallContext
 from ..router import Selected, Target
@@ -185,7 +186,14 @@ class ChatCall:
                 doc = chatfmt.join_chunks(target.backend.stream(target.model, body, self.ctx))
             return doc
 
-        target, doc, _, hold = self.gw.router.attempt(targets, self.ctx, run, self.admit)
+        limit = self.gw.config.server.request_timeout_s
+        with gevent.Timeout(
+            limit,
+            DeadlineExceeded(
+                f"The request did not finish within {limit:g} s (server.request_timeout_s)."
+            ),
+        ):
+            target, doc, _, hold = self.gw.router.attempt(targets, self.ctx, run, self.admit)
         doc["id"] = self.id
         doc["object"] = "chat.completion"
         doc.setdefault("created", self.created)
