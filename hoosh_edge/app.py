@@ -60,6 +60,7 @@ class Gateway:
 
         self.auth = Authenticator(None, StaticKeys(config.server.api_keys, config.server.admin_key))
         self.limiter = RateLimiter()
+        self.inflight = 0  # requests whose response has not finished (a stream counts to its end)
         self.router = Router(config, self.local_backends + build_providers(config))
         self.metrics.gauge_callback(self._gauges)
 
@@ -141,6 +142,9 @@ class Gateway:
         self.keys = KeyStore(db)
         s = self.config.server
         self.auth = Authenticator(self.keys, StaticKeys(s.api_keys, s.admin_key))
+
+    def request_done(self) -> None:
+        self.inflight -= 1
 
     def reload(self) -> dict[str, Any]:
         """Re-read the config; apply providers, routing, budgets, prices, cache policy and keys.
@@ -317,6 +321,8 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     def _start() -> None:
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:24]
+        gateway.inflight += 1
+        g.counted = True
         g.started = time.monotonic()
         g.log_fields = None
         g.key = None
@@ -335,6 +341,8 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         lease = g.pop("lease", None)
         if lease is not None:
             resp.call_on_close(lease.release)  # a stream holds its slot until it ends
+        if g.pop("counted", False):
+            resp.call_on_close(gateway.request_done)
         resp.headers.setdefault("X-Request-Id", g.get("request_id", "-"))
         if g.get("key_name"):
             fields = g.get("log_fields") or {}
@@ -355,6 +363,8 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         lease = g.pop("lease", None)  # only when after_request never ran
         if lease is not None:
             lease.release()
+        if g.pop("counted", False):
+            gateway.request_done()
 
     @app.errorhandler(HooshError)
     def _hoosh_error(e: HooshError) -> tuple[Response, int]:

@@ -6,9 +6,11 @@ import logging
 import signal
 import socket
 import sys
+import time
 from typing import TextIO
 
 import gevent
+import gevent.pool
 from gevent.pywsgi import WSGIServer
 
 from . import __version__, sdnotify
@@ -69,12 +71,22 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     app = create_app(gateway=gateway)
     listener = make_listener(config.server.host, config.server.port)
     host, port = listener.getsockname()[:2]
-    server = WSGIServer(listener, app, log=None, error_log=logging.getLogger("hoosh_edge.wsgi"))
+    # A pool (unbounded) lets stop() wait for in-flight requests: SIGTERM drains, not drops.
+    server = WSGIServer(listener, app, log=None, error_log=logging.getLogger("hoosh_edge.wsgi"),
+                        spawn=gevent.pool.Pool())  # fmt: skip
+
+    def drain_and_stop(timeout: float = 10.0) -> None:
+        server.close()  # no new connections
+        deadline = time.monotonic() + timeout
+        while gateway.inflight > 0 and time.monotonic() < deadline:
+            gevent.sleep(0.05)
+        # What is left is idle keep-alive connections (or requests past the drain time).
+        server.stop(timeout=0)
 
     def stop(signum: int) -> None:
         sdnotify.notify_stopping()
-        log.info("signal %d: stopping (draining in-flight requests for up to 10s)", signum)
-        gevent.spawn(server.stop, timeout=10)
+        log.info("signal %d: stopping (draining in-flight requests for up to 10 s)", signum)
+        gevent.spawn(drain_and_stop)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(sig, stop, sig)
