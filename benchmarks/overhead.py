@@ -43,11 +43,12 @@ def start_fake() -> tuple[subprocess.Popen, str]:
     return proc, proc.stdout.readline().strip()
 
 
-def start_gateway(upstream: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_gateway(upstream: str, tmp: Path, durability: str) -> tuple[subprocess.Popen, str]:
     cfg = tmp / "bench.toml"
     cfg.write_text(f"""
 [server]
 log_level = "warning"
+durability = "{durability}"
 [[providers]]
 name = "fake"
 type = "openai"
@@ -106,10 +107,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--concurrency", default="1,8,32")
+    ap.add_argument("--durability", default="full", choices=["full", "normal"],
+                    help="server.durability: full fsyncs each paid call's ledger entry")  # fmt: skip
     args = ap.parse_args()
     fake, upstream = start_fake()
+    print(f"server.durability = {args.durability} (every request here is a priced cloud call)")
     with tempfile.TemporaryDirectory() as tmp:
-        gw, gateway = start_gateway(upstream, Path(tmp))
+        gw, gateway = start_gateway(upstream, Path(tmp), args.durability)
         try:
             for _ in range(50):
                 try:

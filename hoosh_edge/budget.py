@@ -687,14 +687,18 @@ class SpendLedger:
         )
 
     def commit(self, reservation: Reservation, actual: Usage) -> int:
-        """Record the real usage and drop the reservation, in one transaction; return the entry id."""
+        """Record the real usage and drop the reservation, in one transaction; return the entry id.
+
+        Paid calls commit with an fsync (safe from a power cut); free on-device calls without one
+        (safe from a crash; made durable by the next paid commit).
+        """
         if reservation.closed:
             raise RuntimeError(f"reservation {reservation.id} was already committed or released")
         row = _usage_row(actual, reservation.is_local)
         r = reservation
         now = self.now()
         target = {"key": r.key, "provider": r.provider, "model": r.model, "is_local": r.is_local}
-        with self.db.write() as db:
+        with self.db.write(durable=not reservation.is_local) as db:
             # Written even if the reservation vanished: the money was spent all the same.
             fixed = {
                 "ts": _to_us(now),

@@ -41,6 +41,7 @@ class ServerConfig:
     sse_keepalive_s: float = 15.0
     request_timeout_s: float = 600.0
     log_level: str = "info"
+    durability: str = "full"  # full: paid spend survives a power cut; normal: a crash only
 
 
 @dataclass(frozen=True)
@@ -184,7 +185,14 @@ def _parse_server(t: dict, src: str, env: dict[str, str], warnings: list[str]) -
             _typed(t, "request_timeout_s", (int, float), "server.", src, d.request_timeout_s)
         ),
         log_level=_typed(t, "log_level", str, "server.", src, d.log_level),
+        durability=_durability(_typed(t, "durability", str, "server.", src, d.durability), src),
     )
+
+
+def _durability(value: str, src: str) -> str:
+    if value not in ("full", "normal"):
+        raise ConfigError(f'{src}: \'server.durability\' must be "full" or "normal", got {value!r}')
+    return value
 
 
 _PROVIDER_KEYS = {

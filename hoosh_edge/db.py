@@ -223,13 +223,21 @@ class Database:
             lock.release()  # type: ignore[attr-defined]
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[sqlite_utils.Database]:
-        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error."""
+    def write(self, *, durable: bool = True) -> Iterator[sqlite_utils.Database]:
+        """One ``BEGIN IMMEDIATE`` transaction: committed on success, rolled back on any error.
+
+        ``durable=False`` commits with ``synchronous=NORMAL`` (no fsync): it still survives the
+        death of the process, and the next durable commit makes it safe from power loss too. For
+        records that cost nothing to lose on a power cut (free on-device usage).
+        """
         me = _holder()
         if self._writer == me:
             raise RuntimeError("Database.write() is not reentrant: finish the outer transaction")
+        relax = not durable and self.synchronous != "NORMAL"
         with self._locked(self._wlock):
             self._writer = me
+            if relax:
+                self._wconn.execute("PRAGMA synchronous = NORMAL")
             try:
                 self._wconn.execute("BEGIN IMMEDIATE")
                 try:
@@ -245,6 +253,8 @@ class Database:
                         self._wconn.execute("ROLLBACK")
                     raise
             finally:
+                if relax:
+                    self._wconn.execute(f"PRAGMA synchronous = {self.synchronous}")
                 self._writer = None
 
     @contextlib.contextmanager

@@ -147,7 +147,8 @@ def attach_database(gw: Gateway) -> None:
     from .spend import Accountant
 
     config = gw.config
-    db = Database.open(Path(config.server.data_dir))
+    db = Database.open(Path(config.server.data_dir),
+                       synchronous=config.server.durability.upper())  # fmt: skip
     ledger = SpendLedger(db, timezone=config.timezone)
     ledger.seed_rules([dict(b) for b in config.budgets])
     cache = ResponseCache(db, CachePolicy.from_config(config.cache))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,12 +58,23 @@ class Accountant:
         self.ledger = ledger
         self.prices = prices
         self.metrics: Any = None  # counts spend for /metrics when set
+        self._has_rules = False
+        self._rules_checked_at = -1e9
 
     def price_of(self, provider: str, model: str, is_local: bool) -> Price | None:
         return None if is_local else self.prices.lookup(provider, model)
 
+    def rules_changed(self) -> None:
+        """Rules were edited in this process: look again on the next request."""
+        self._rules_checked_at = -1e9
+
     def has_rules(self) -> bool:
-        return bool(self.ledger.list_rules())
+        """Whether any budget rule exists (re-read at most once a second: rules change live)."""
+        now = time.monotonic()
+        if now - self._rules_checked_at > 1.0:
+            self._has_rules = bool(self.ledger.list_rules())
+            self._rules_checked_at = now
+        return self._has_rules
 
     def admit(
         self,
@@ -81,6 +93,10 @@ class Accountant:
                 estimate.cost_micro_usd = cost_micro_usd(price, estimate)
             except ValueError:
                 price = None  # the model is priced, but not for this kind of use
+        if not self.has_rules():
+            # Nothing to gate: skip the reservation write; the commit still books every call.
+            open_hold = Reservation(-1, request_id, key, provider, model, is_local, estimate)
+            return Hold(open_hold, price, provider, model, is_local)
         reservation = run_blocking(
             self.ledger.reserve,
             estimate,

@@ -46,6 +46,7 @@ def list_budgets() -> Response:
 def create_budget() -> tuple[Response, int]:
     ledger = _need("ledger")
     rule = ledger.create_rule(_body())
+    _rules_changed()
     return jsonify(_rule_view(ledger, rule)), 201
 
 
@@ -58,12 +59,15 @@ def get_budget(name: str) -> Response:
 @bp.patch("/admin/budgets/<name>")
 def update_budget(name: str) -> Response:
     ledger = _need("ledger")
-    return jsonify(_rule_view(ledger, ledger.update_rule(name, _body())))
+    rule = ledger.update_rule(name, _body())
+    _rules_changed()
+    return jsonify(_rule_view(ledger, rule))
 
 
 @bp.delete("/admin/budgets/<name>")
 def delete_budget(name: str) -> Response:
     _need("ledger").delete_rule(name)
+    _rules_changed()
     return jsonify({"deleted": name})
 
 
@@ -118,6 +122,13 @@ def _key_budget(name: str, usd: str, period: str) -> None:
     """A key's own spending cap is an ordinary budget rule scoped to it."""
     gateway().ledger.create_rule({"name": f"key-{name}", "scope": f"key:{name}", "metric": "usd",
                                   "limit": usd, "period": period, "action": "block"})  # fmt: skip
+    _rules_changed()
+
+
+def _rules_changed() -> None:
+    acct = gateway().accountant
+    if acct is not None:
+        acct.rules_changed()
 
 
 @bp.delete("/admin/keys/<name>")
