@@ -143,6 +143,35 @@ class Gateway:
         s = self.config.server
         self.auth = Authenticator(self.keys, StaticKeys(s.api_keys, s.admin_key))
 
+    def start_probe(self, interval_s: float = 15.0) -> None:
+        """Check providers whose circuit is open in the background, so they come back on their own.
+
+        Only providers that failed are probed: a healthy box makes no network call it wasn't
+        asked to make.
+        """
+        import gevent
+
+        def loop() -> None:
+            while True:
+                gevent.sleep(interval_s)
+                for backend in list(self.router.backends):
+                    health = self.router.health_of(backend.name)
+                    probe = getattr(backend, "probe", None)
+                    if health.opened_at is None or probe is None:
+                        continue
+                    started = time.monotonic()
+                    try:
+                        probe()
+                    except HooshError as e:
+                        health.last_error = e.message
+                        continue
+                    except Exception:  # noqa: BLE001 - a probe must never end the loop
+                        continue
+                    log.info("provider %s answers again; closing its circuit", backend.name)
+                    health.ok(time.monotonic() - started)
+
+        self._probe = gevent.spawn(loop)
+
     def request_done(self) -> None:
         self.inflight -= 1
 
@@ -172,6 +201,7 @@ class Gateway:
             return {"reloaded": False, "error": message}
         for name, health in self.router.health.items():
             if name in router.by_name:
+                health.cooldown_s = new.routing.breaker_cooldown_s
                 router.health[name] = health  # a provider keeps its record across reloads
         router.release = self.router.release
         self.router, self.config = router, new

@@ -87,6 +87,7 @@ class RoutingConfig:
     prefer_cloud_cpu_temp_c: float | None = None
     prefer_cloud_free_ram_mb: int | None = None
     prefer_cloud_queue_depth: int | None = None
+    breaker_cooldown_s: float = 30.0  # a provider that failed 3 times in a row rests this long
 
 
 @dataclass(frozen=True)
@@ -328,7 +329,12 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
 
 
 def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> RoutingConfig:
-    _check_keys(t, {"aliases", "strategy", "prefer_cloud_when"}, "routing.", src)
+    _check_keys(
+        t, {"aliases", "strategy", "prefer_cloud_when", "breaker_cooldown_s"}, "routing.", src
+    )
+    cooldown = float(_typed(t, "breaker_cooldown_s", (int, float), "routing.", src, 30.0))
+    if cooldown <= 0:
+        raise ConfigError(f"{src}: 'routing.breaker_cooldown_s' must be > 0")
     when = _typed(t, "prefer_cloud_when", dict, "routing.", src, {})
     _check_keys(
         when, {"cpu_temp_c", "free_ram_mb", "queue_depth"}, "routing.prefer_cloud_when.", src
@@ -367,6 +373,7 @@ def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> Routin
         prefer_cloud_cpu_temp_c=None if temp is None else float(temp),
         prefer_cloud_free_ram_mb=free,
         prefer_cloud_queue_depth=depth,
+        breaker_cooldown_s=cooldown,
     )
 
 

@@ -58,13 +58,13 @@ class ProviderHealth:
     opened_at: float | None = None  # circuit breaker: set after STRIKES failures in a row
 
     STRIKES = 3
-    COOLDOWN_S = 30.0
+    cooldown_s: float = 30.0
 
     def is_open(self, now: float) -> bool:
         """True while the breaker is open; after the cooldown one request may probe (half-open)."""
         if self.opened_at is None:
             return False
-        if now - self.opened_at >= self.COOLDOWN_S:
+        if now - self.opened_at >= self.cooldown_s:
             self.opened_at = now  # let one request through, keep the others away meanwhile
             return False
         return True
@@ -102,13 +102,18 @@ class Router:
         self.backends = backends
         self.by_name = {b.name: b for b in backends}
         self.aliases = dict(config.routing.aliases)
-        self.health: dict[str, ProviderHealth] = {b.name: ProviderHealth() for b in backends}
+        cooldown = config.routing.breaker_cooldown_s
+        self.health: dict[str, ProviderHealth] = {
+            b.name: ProviderHealth(cooldown_s=cooldown) for b in backends
+        }
         self._rr_lock = threading.Lock()
         self._rr = itertools.count()
         self.release: Callable[[Any], None] | None = None  # gives back a budget hold
 
     def health_of(self, name: str) -> ProviderHealth:
-        return self.health.setdefault(name, ProviderHealth())
+        if name not in self.health:
+            self.health[name] = ProviderHealth(cooldown_s=self.config.routing.breaker_cooldown_s)
+        return self.health[name]
 
     def provider_config(self, name: str) -> ProviderConfig | None:
         return self.config.provider(name)

@@ -69,6 +69,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         gateway.close()
         raise
     app = create_app(gateway=gateway)
+    gateway.start_probe(interval_s=max(1.0, config.routing.breaker_cooldown_s / 2))
     listener = make_listener(config.server.host, config.server.port)
     host, port = listener.getsockname()[:2]
     # A pool (unbounded) lets stop() wait for in-flight requests: SIGTERM drains, not drops.

@@ -84,6 +84,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802
+        self.owner.requests.append({"path": self.path, "headers": dict(self.headers), "json": None})
         if self.path.endswith("/models"):
             self._send_json(
                 200, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}

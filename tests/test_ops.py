@@ -138,3 +138,28 @@ def test_sigterm_lets_a_running_request_finish(fake_openai, gateway_factory):
     t.join(10)
     assert box["r"].status_code == 200  # drained, not dropped
     assert gw.proc.wait(10) == 0
+
+
+def test_circuit_opens_after_three_failures_and_the_probe_closes_it(gateway_factory):
+    with FakeOpenAI() as bad, FakeOpenAI() as good:
+        cfg = (openai_provider_toml(bad, name="first", extra="max_retries = 0")
+               + openai_provider_toml(good, name="second")
+               + "\n[routing]\nbreaker_cooldown_s = 2\n")  # fmt: skip
+        gw = gateway_factory(cfg)
+        for _ in range(3):
+            bad.script("status", 503)
+            assert chat(gw).headers["X-Hoosh-Provider"] == "second"
+        health = requests.get(gw.url + "/v1/health", timeout=5).json()
+        first = next(p for p in health["providers"] if p["name"] == "first")
+        assert first["state"] == "down" and first["consecutive_failures"] == 3
+        tried = len(bad.chat_requests)
+        assert chat(gw).headers["X-Hoosh-Provider"] == "second"
+        assert len(bad.chat_requests) == tried  # an open circuit is not tried while others serve
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # the background probe finds it answering again
+            health = requests.get(gw.url + "/v1/health", timeout=5).json()
+            if next(p for p in health["providers"] if p["name"] == "first")["state"] == "ok":
+                break
+            time.sleep(0.2)
+        assert any(r["path"].endswith("/models") for r in bad.requests)
+        assert chat(gw).headers["X-Hoosh-Provider"] == "first"

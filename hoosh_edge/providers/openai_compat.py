@@ -127,5 +127,16 @@ class OpenAICompatProvider(ChatBackend):
 
         return chunks(), resp.headers.get("Content-Type", "application/octet-stream")
 
+    def probe(self) -> None:
+        """A cheap GET of the model list: raises unless the provider answers."""
+        try:
+            resp = self.http.session.get(f"{self.cfg.base_url}/models", headers=self._headers(),
+                                         timeout=(self.cfg.connect_timeout_s, 10))  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - any failure means still down
+            raise UpstreamError(f"{self.name}: probe failed ({type(e).__name__})") from e
+        resp.close()
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise UpstreamError(f"{self.name}: probe answered HTTP {resp.status_code}")
+
     def close(self) -> None:
         self.http.close()
