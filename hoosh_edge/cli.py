@@ -49,15 +49,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 2
 
 
-def _cmd_models(args: argparse.Namespace) -> int:
+def _cmd_models(args: argparse.Namespace, config) -> int:
     from . import modelstore
-    from .config import ConfigError, load_config
 
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"hoosh-edge: invalid configuration: {e}", file=sys.stderr)
-        return 2
     models_dir = args.models_dir or config.server.models_dir
     if args.action == "list":
         return modelstore.cmd_list(models_dir)
@@ -115,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, help="port to listen on (default 8088; 0 = any free)")
     s.add_argument("--log-level", help="debug, info, warning or error")
 
-    m = add("models", "list, pull, verify or remove on-device models", _cmd_models)
+    m = add("models", "list, pull, verify or remove on-device models", _with_config(_cmd_models))
     m.add_argument("action", choices=["list", "pull", "verify", "rm"])
     m.add_argument("name", nargs="?")
     m.add_argument("--models-dir", help="where model files live (default: models)")

@@ -115,6 +115,27 @@ class Router:
             self.health[name] = ProviderHealth(cooldown_s=self.config.routing.breaker_cooldown_s)
         return self.health[name]
 
+    def health_report(self) -> list[dict[str, Any]]:
+        """Each backend's state for /v1/health and the status page."""
+        out = []
+        for b in self.backends:
+            h = self.health_of(b.name)
+            pcfg = self.config.provider(b.name)
+            if pcfg is not None and not pcfg.enabled:
+                state = "disabled"
+            else:
+                state = {"open": "down"}.get(h.state, h.state)
+            out.append({
+                "name": b.name,
+                "type": "local" if b.is_local else (pcfg.type if pcfg else "?"),
+                "state": state,
+                "disabled_reason": pcfg.disabled_reason if pcfg else None,
+                "consecutive_failures": h.failures,
+                "last_error": h.last_error,
+                "latency_ms": round(h.latency_ema_s * 1000, 1) if h.latency_ema_s else None,
+            })  # fmt: skip
+        return out
+
     def provider_config(self, name: str) -> ProviderConfig | None:
         return self.config.provider(name)
 

@@ -38,24 +38,6 @@ def get_model(model_id: str) -> Response:
 @bp.get("/v1/health")
 def health() -> Response:
     gw = gateway()
-    providers = []
-    for b in gw.router.backends:
-        h = gw.router.health[b.name]
-        pcfg = gw.config.provider(b.name)
-        if pcfg is not None and not pcfg.enabled:
-            state = "disabled"
-        else:
-            state = {"open": "down"}.get(h.state, h.state)
-        providers.append(
-            {
-                "name": b.name,
-                "type": "local" if b.is_local else (pcfg.type if pcfg else "?"),
-                "state": state,
-                "disabled_reason": pcfg.disabled_reason if pcfg else None,
-                "consecutive_failures": h.failures,
-                "last_error": h.last_error,
-                "latency_ms": round(h.latency_ema_s * 1000, 1) if h.latency_ema_s else None,
-            }
-        )
+    providers = gw.router.health_report()
     status = "ok" if all(p["state"] in ("ok", "disabled") for p in providers) else "degraded"
     return jsonify({"status": status, "providers": providers, "local_models": gw.local_status()})

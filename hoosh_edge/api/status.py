@@ -83,32 +83,7 @@ def device_status() -> dict[str, Any]:
 def provider_health(gw: Any) -> list[dict[str, Any]]:
     """Each backend's state and last error, as /v1/health reports them."""
     router = getattr(gw, "router", None)
-    if router is None:
-        return []
-    out = []
-    for b in router.backends:
-        h = router.health[b.name]
-        pcfg = gw.config.provider(b.name)
-        if pcfg is not None and not pcfg.enabled:
-            state = "disabled"
-        elif h.failures >= 3:
-            state = "down"
-        elif h.failures:
-            state = "degraded"
-        else:
-            state = "ok"
-        out.append(
-            {
-                "name": b.name,
-                "type": "local" if b.is_local else (pcfg.type if pcfg else "?"),
-                "state": state,
-                "disabled_reason": pcfg.disabled_reason if pcfg else None,
-                "consecutive_failures": h.failures,
-                "last_error": h.last_error,
-                "latency_ms": round(h.latency_ema_s * 1000, 1) if h.latency_ema_s else None,
-            }
-        )
-    return out
+    return [] if router is None else router.health_report()
 
 
 # ---- budgets and spend -------------------------------------------------------------------------
