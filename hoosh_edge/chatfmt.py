@@ -213,8 +213,11 @@ def completion_text(doc: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def normalize_usage(usage: Any, prompt_text: str, completion: str) -> dict[str, int]:
-    """Usage with the three OpenAI counts, estimated where the backend gave none."""
+def normalize_usage(usage: Any, prompt_text: str, completion: str | int) -> dict[str, int]:
+    """Usage with the three OpenAI counts, estimated where the backend gave none.
+
+    ``completion`` is the answer's text, or just its length in characters.
+    """
     if isinstance(usage, dict):
         p = usage.get("prompt_tokens")
         c = usage.get("completion_tokens")
@@ -223,7 +226,7 @@ def normalize_usage(usage: Any, prompt_text: str, completion: str) -> dict[str, 
             out["total_tokens"] = p + c
             return out
     p = estimate_tokens(prompt_text)
-    c = estimate_tokens(completion)
+    c = estimate_tokens(completion) if isinstance(completion, str) else max(0, -(-completion // 4))
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c, "estimated": True}
 
 

@@ -168,14 +168,7 @@ def open_stream(
     return sock
 
 
-CLOSE_DELIMITED_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="the OpenAI provider reads a body without Transfer-Encoding: chunked to its end before "
-    "yielding anything (iter_content(chunk_size=None) in providers/http.py)",
-)
-
-
-@pytest.mark.parametrize("framing", ["chunked", pytest.param("close", marks=CLOSE_DELIMITED_BUG)])
+@pytest.mark.parametrize("framing", ["chunked", "close"])
 def test_a_slow_reader_slows_the_upstream_and_memory_stays_flat(tmp_path, framing):
     with SSEUpstream(framing=framing) as up, \
             GatewayProcess(up.provider_toml(), tmp_path) as gw:  # fmt: skip
@@ -244,7 +237,7 @@ def test_a_slow_reader_slows_the_upstream_and_memory_stays_flat(tmp_path, framin
         assert health_s and max(health_s) < 1.0
 
 
-@pytest.mark.parametrize("framing", ["chunked", pytest.param("close", marks=CLOSE_DELIMITED_BUG)])
+@pytest.mark.parametrize("framing", ["chunked", "close"])
 def test_each_event_is_relayed_as_it_arrives(tmp_path, framing):
     """The first words reach the client while the upstream is still writing the rest."""
     # 40 small events, 50 ms apart: a two-second answer.

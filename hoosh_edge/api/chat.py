@@ -247,7 +247,7 @@ class ChatCall:
         self, source: Any, first: Any, target: Target | None, include_usage: bool
     ) -> Iterator[bytes]:
         usage = None
-        text: list[str] = []
+        chars = 0  # streamed characters, for an estimate if no usage arrives
         status = 200
         finished = False
         hold = first.hold if isinstance(first, Selected) else None
@@ -267,11 +267,11 @@ class ChatCall:
                         continue  # sent once, normalized, at the end
                     item = {k: v for k, v in item.items() if k != "usage"}
                 self._stamp(item, target)
-                text.append(chatfmt.chunk_text(item))
+                chars += len(chatfmt.chunk_text(item))
                 if recorder is not None:
                     recorder.add(item)
                 yield chatfmt.sse(item)
-            usage = chatfmt.normalize_usage(usage, self.prompt_text, "".join(text))
+            usage = chatfmt.normalize_usage(usage, self.prompt_text, chars)
             self.settle(hold, usage)
             if recorder is not None and target is not None:
                 doc = recorder.completion()
@@ -308,7 +308,7 @@ class ChatCall:
                 status = 499  # the client went away mid-stream
             if target is not None:
                 if not isinstance(usage, dict) or "total_tokens" not in usage:
-                    usage = chatfmt.normalize_usage(usage, self.prompt_text, "".join(text))
+                    usage = chatfmt.normalize_usage(usage, self.prompt_text, chars)
                 if hold is not None and not hold.committed:
                     # Cut short (client gone, upstream died): bill what was streamed.
                     self.settle(hold, usage)

@@ -20,6 +20,7 @@ from typing import Any
 import gevent
 import requests
 import sseclient
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from ..config import ProviderConfig
@@ -172,7 +173,7 @@ class HttpClient:
                 )
             )
         try:
-            client = sseclient.SSEClient(resp.iter_content(chunk_size=None))
+            client = sseclient.SSEClient(_arrivals(resp))
             yield from client.events()
         except requests.exceptions.ConnectionError as e:
             if "timed out" in str(e).lower():
@@ -191,6 +192,24 @@ class HttpClient:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _arrivals(resp: requests.Response) -> Iterator[bytes]:
+    """The body in pieces as they arrive, whether chunked or ended by closing the connection.
+
+    ``iter_content(None)`` on a body without chunked framing reads to the end before yielding:
+    the client would see nothing until the upstream finished, and the gateway would hold it all.
+    """
+    if resp.raw.chunked:
+        yield from resp.iter_content(chunk_size=None)  # one piece per HTTP chunk
+        return
+    try:
+        while data := resp.raw.read1(65536):  # what has arrived, without waiting for 64 KB
+            yield data
+    except urllib3.exceptions.ReadTimeoutError as e:
+        raise requests.exceptions.ConnectionError(f"read timed out: {e}") from e
+    except (urllib3.exceptions.ProtocolError, OSError) as e:
+        raise requests.exceptions.ConnectionError(str(e)) from e
 
 
 def _short(e: Exception) -> str:
