@@ -1,6 +1,7 @@
-"""Response cache, in process: p50/p99 of a hit, a miss and a put, and what a hit's bookkeeping costs.
+"""Response cache: p50/p99 of a hit, a miss and a put in process, then of a hit over HTTP.
 
     .venv/bin/python benchmarks/cache.py [--dir DIR] [--entries 2000] [--lookups 3000] [--puts 400]
+                                         [--http-requests 500 | --no-http]
 
 The database is a real file (WAL, synchronous=FULL as the gateway runs it), so a put includes its
 fsync: run it on the storage the box will use (``--dir`` on the SD card or SSD); a tmpfs makes puts
@@ -22,11 +23,25 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import requests
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hoosh_edge.cache import CachePolicy, ResponseCache, chat_key  # noqa: E402
 from hoosh_edge.db import Database  # noqa: E402
+
+FAKE = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tests.fake_openai import FakeOpenAI
+with FakeOpenAI(api_key="sk-bench") as fake:
+    print(fake.url, flush=True)
+    fake.requests = type("Drop", (list,), {{"append": lambda self, x: None}})()
+    time.sleep(10**6)
+"""
+HIT_BODY = {"model": "gpt-4o-mini", "temperature": 0,
+            "messages": [{"role": "user", "content": "What is the boiling point of water?"}]}  # fmt: skip
 
 
 def completion(i: int) -> dict:
@@ -72,12 +87,127 @@ def filesystem(path: Path) -> str:
         return "unknown"
 
 
+def http_call(session: requests.Session, url: str, body: dict, expect: str | None,
+              headers: dict[str, str] | None = None) -> float:  # fmt: skip
+    """Seconds for one whole chat request (a stream read to its end); checks X-Hoosh-Cache."""
+    t0 = time.perf_counter()
+    with session.post(url + "/chat/completions", json=body, headers=headers,
+                      stream=bool(body.get("stream"))) as r:  # fmt: skip
+        if body.get("stream"):
+            for _ in r.iter_lines():
+                pass
+        else:
+            r.content  # noqa: B018 - read the body
+    elapsed = time.perf_counter() - t0
+    if r.status_code != 200:
+        raise SystemExit(f"{url} answered {r.status_code}: {r.text[:200]}")
+    if expect is not None and r.headers.get("X-Hoosh-Cache") != expect:
+        raise SystemExit(f"expected X-Hoosh-Cache {expect}, got {r.headers.get('X-Hoosh-Cache')}")
+    return elapsed
+
+
+def http_row(name: str, seconds: list[float]) -> None:
+    s = sorted(seconds)
+    p50 = statistics.median(s) * 1e3
+    p99 = s[min(len(s) - 1, int(len(s) * 0.99))] * 1e3
+    print(f"  {name:<38} n={len(s):>5}  p50 {p50:>7.2f} ms  p99 {p99:>7.2f} ms")
+
+
+def start_fake() -> tuple[subprocess.Popen, str]:
+    """tests/fake_openai.py's upstream in a child process, so it does not share our GIL."""
+    proc = subprocess.Popen([sys.executable, "-c", FAKE.format(root=str(ROOT))],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def start_gateway(upstream: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """A gateway with the fake upstream as its only provider and the cache on (the default)."""
+    cfg = tmp / "cache.toml"
+    cfg.write_text(f"""
+[server]
+log_level = "warning"
+data_dir = "{tmp / "data"}"
+models_dir = "{tmp / "no-models"}"
+[[providers]]
+name = "fake"
+type = "openai"
+base_url = "{upstream}"
+api_key = "sk-bench"
+models = ["gpt-*"]
+""")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(cfg),
+                             "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
+                            env=env)  # fmt: skip
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    if "listening on" not in first:
+        proc.kill()
+        raise SystemExit(f"gateway did not start: {first!r}")
+    return proc, first.strip().rsplit(" ", 1)[-1] + "/v1"
+
+
+def over_http(n: int, base: Path | None) -> None:
+    """HIT vs MISS through a gateway in a child process, and the fake upstream on its own."""
+    fake, upstream = start_fake()
+    with tempfile.TemporaryDirectory(dir=base) as tmp:
+        gw, gateway = start_gateway(upstream, Path(tmp))
+        try:
+            for _ in range(100):
+                try:
+                    requests.get(gateway.removesuffix("/v1") + "/health", timeout=1)
+                    break
+                except requests.ConnectionError:
+                    time.sleep(0.1)
+            s = requests.Session()
+            stream_body = {**HIT_BODY, "stream": True}
+            # Store one answer per shape, then warm the connection and the code paths.
+            http_call(s, gateway, HIT_BODY, None)
+            http_call(s, gateway, stream_body, None)
+            for _ in range(20):
+                http_call(s, gateway, HIT_BODY, "HIT")
+                http_call(s, gateway, stream_body, "HIT")
+            print(f"\nover HTTP (gateway and fake upstream in child processes, one keep-alive "
+                  f"client), load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+            hit = [http_call(s, gateway, HIT_BODY, "HIT") for _ in range(n)]
+            hit_stream = [http_call(s, gateway, stream_body, "HIT") for _ in range(n)]
+
+            def fresh(i: int, stream: bool = False) -> dict:
+                msg = [{"role": "user", "content": f"Question {i} for the upstream?"}]
+                return {**HIT_BODY, "messages": msg, "stream": stream}
+
+            miss = [http_call(s, gateway, fresh(i), "MISS") for i in range(n)]
+            miss_stream = [http_call(s, gateway, fresh(n + i, True), "MISS") for i in range(n)]
+            auth = {"Authorization": "Bearer sk-bench"}
+            direct = [http_call(s, upstream, fresh(i), None, auth) for i in range(n)]
+            http_row("HIT, JSON", hit)
+            http_row("HIT, stream", hit_stream)
+            http_row("MISS -> fake upstream, JSON (+ put)", miss)
+            http_row("MISS -> fake upstream, stream (+ put)", miss_stream)
+            http_row("fake upstream called directly, JSON", direct)
+            print(f"  hit p50 / miss p50: JSON {statistics.median(hit) / statistics.median(miss):.2f}"
+                  f", stream {statistics.median(hit_stream) / statistics.median(miss_stream):.2f};"
+                  f" load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")  # fmt: skip
+        finally:
+            for proc in (gw, fake):
+                proc.terminate()
+            for proc in (gw, fake):
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dir", help="where to create the database (default: a temporary directory)")
     ap.add_argument("--entries", type=int, default=2000)
     ap.add_argument("--lookups", type=int, default=3000)
     ap.add_argument("--puts", type=int, default=400)
+    ap.add_argument("--http-requests", type=int, default=500, help="requests per HTTP row")
+    ap.add_argument("--no-http", action="store_true", help="only the in-process part")
     args = ap.parse_args()
     base = Path(args.dir) if args.dir else None
     with tempfile.TemporaryDirectory(dir=base) as tmp:
@@ -116,6 +246,8 @@ def main() -> None:
         print(f"after: {s['entries']} entries, {s['bytes'] / 1e6:.1f} MB, "
               f"{s['evictions']} evictions in that run")  # fmt: skip
         db.close()
+    if not args.no_http:
+        over_http(args.http_requests, base)
 
 
 if __name__ == "__main__":

