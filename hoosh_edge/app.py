@@ -248,6 +248,7 @@ class Gateway:
         status: int,
         stream: bool,
         duration_s: float,
+        route: str = "/v1/chat/completions",
     ) -> None:
         """Count what a chat request used."""
         labels = {"provider": target.provider}
@@ -264,7 +265,7 @@ class Gateway:
         }
         if stream:
             # A stream's access line is written when it ends (outside the request context).
-            _log_access(ctx.request_id, "POST", "/v1/chat/completions", status, duration_s, fields)
+            _log_access(ctx.request_id, "POST", route, status, duration_s, fields)
         else:
             g.log_fields = fields
 
@@ -338,10 +339,12 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     from .api.admin import bp as admin_bp
     from .api.audio import bp as audio_bp
     from .api.chat import bp as chat_bp
+    from .api.messages import bp as messages_bp
     from .api.models import bp as models_bp
     from .api.status import bp as status_bp
 
     app.register_blueprint(chat_bp)
+    app.register_blueprint(messages_bp)
     app.register_blueprint(audio_bp)
     app.register_blueprint(admin_bp)
     app.register_blueprint(status_bp)

@@ -32,19 +32,26 @@ _OWN_FIELDS = ("model", "stream", "stream_options")
 def chat_completions() -> Response:
     gw = gateway()
     req = chatfmt.validate_chat_request(read_json(gw.config.server.max_body_bytes))
+    return serve_chat(gw, req)[1]
+
+
+def serve_chat(
+    gw: Any, req: dict[str, Any], route: str = "/v1/chat/completions"
+) -> tuple[ChatCall, Response]:
+    """Serve a validated OpenAI chat request: the cache, then the router; OpenAI-shaped answer."""
     require_model(g.get("key"), req["model"])
     targets = gw.router.resolve(req["model"])
     ctx = CallContext(request_id=g.request_id, on_malformed_chunk=gw.metrics.malformed_chunk)
-    base = {k: v for k, v in req.items() if k not in _OWN_FIELDS}
     call = ChatCall(gw, req, ctx)
-    call.base = base
+    call.route = route
+    call.base = {k: v for k, v in req.items() if k not in _OWN_FIELDS}
     lookup, store = directives(request.headers.get("Cache-Control"))
     cache = gw.cache
     if cache is None or not cache.policy.enabled or not cache.policy.chat_cacheable(req):
         call.cache_state = "BYPASS"
-        return call.run(targets)
+        return call, call.run(targets)
     primary = targets[0]
-    call.cache_key = chat_key(primary.provider, primary.model, base)
+    call.cache_key = chat_key(primary.provider, primary.model, call.base)
     call.cache_store = store
     flight = cache.inflight(call.cache_key).acquire()  # identical requests wait, then hit
     try:
@@ -52,12 +59,12 @@ def chat_completions() -> Response:
         if doc is not None:
             gw.metrics.inc("hoosh_cache_total", {"result": "hit"}, help="Response cache lookups")
             flight.release()
-            return call.replay(doc)
+            return call, call.replay(doc)
         gw.metrics.inc("hoosh_cache_total", {"result": "miss" if lookup else "bypass"},
                        help="Response cache lookups")  # fmt: skip
         call.cache_state = "MISS" if lookup else "BYPASS"
         call.flight = flight
-        return call.run(targets)
+        return call, call.run(targets)
     except BaseException:
         flight.release()
         raise
@@ -67,6 +74,7 @@ class ChatCall:
     """One chat request on its way through the router, and what it used."""
 
     cache_key: str | None = None
+    route = "/v1/chat/completions"
     cache_store = False
     cache_state = "BYPASS"
     flight: Any = None
@@ -204,7 +212,7 @@ class ChatCall:
         self.settle(hold, doc["usage"])
         self.maybe_store(target, target == targets[0], doc)
         self.gw.record_chat(self.ctx, target, doc["usage"], status=200, stream=False,
-                            duration_s=time.monotonic() - self.started)  # fmt: skip
+                            duration_s=time.monotonic() - self.started, route=self.route)  # fmt: skip
         resp = jsonify(doc)
         resp.headers["X-Hoosh-Cache"] = self.cache_state
         self.budget_headers(resp, target, hold)
@@ -313,7 +321,8 @@ class ChatCall:
                     # Cut short (client gone, upstream died): bill what was streamed.
                     self.settle(hold, usage)
                 self.gw.record_chat(self.ctx, target, usage, status=status, stream=True,
-                                    duration_s=time.monotonic() - self.started)  # fmt: skip
+                                    duration_s=time.monotonic() - self.started,
+                                    route=self.route)  # fmt: skip
 
     def _stamp(self, chunk: dict[str, Any], target: Target | None) -> None:
         chunk["id"] = self.id  # one id for every chunk of one completion

@@ -14,18 +14,14 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from .. import chatfmt
-from ..cache import chat_key, directives
 from ..errors import HooshError, InvalidRequest, UpstreamError
-from ..keys import require_model
 from ..providers.anthropic import FINISH_REASONS
-from ..providers.base import CallContext
 from ..spend import estimate_prompt_tokens
-from ..threads import run_blocking
-from .chat import _OWN_FIELDS, ChatCall
+from .chat import serve_chat
 from .common import gateway, read_json
 
 log = logging.getLogger(__name__)
@@ -557,12 +553,8 @@ def _unexpected(e: Exception) -> tuple[Response, int]:
 def create_message() -> Response:
     gw = gateway()
     req = to_chat_request(read_json(gw.config.server.max_body_bytes))
-    require_model(g.get("key"), req["model"])
-    targets = gw.router.resolve(req["model"])
-    ctx = CallContext(request_id=g.request_id, on_malformed_chunk=gw.metrics.malformed_chunk)
-    call = ChatCall(gw, req, ctx)
-    call.base = {k: v for k, v in req.items() if k not in _OWN_FIELDS}
-    inner = _serve(gw, call, targets)
+    call, inner = serve_chat(gw, req, route="/v1/messages")
+    ctx = call.ctx
     msg_id = f"msg_{ctx.request_id}"
     stops = req.get("stop") or []
     inner.headers["request-id"] = ctx.request_id  # where Anthropic's SDKs look for it
@@ -583,33 +575,3 @@ def _translated(events: StreamEvents, frames: Any) -> Iterator[bytes]:
         close = getattr(frames, "close", None)
         if close is not None:
             close()
-
-
-def _serve(gw: Any, call: ChatCall, targets: list[Any]) -> Response:
-    """The OpenAI-shaped response of ChatCall, through the response cache as chat does it."""
-    lookup, store = directives(request.headers.get("Cache-Control"))
-    cache = gw.cache
-    if cache is None or not cache.policy.enabled or not cache.policy.chat_cacheable(call.req):
-        call.cache_state = "BYPASS"
-        return call.run(targets)
-    primary = targets[0]
-    call.cache_key = chat_key(primary.provider, primary.model, call.base)
-    call.cache_store = store
-    flight = cache.inflight(call.cache_key).acquire()  # identical requests wait, then hit
-    try:
-        doc = run_blocking(cache.get_chat, call.cache_key) if lookup else None
-        if doc is not None:
-            gw.metrics.inc("hoosh_cache_total", {"result": "hit"}, help="Response cache lookups")
-            flight.release()
-            return call.replay(doc)
-        gw.metrics.inc(
-            "hoosh_cache_total",
-            {"result": "miss" if lookup else "bypass"},
-            help="Response cache lookups",
-        )
-        call.cache_state = "MISS" if lookup else "BYPASS"
-        call.flight = flight
-        return call.run(targets)
-    except BaseException:
-        flight.release()
-        raise
