@@ -249,6 +249,8 @@ class Gateway:
         stream: bool,
         duration_s: float,
         route: str = "/v1/chat/completions",
+        cache: str | None = None,
+        key: str | None = None,
     ) -> None:
         """Count what a chat request used."""
         labels = {"provider": target.provider}
@@ -261,9 +263,13 @@ class Gateway:
             "model": target.model,
             "prompt_tokens": usage.get("prompt_tokens"),
             "completion_tokens": usage.get("completion_tokens"),
+            "cost_usd": usage.get("cost_usd"),
+            "cache": cache,
             "stream": stream,
         }
         if stream:
+            if key:
+                fields = {"key": key, **fields}
             # A stream's access line is written when it ends (outside the request context).
             _log_access(ctx.request_id, "POST", route, status, duration_s, fields)
         else:
@@ -383,7 +389,8 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         route = request.url_rule.rule if request.url_rule else "unmatched"
         gateway.metrics.inc("hoosh_requests_total", {"route": route, "status": str(resp.status_code)},
                             help="HTTP requests by route and status")  # fmt: skip
-        if not resp.is_streamed:
+        if not resp.is_streamed or not g.get("logs_itself"):
+            # A chat stream writes its own line when it ends; other streams log at first byte.
             elapsed = time.monotonic() - g.get("started", time.monotonic())
             gateway.metrics.observe("hoosh_request_duration_seconds", elapsed, {"route": route},
                                     help="Request latency")  # fmt: skip

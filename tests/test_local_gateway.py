@@ -163,3 +163,18 @@ def test_smollm2_through_the_gateway_with_the_sdk(gateway_factory):
     )  # fmt: skip
     text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
     assert "Paris" in text, text
+
+
+def test_prompt_too_long_for_local_falls_back_to_the_cloud(tiny, fake_openai, gateway_factory):
+    cfg = (
+        local_toml(tiny, n_ctx=128)
+        + openai_provider_toml(fake_openai)
+        + """
+[routing]
+aliases = { chat = ["local:tiny", "fake:gpt-4o-mini"] }
+"""
+    )
+    gw = gateway_factory(cfg)
+    r = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
+        "model": "chat", "messages": [{"role": "user", "content": "word " * 400}]})  # fmt: skip
+    assert r.status_code == 200 and r.headers["X-Hoosh-Provider"] == "fake"

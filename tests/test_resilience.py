@@ -200,3 +200,14 @@ def test_max_tokens_limit_clamps(fake_openai, gateway_factory):
     assert fake_openai.chat_requests[-1]["json"]["max_tokens"] == 3
     chat(gw)
     assert fake_openai.chat_requests[-1]["json"]["max_tokens"] == 3
+
+
+def test_timeout_falls_back_to_the_next_provider(gateway_factory):
+    with FakeOpenAI() as slow, FakeOpenAI() as quick:
+        gw = gateway_factory(
+            openai_provider_toml(slow, name="slow") + openai_provider_toml(quick, name="quick")
+        )
+        slow.script("hang", 4)
+        r = chat(gw)
+        assert r.status_code == 200 and r.headers["X-Hoosh-Provider"] == "quick"
+        assert len(slow.chat_requests) == 1  # a read timeout is not retried (it may be billed)

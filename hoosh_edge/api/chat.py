@@ -128,6 +128,9 @@ class ChatCall:
                             headers={"Cache-Control": "no-cache"})  # fmt: skip
         resp.headers["X-Hoosh-Cache"] = "HIT"
         resp.headers["X-Hoosh-Cost-USD"] = "0"
+        g.log_fields = {"provider": "cache", "model": model, "cache": "HIT",
+                        "prompt_tokens": usage.get("prompt_tokens"),
+                        "completion_tokens": usage.get("completion_tokens"), "cost_usd": 0}  # fmt: skip
         return inference_headers(resp, "cache", model)
 
     def __init__(self, gw: Any, req: dict[str, Any], ctx: CallContext) -> None:
@@ -212,6 +215,7 @@ class ChatCall:
         self.settle(hold, doc["usage"])
         self.maybe_store(target, target == targets[0], doc)
         self.gw.record_chat(self.ctx, target, doc["usage"], status=200, stream=False,
+                            cache=self.cache_state, key=self.key,
                             duration_s=time.monotonic() - self.started, route=self.route)  # fmt: skip
         resp = jsonify(doc)
         resp.headers["X-Hoosh-Cache"] = self.cache_state
@@ -236,6 +240,7 @@ class ChatCall:
             raise
         target = first.target if isinstance(first, Selected) else None
         self.primary = targets[0]
+        g.logs_itself = True
         resp = Response(
             self._frames(source, first, target, include_usage),
             mimetype="text/event-stream",
@@ -321,6 +326,7 @@ class ChatCall:
                     # Cut short (client gone, upstream died): bill what was streamed.
                     self.settle(hold, usage)
                 self.gw.record_chat(self.ctx, target, usage, status=status, stream=True,
+                                    cache=self.cache_state, key=self.key,
                                     duration_s=time.monotonic() - self.started,
                                     route=self.route)  # fmt: skip
 
