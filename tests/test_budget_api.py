@@ -247,3 +247,13 @@ aliases = {{ chat = ["local:tiny", "fake:gpt-4o-mini"] }}
     assert all(r.status_code in (200, 429) for r in results)
     cloud_spend = sum(row["cost_micro_usd"] for row in ledger_rows(gw) if not row["is_local"])
     assert cloud_spend <= 10_000
+
+
+def test_reservation_uses_the_clamped_max_tokens(fake_openai, gateway_factory):
+    # 100000 output tokens at $100/M would reserve $10 and be refused by a one-cent rule; clamped
+    # to the provider's limit of 5 the worst case fits, so the request is admitted.
+    gw = gateway_factory(openai_provider_toml(fake_openai, extra="max_tokens_limit = 5")
+                         + PRICED + ONE_CENT_BLOCK)  # fmt: skip
+    r = chat(gw, max_tokens=100000)
+    assert r.status_code == 200, r.text
+    assert fake_openai.chat_requests[-1]["json"]["max_tokens"] == 5
