@@ -163,3 +163,42 @@ def test_circuit_opens_after_three_failures_and_the_probe_closes_it(gateway_fact
             time.sleep(0.2)
         assert any(r["path"].endswith("/models") for r in bad.requests)
         assert chat(gw).headers["X-Hoosh-Provider"] == "first"
+
+
+def test_access_log_is_one_json_line_per_request_without_prompts(fake_openai, gateway_factory):
+    gw = gateway_factory(openai_provider_toml(fake_openai))
+    secret_prompt = "my bank pin is 4711"
+    r = chat(gw, messages=[{"role": "user", "content": secret_prompt}])
+    assert r.status_code == 200
+    time.sleep(0.2)
+    import json
+
+    lines = [json.loads(x) for x in gw.log.splitlines() if x.startswith("{")]
+    mine = [x for x in lines if x["request_id"] == r.headers["X-Request-Id"]]
+    assert len(mine) == 1
+    line = mine[0]
+    assert line["status"] == 200 and line["provider"] == "fake" and line["model"] == "gpt-4o-mini"
+    assert line["prompt_tokens"] > 0 and "duration_ms" in line and line["cache"] == "BYPASS"
+    assert secret_prompt not in gw.log and "Echo" not in gw.log  # neither prompt nor answer
+
+
+def test_config_from_the_environment_variable(fake_openai, tmp_path):
+    from tests.conftest import GatewayProcess
+
+    proc = GatewayProcess(openai_provider_toml(fake_openai), tmp_path,
+                          env={"HOOSH_EDGE_CONFIG": str(tmp_path / "hoosh-edge.toml")})  # fmt: skip
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    p = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--port", "0"], cwd=tmp_path,
+                         env=proc.env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        banner = [p.stdout.readline() for _ in range(3)]  # listening, the provider, the config
+        assert "listening on" in banner[0]
+        assert "fake (openai," in banner[1]  # the provider came from the file the variable names
+        assert banner[2].strip() == f"config: {tmp_path / 'hoosh-edge.toml'}"
+    finally:
+        p.terminate()
+        p.wait(15)
