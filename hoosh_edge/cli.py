@@ -50,24 +50,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace, config) -> int:
-    from . import modelstore
+    from . import modelcommands
 
     models_dir = args.models_dir or config.server.models_dir
     if args.action == "list":
-        return modelstore.cmd_list(models_dir)
+        return modelcommands.cmd_list(models_dir)
     if args.action == "pull":
         if not args.name:
             print("hoosh-edge models pull: name a model (see 'hoosh-edge models list')",
                   file=sys.stderr)  # fmt: skip
             return 2
-        return modelstore.cmd_pull(args.name, models_dir, prefer=args.prefer)
+        return modelcommands.cmd_pull(args.name, models_dir, prefer=args.prefer)
     if args.action == "verify":
-        return modelstore.cmd_verify(models_dir)
+        return modelcommands.cmd_verify(models_dir)
     if args.action == "rm":
         if not args.name:
             print("hoosh-edge models rm: name a model", file=sys.stderr)
             return 2
-        return modelstore.cmd_rm(args.name, models_dir)
+        return modelcommands.cmd_rm(args.name, models_dir)
     return 2
 
 
@@ -180,6 +180,10 @@ def main(argv: list[str] | None = None) -> int:
         argv = ["serve", *argv]  # bare `hoosh-edge` (or only flags) starts the server
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command != "serve":
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `hoosh-edge keys list | head` ends quietly
     return args.func(args)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from hoosh_edge import modelcommands as mc
 from hoosh_edge import modelstore as ms
 from hoosh_edge.errors import ModelNotFound
 
@@ -427,19 +428,19 @@ def test_list_and_cmd_functions(server, tmp_path, capsys) -> None:
     server.files["/blob.gguf"] = BLOB
     m = one_file_manifest(tmp_path, url_source(server.url("/blob.gguf")))
     mpath, models = m.path, tmp_path / "models"
-    assert ms.cmd_pull("nope", models, mpath) == 2
-    assert ms.cmd_pull("blob", models, mpath) == 0
+    assert mc.cmd_pull("nope", models, mpath) == 2
+    assert mc.cmd_pull("blob", models, mpath) == 0
     (models / "extra.gguf").write_bytes(b"x" * 10)
     listing = {x.id: x for x in ms.list_models(m, models)}
     assert listing["blob"].status == "installed" and listing["blob"].checked
     assert listing["blob"].size == len(BLOB)
     assert listing["extra"].status == "local" and listing["extra"].kind == "llm"
-    assert ms.cmd_list(models, mpath) == 0
-    assert ms.cmd_verify(models, mpath) == 0
+    assert mc.cmd_list(models, mpath) == 0
+    assert mc.cmd_verify(models, mpath) == 0
     (models / "blob.gguf").write_bytes(b"bad")
-    assert ms.cmd_verify(models, mpath) == 1
-    assert ms.cmd_rm("blob", models, mpath) == 0
-    assert ms.cmd_verify(models, mpath) == 0  # not installed is not an error
+    assert mc.cmd_verify(models, mpath) == 1
+    assert mc.cmd_rm("blob", models, mpath) == 0
+    assert mc.cmd_verify(models, mpath) == 0  # not installed is not an error
     out = capsys.readouterr().out
     assert "blob: blob.gguf: mismatch" in out and f"removed {models / 'blob.gguf'}" in out
     assert "installed" in out and "extra" in out
