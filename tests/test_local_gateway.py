@@ -178,3 +178,15 @@ aliases = { chat = ["local:tiny", "fake:gpt-4o-mini"] }
     r = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
         "model": "chat", "messages": [{"role": "user", "content": "word " * 400}]})  # fmt: skip
     assert r.status_code == 200 and r.headers["X-Hoosh-Provider"] == "fake"
+
+
+def test_keepalive_comments_while_queued_for_a_busy_local_model(tiny, gateway_factory):
+    gw = gateway_factory("[server]\nsse_keepalive_s = 0.2\n" + local_toml(tiny, max_queue=2))
+    first = long_stream(gw, max_tokens=4000)
+    lines = first.iter_lines()  # kept referenced: a collected iterator closes the connection
+    next(x for x in lines if x.startswith(b"data:"))
+    second = long_stream(gw, max_tokens=3)  # waits in the model's queue
+    got = [x for x in second.iter_lines() if x]
+    assert got.count(b": keep-alive") >= 1  # sent while queued, before its first token
+    assert got[-1] == b"data: [DONE]"
+    first.close()
