@@ -26,6 +26,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -246,6 +247,9 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_RACY_NS = 2_000_000_000
+
+
 class _State:
     """``.modelstore.json``: what was installed from where, and a (size, mtime) -> sha256 cache."""
 
@@ -258,10 +262,15 @@ class _State:
         self.dirty = False
 
     def fresh(self, name: str, st: os.stat_result) -> dict[str, Any] | None:
-        """The entry for ``name`` if the file on disk still has the recorded size and mtime."""
+        """The entry for ``name`` if the file on disk still has the recorded size and mtime.
+
+        An entry recorded within a couple of seconds of the file's mtime is not trusted: file
+        times are coarse (a few ms), so a rewrite in that window could keep the same mtime.
+        """
         e = self.files.get(name)
         if e and e.get("size") == st.st_size and e.get("mtime_ns") == st.st_mtime_ns:
-            return e
+            if e.get("recorded_ns", 0) - st.st_mtime_ns >= _RACY_NS:
+                return e
         return None
 
     def put(self, path: Path, sha256: str, **info: Any) -> None:
@@ -273,6 +282,7 @@ class _State:
             "sha256": sha256,
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
+            "recorded_ns": time.time_ns(),
         }
         self.dirty = True
 

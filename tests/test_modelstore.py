@@ -363,7 +363,15 @@ def installed_blob(server, tmp_path) -> tuple[ms.Manifest, Path]:
     m = one_file_manifest(tmp_path, url_source(server.url("/blob.gguf")))
     models = tmp_path / "models"
     ms.pull(m, "blob", models)
+    backdate(m, models / "blob.gguf")
     return m, models
+
+
+def backdate(m: ms.Manifest, f: Path) -> None:
+    """Make ``f`` look installed a minute ago and let verify record it (the cache then trusts it)."""
+    old = time.time() - 60
+    os.utime(f, (old, old))
+    ms.verify(m, f.parent)
 
 
 def test_verify_uses_the_cache_and_detects_corruption(server, tmp_path) -> None:
@@ -380,7 +388,15 @@ def test_verify_uses_the_cache_and_detects_corruption(server, tmp_path) -> None:
     assert r.status == "mismatch" and r.sha256 == sha(b"\0" + BLOB[1:])
     f.write_bytes(BLOB)
     assert ms.verify(m, models)[0].ok
-    # Same size and a restored mtime fool the cache by design; full=True re-reads the bytes.
+    # A rewrite right after recording (same size, and the coarse clock may give the same mtime)
+    # is not trusted to the cache: it is re-hashed.
+    st = f.stat()
+    f.write_bytes(b"\2" + BLOB[1:])
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert ms.verify(m, models)[0].status == "mismatch"
+    f.write_bytes(BLOB)
+    backdate(m, f)
+    # Same size and a restored old mtime fool the cache by design; full=True re-reads the bytes.
     st = f.stat()
     f.write_bytes(b"\1" + BLOB[1:])
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
@@ -430,6 +446,7 @@ def test_list_and_cmd_functions(server, tmp_path, capsys) -> None:
     mpath, models = m.path, tmp_path / "models"
     assert mc.cmd_pull("nope", models, mpath) == 2
     assert mc.cmd_pull("blob", models, mpath) == 0
+    backdate(m, models / "blob.gguf")
     (models / "extra.gguf").write_bytes(b"x" * 10)
     listing = {x.id: x for x in ms.list_models(m, models)}
     assert listing["blob"].status == "installed" and listing["blob"].checked
