@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import tempfile
-import threading
-import time
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -22,7 +19,7 @@ from hoosh_edge.budget import SpendLedger, Usage
 from hoosh_edge.config import load_config
 from hoosh_edge.db import Database
 from hoosh_edge.engines.pool import ModelPool, ModelSlot
-from tests.conftest import ROOT, GatewayProcess, openai_provider_toml
+from tests.conftest import GatewayProcess, openai_provider_toml
 
 MiB = 1024 * 1024
 NOON = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
@@ -217,93 +214,9 @@ def test_device_readings_from_kernel_files(tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
-# TEMPORARY runner, to delete once create_app registers the status blueprint (then the browser
-# tests start ``hoosh_edge.py`` through GatewayProcess, see ``start_gateway``).
-RUNNER = '''\
-"""Serve the gateway plus the status page on 127.0.0.1 (test helper)."""
-from gevent import monkey
-
-monkey.patch_all()
-
-import hmac
-import sys
-
-from flask import request
-from gevent.pywsgi import WSGIServer
-
-from hoosh_edge.api.status import bp
-from hoosh_edge.app import create_app
-from hoosh_edge.config import load_config
-from hoosh_edge.local import build_gateway
-from hoosh_edge.server import make_listener
-
-config = load_config(sys.argv[1])
-gw = build_gateway(config)
-if getattr(gw, "ledger", None) is None:
-    from hoosh_edge.budget import SpendLedger
-    from hoosh_edge.db import Database
-
-    gw.ledger = SpendLedger(Database.open(config.server.data_dir), timezone=config.timezone)
-    gw.ledger.seed_rules([dict(b) for b in config.budgets])
-app = create_app(gateway=gw)
-if "status" not in app.blueprints:
-    app.register_blueprint(bp)
-admin_key = config.server.admin_key
-
-
-@app.before_request
-def guard_admin():
-    # Stands in for the gateway's admin auth on /admin/*.
-    if admin_key and request.path.startswith("/admin/"):
-        given = request.headers.get("Authorization", "")[7:]
-        if not hmac.compare_digest(given.encode(), admin_key.encode()):
-            return {"error": {"message": "admin key required"}}, 401
-    return None
-
-
-listener = make_listener("127.0.0.1", 0)
-server = WSGIServer(listener, app, log=None)
-print(f"hoosh-edge (status test runner) listening on http://127.0.0.1:{listener.getsockname()[1]}",
-      flush=True)
-server.serve_forever()
-'''
-
-
-class RunnerProcess(GatewayProcess):
-    """The temporary runner above in a child process, with GatewayProcess's reading and stopping."""
-
-    def start(self, timeout: float = 60) -> RunnerProcess:
-        script = self.tmp / "status_runner.py"
-        script.write_text(RUNNER)
-        env = dict(self.env, PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(self.config_path)], cwd=self.tmp, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )  # fmt: skip
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
-        assert self.proc.stdout is not None
-        first = self.proc.stdout.readline()
-        if "listening on" not in first:
-            self.proc.wait(5)
-            raise RuntimeError(f"runner did not start: {first!r}\n{self.log}")
-        self.url = first.strip().rsplit(" ", 1)[-1]
-        self.banner = [first]
-        threading.Thread(target=self._drain_stdout, daemon=True).start()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(self.url + "/health", timeout=2).ok:
-                    return self
-            except requests.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("runner never became healthy")
-
-
 def start_gateway(config_text: str, tmp: Path) -> GatewayProcess:
-    """The real gateway once it serves the page itself; until then the runner."""
-    serves_page = "status" in create_app(load_config(None, env={})).blueprints
-    cls = GatewayProcess if serves_page else RunnerProcess
-    return cls(config_text, tmp).start()
+    """The real gateway (``python hoosh_edge.py``) serving the page."""
+    return GatewayProcess(config_text, tmp).start()
 
 
 def chromium(tmp: Path, url: str, *extra: str) -> str:
