@@ -28,18 +28,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _procs import spawn_fake_openai, spawn_gateway  # noqa: E402
+
 from hoosh_edge.cache import CachePolicy, ResponseCache, chat_key  # noqa: E402
 from hoosh_edge.db import Database  # noqa: E402
 
-FAKE = """
-import sys, time
-sys.path.insert(0, {root!r})
-from tests.fake_openai import FakeOpenAI
-with FakeOpenAI(api_key="sk-bench") as fake:
-    print(fake.url, flush=True)
-    fake.requests = type("Drop", (list,), {{"append": lambda self, x: None}})()
-    time.sleep(10**6)
-"""
 HIT_BODY = {"model": "gpt-4o-mini", "temperature": 0,
             "messages": [{"role": "user", "content": "What is the boiling point of water?"}]}  # fmt: skip
 
@@ -113,18 +106,10 @@ def http_row(name: str, seconds: list[float]) -> None:
     print(f"  {name:<38} n={len(s):>5}  p50 {p50:>7.2f} ms  p99 {p99:>7.2f} ms")
 
 
-def start_fake() -> tuple[subprocess.Popen, str]:
-    """tests/fake_openai.py's upstream in a child process, so it does not share our GIL."""
-    proc = subprocess.Popen([sys.executable, "-c", FAKE.format(root=str(ROOT))],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
-
-
 def start_gateway(upstream: str, tmp: Path) -> tuple[subprocess.Popen, str]:
     """A gateway with the fake upstream as its only provider and the cache on (the default)."""
-    cfg = tmp / "cache.toml"
-    cfg.write_text(f"""
+    proc, url = spawn_gateway(
+        f"""
 [server]
 log_level = "warning"
 data_dir = "{tmp / "data"}"
@@ -135,23 +120,15 @@ type = "openai"
 base_url = "{upstream}"
 api_key = "sk-bench"
 models = ["gpt-*"]
-""")
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(cfg),
-                             "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
-                            env=env)  # fmt: skip
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    if "listening on" not in first:
-        proc.kill()
-        raise SystemExit(f"gateway did not start: {first!r}")
-    return proc, first.strip().rsplit(" ", 1)[-1] + "/v1"
+""",
+        tmp,
+    )
+    return proc, url + "/v1"
 
 
 def over_http(n: int, base: Path | None) -> None:
     """HIT vs MISS through a gateway in a child process, and the fake upstream on its own."""
-    fake, upstream = start_fake()
+    fake, upstream = spawn_fake_openai()
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         gw, gateway = start_gateway(upstream, Path(tmp))
         try:

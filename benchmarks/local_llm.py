@@ -44,6 +44,8 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _procs import spawn_gateway  # noqa: E402
+
 from hoosh_edge.engines.llama import LlamaEngine  # noqa: E402
 from hoosh_edge.engines.pool import ModelPool  # noqa: E402
 
@@ -180,10 +182,10 @@ def vm_hwm_mib(pid: int) -> float:
     return float("nan")
 
 
-def spawn_gateway(args: argparse.Namespace, path: str, tmp: Path) -> subprocess.Popen:
+def start_gateway(args: argparse.Namespace, path: str, tmp: Path) -> subprocess.Popen:
     """A gateway serving only this model, loaded at start-up, with the direct run's settings."""
-    cfg = tmp / "llm.toml"
-    cfg.write_text(f"""
+    proc, url = spawn_gateway(
+        f"""
 [server]
 log_level = "warning"
 data_dir = "{tmp / "data"}"
@@ -195,18 +197,10 @@ keep_alive_s = 0
 preload = ["{args.model}"]
 [local.llm.models]
 "{args.model}" = "{Path(path).resolve()}"
-""")
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(cfg),
-                             "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
-                            env=env)  # fmt: skip
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    if "listening on" not in first:
-        proc.kill()
-        sys.exit(f"gateway did not start: {first!r}")
-    args.url = first.strip().rsplit(" ", 1)[-1]
+""",
+        tmp,
+    )
+    args.url = url
     return proc
 
 
@@ -245,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         f"load average {os.getloadavg()[0]:.2f}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        gw = spawn_gateway(args, path, Path(tmp)) if args.spawn else None
+        gw = start_gateway(args, path, Path(tmp)) if args.spawn else None
         try:
             measure_all(args, path, gw)
         finally:

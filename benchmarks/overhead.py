@@ -10,7 +10,6 @@ per second and p50/p99 latency for both paths, and what the gateway adds.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -24,28 +23,14 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _procs import spawn_fake_openai, spawn_gateway  # noqa: E402
+
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello gateway"}]}
-
-FAKE = """
-import sys, time
-sys.path.insert(0, {root!r})
-from tests.fake_openai import FakeOpenAI
-with FakeOpenAI(api_key="sk-bench") as fake:
-    print(fake.url, flush=True)
-    fake.requests = type("Drop", (list,), {{"append": lambda self, x: None}})()
-    time.sleep(10**6)
-"""
-
-
-def start_fake() -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-c", FAKE.format(root=str(ROOT))],
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
-    return proc, proc.stdout.readline().strip()
 
 
 def start_gateway(upstream: str, tmp: Path, durability: str) -> tuple[subprocess.Popen, str]:
-    cfg = tmp / "bench.toml"
-    cfg.write_text(f"""
+    proc, url = spawn_gateway(
+        f"""
 [server]
 log_level = "warning"
 durability = "{durability}"
@@ -55,12 +40,9 @@ type = "openai"
 base_url = "{upstream}"
 api_key = "sk-bench"
 models = ["gpt-*"]
-""")
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    proc = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(cfg),
-                             "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
-                            env=env)  # fmt: skip
-    url = proc.stdout.readline().strip().rsplit(" ", 1)[-1]
+""",
+        tmp,
+    )
     return proc, url + "/v1"
 
 
@@ -110,7 +92,7 @@ def main() -> None:
     ap.add_argument("--durability", default="full", choices=["full", "normal"],
                     help="server.durability: full fsyncs each paid call's ledger entry")  # fmt: skip
     args = ap.parse_args()
-    fake, upstream = start_fake()
+    fake, upstream = spawn_fake_openai()
     print(f"server.durability = {args.durability} (every request here is a priced cloud call)")
     with tempfile.TemporaryDirectory() as tmp:
         gw, gateway = start_gateway(upstream, Path(tmp), args.durability)

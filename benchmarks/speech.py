@@ -38,6 +38,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from _procs import spawn_gateway  # noqa: E402
+
 from hoosh_edge.engines.audio_in import decode_audio  # noqa: E402
 from hoosh_edge.engines.piper import PiperVoice  # noqa: E402
 from hoosh_edge.engines.whisper import WhisperModel  # noqa: E402
@@ -79,8 +81,8 @@ def default_threads() -> int:
 
 def start_gateway(tmp: Path, threads: int) -> tuple[subprocess.Popen, str]:
     """A gateway with only the two speech models, loaded at the given thread counts."""
-    cfg = tmp / "speech.toml"
-    cfg.write_text(f"""
+    proc, url = spawn_gateway(
+        f"""
 [server]
 log_level = "warning"
 data_dir = "{tmp / "data"}"
@@ -95,18 +97,9 @@ n_threads = {threads}
 keep_alive_s = 0
 [local.tts.voices]
 joe = "{VOICE}"
-""")
-    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
-    env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(cfg),
-                             "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
-                            env=env)  # fmt: skip
-    assert proc.stdout is not None
-    first = proc.stdout.readline()
-    if "listening on" not in first:
-        proc.kill()
-        raise SystemExit(f"gateway did not start: {first!r}")
-    url = first.strip().rsplit(" ", 1)[-1]
+""",
+        tmp,
+    )
     for _ in range(100):
         try:
             if requests.get(url + "/health", timeout=1).ok:

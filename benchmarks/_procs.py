@@ -1,0 +1,45 @@
+"""Child processes the benchmarks measure: the gateway and a fake OpenAI upstream."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+_FAKE = """
+import sys, time
+sys.path.insert(0, {root!r})
+from tests.fake_openai import FakeOpenAI
+with FakeOpenAI(api_key="sk-bench") as fake:
+    print(fake.url, flush=True)
+    fake.requests = type("Drop", (list,), {{"append": lambda self, x: None}})()
+    time.sleep(10**6)
+"""
+
+
+def spawn_fake_openai() -> tuple[subprocess.Popen, str]:
+    """A fake OpenAI upstream (key ``sk-bench``) in its own process, and its base URL."""
+    proc = subprocess.Popen([sys.executable, "-c", _FAKE.format(root=str(ROOT))],
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def spawn_gateway(config_text: str, tmp: Path) -> tuple[subprocess.Popen, str]:
+    """``python hoosh_edge.py`` on a free port with this config; its ``http://host:port``."""
+    cfg = Path(tmp) / "bench.toml"
+    cfg.write_text(config_text)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PYTHONUNBUFFERED"] = "1"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(cfg),
+                             "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
+                            env=env)  # fmt: skip
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    if "listening on" not in first:
+        proc.kill()
+        raise SystemExit(f"gateway did not start: {first!r}")
+    return proc, first.strip().rsplit(" ", 1)[-1]
