@@ -43,3 +43,14 @@ def spawn_gateway(config_text: str, tmp: Path) -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise SystemExit(f"gateway did not start: {first!r}")
     return proc, first.strip().rsplit(" ", 1)[-1]
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Terminate a child, then kill it if it will not go."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)

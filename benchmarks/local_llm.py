@@ -44,7 +44,7 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _procs import spawn_gateway  # noqa: E402
+from _procs import spawn_gateway, stop  # noqa: E402
 
 from hoosh_edge.engines.llama import LlamaEngine  # noqa: E402
 from hoosh_edge.engines.pool import ModelPool  # noqa: E402
@@ -202,16 +202,6 @@ preload = ["{args.model}"]
     )
     args.url = url
     return proc
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -38,7 +38,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _procs import spawn_gateway  # noqa: E402
+from _procs import spawn_gateway, stop  # noqa: E402
 
 from hoosh_edge.engines.audio_in import decode_audio  # noqa: E402
 from hoosh_edge.engines.piper import PiperVoice  # noqa: E402
@@ -107,16 +107,6 @@ joe = "{VOICE}"
         except requests.ConnectionError:
             time.sleep(0.1)
     return proc, url
-
-
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 def vm_hwm_mib(pid: int) -> float:
