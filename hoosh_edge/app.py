@@ -309,6 +309,14 @@ class Gateway:
             ids += [(mid, "local") for mid in self.speech.model_ids() if mid not in seen]
         return ids
 
+    def model_listing(self) -> list[tuple[str, str, str]]:
+        """(id, owner, source) of every model to list: chat targets, then on-device speech."""
+        out = self.router.listing()
+        if self.speech is not None:
+            seen = {mid for mid, _, _ in out}
+            out += [(m, "local", "local") for m in self.speech.model_ids() if m not in seen]
+        return out
+
     def close(self) -> None:
         self.router.close()
         if self.pool is not None:

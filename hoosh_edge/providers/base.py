@@ -47,6 +47,10 @@ class ChatBackend:
         """Concrete model ids to list in /v1/models (globs are not listed)."""
         return []
 
+    def listing(self) -> list[tuple[str, str]]:
+        """(id, source) for /v1/models: ``local``, ``config`` or ``provider`` (its own list)."""
+        return [(m, "local" if self.is_local else "config") for m in self.model_ids()]
+
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
         raise NotImplementedError
 
