@@ -254,6 +254,7 @@ class Router:
         refusal: BudgetExceeded | None = None
         for target in self._breaker_order(targets):
             started = time.monotonic()
+            ctx.tried = target
             hold = None
             try:
                 self._check_usable(target)

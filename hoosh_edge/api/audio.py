@@ -178,6 +178,7 @@ def _transcribe(translate: bool) -> Response:
 
     usage = Usage(audio_seconds=audio.duration_s)
     ctx = CallContext(request_id=g.request_id)
+    g.call_ctx = ctx
     target, (body, mimetype), _, hold = gw.router.attempt(targets, ctx, call, _admit(gw, usage))
     gw.metrics.inc("hoosh_audio_seconds_total", {"provider": target.provider, "kind": "stt"},
                    audio.duration_s, help="Seconds of audio transcribed")  # fmt: skip
@@ -296,6 +297,7 @@ def speech() -> Response:
 
     usage = Usage(characters=len(text))
     ctx = CallContext(request_id=g.request_id)
+    g.call_ctx = ctx
     target, (chunks, ctype, rate), _, hold = gw.router.attempt(targets, ctx, call,
                                                                 _admit(gw, usage))  # fmt: skip
     if hold is not None:

@@ -24,6 +24,7 @@ class CallContext:
     request_id: str = "-"
     on_malformed_chunk: Callable[[str], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tried: Any = None  # the target tried last (the router sets it), for the access line
 
     def malformed(self, provider: str, raw: str) -> None:
         log.warning(
