@@ -309,6 +309,14 @@ class Gateway:
             ids += [(mid, "local") for mid in self.speech.model_ids() if mid not in seen]
         return ids
 
+    def model_listing(self) -> list[tuple[str, str, str]]:
+        """(id, owner, source) of every model to list: chat targets, then on-device speech."""
+        out = self.router.listing()
+        if self.speech is not None:
+            seen = {mid for mid, _, _ in out}
+            out += [(m, "local", "local") for m in self.speech.model_ids() if m not in seen]
+        return out
+
     def close(self) -> None:
         self.router.close()
         if self.pool is not None:
@@ -383,6 +391,11 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         if g.pop("counted", False):
             resp.call_on_close(gateway.request_done)
         resp.headers.setdefault("X-Request-Id", g.get("request_id", "-"))
+        tried = getattr(g.get("call_ctx"), "tried", None)
+        if tried is not None and not (g.get("log_fields") or {}).get("provider"):
+            # A call that failed names the target it tried last (a 502 says whose it was).
+            g.log_fields = {"provider": tried.provider, "model": tried.model,
+                            **(g.get("log_fields") or {})}  # fmt: skip
         if g.get("key_name"):
             fields = g.get("log_fields") or {}
             g.log_fields = {"key": g.key_name, **fields}

@@ -305,6 +305,8 @@ def replay_chunks(doc: Mapping[str, Any], piece_chars: int = 512) -> list[dict[s
         chunks.extend(chunk({"content": p}) for p in pieces[1:])
     else:
         chunks.append(chunk(first))
+    if isinstance(choice.get("logprobs"), dict):
+        chunks[0]["choices"][0]["logprobs"] = choice["logprobs"]  # every token's, in one chunk
     if isinstance(msg.get("refusal"), str):
         chunks.append(chunk({"refusal": msg["refusal"]}))
     for i, call in enumerate(msg.get("tool_calls") or ()):
@@ -314,6 +316,8 @@ def replay_chunks(doc: Mapping[str, Any], piece_chars: int = 512) -> list[dict[s
             "function": {"name": fn.get("name") or "", "arguments": fn.get("arguments") or ""},
         }]}))  # fmt: skip
     chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
+    if isinstance(choice.get("stop_reason"), str):
+        chunks[-1]["choices"][0]["stop_reason"] = choice["stop_reason"]
     if doc.get("usage"):
         tail: dict[str, Any] = {"choices": [], "usage": doc["usage"]}
         if model:

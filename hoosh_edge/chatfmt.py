@@ -107,6 +107,15 @@ def validate_chat_request(body: Any) -> dict[str, Any]:
     for key in ("response_format",):
         if body.get(key) is not None and not isinstance(body[key], dict):
             raise InvalidRequest(f"'{key}' must be an object.", param=key)
+    logprobs = body.get("logprobs")
+    if logprobs is not None and not isinstance(logprobs, bool):
+        raise InvalidRequest("'logprobs' must be a boolean.", param="logprobs")
+    if body.get("top_logprobs") is not None:
+        _int(body, "top_logprobs", 0)
+        if body["top_logprobs"] > 20:
+            raise InvalidRequest("'top_logprobs' must be between 0 and 20.", param="top_logprobs")
+        if not logprobs:
+            raise InvalidRequest("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
     if body.get("user") is not None and not isinstance(body["user"], str):
         raise InvalidRequest("'user' must be a string.", param="user")
     return body
@@ -159,6 +168,8 @@ def join_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     finish = None
     usage = None
     model = None
+    logprobs: list[Any] | None = None
+    matched_stop = None
     for chunk in chunks:
         model = chunk.get("model") or model
         if chunk.get("usage"):
@@ -181,6 +192,11 @@ def join_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
                     slot["function"]["name"] += fn["name"]
                 if fn.get("arguments"):
                     slot["function"]["arguments"] += fn["arguments"]
+            lp = choice.get("logprobs")
+            if isinstance(lp, dict) and isinstance(lp.get("content"), list):
+                logprobs = (logprobs or []) + lp["content"]
+            if isinstance(choice.get("stop_reason"), str):
+                matched_stop = choice["stop_reason"]  # the stop string that ended the text
             if choice.get("finish_reason"):
                 finish = choice["finish_reason"]
     message: dict[str, Any] = {
@@ -191,13 +207,15 @@ def join_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
         message["refusal"] = "".join(refusal)
     if calls:
         message["tool_calls"] = [calls[i] for i in sorted(calls)]
-    return {
-        "model": model,
-        "choices": [
-            {"index": 0, "message": message, "finish_reason": finish or "stop", "logprobs": None}
-        ],  # fmt: skip
-        "usage": usage,
+    choice_out: dict[str, Any] = {
+        "index": 0,
+        "message": message,
+        "finish_reason": finish or "stop",
+        "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
     }
+    if matched_stop is not None:
+        choice_out["stop_reason"] = matched_stop
+    return {"model": model, "choices": [choice_out], "usage": usage}
 
 
 def completion_text(doc: dict[str, Any]) -> str:

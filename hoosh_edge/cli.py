@@ -95,8 +95,14 @@ def _with_config(fn):
 def build_parser() -> argparse.ArgumentParser:
     from . import commands
 
-    p = argparse.ArgumentParser(prog="hoosh-edge", description=__doc__)
-    sub = p.add_subparsers(dest="command")
+    p = argparse.ArgumentParser(
+        prog="hoosh-edge",
+        description="An AI inference gateway for one small box: local models first, the cloud "
+        "under a budget.",
+        epilog="With no command (or only serve's options), hoosh-edge serves. "
+        "'hoosh-edge COMMAND -h' shows a command's options.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", title="commands")
 
     def add(name: str, help: str, func) -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help)
@@ -176,9 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in ("-h", "--help"):
+        parser.print_help()  # every subcommand, a line each; `hoosh-edge serve -h` for serve's
+        return 0
     if not argv or argv[0].startswith("-"):
         argv = ["serve", *argv]  # bare `hoosh-edge` (or only flags) starts the server
-    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "serve":
         import signal

@@ -87,13 +87,29 @@ class LocalSpeech:
             ids.append("piper")
         return ids
 
-    def stt_model(self, model: str) -> str | None:
-        """The local speech-to-text model for a requested name, or None."""
+    def stt_model(self, model: str, translate: bool = False) -> str | None:
+        """The local speech-to-text model for a requested name, or None.
+
+        OpenAI's names (``whisper-1`` ...) take the first model; for a translation, the first
+        multilingual one (an English-only model cannot translate), if one is installed.
+        """
         if model in self.stt:
             return model
         if model in OPENAI_STT_MODELS and self.stt:
+            if translate:
+                multi = [m for m, p in self.stt.items() if whisper_multilingual(p)]
+                if multi:
+                    return multi[0]
             return next(iter(self.stt))
         return None
+
+    def can_translate(self, model: str) -> bool:
+        """Whether a local speech-to-text model is multilingual (English-only ones can't)."""
+        return whisper_multilingual(self.stt[model])
+
+    def serves_tts_model(self, model: str) -> bool:
+        """Whether ``model`` names on-device speech: OpenAI's TTS names, ``piper`` or a voice."""
+        return bool(self.tts) and (model in OPENAI_TTS_MODELS or model in self.tts)
 
     def voice(self, model: str, voice: str) -> str:
         """The local voice for an OpenAI (model, voice) pair."""
@@ -123,6 +139,18 @@ class LocalSpeech:
     def sample_rate(self, voice: str) -> int:
         slot = self.pool.slot(f"tts:{voice}")
         return slot.ensure_loaded().sample_rate
+
+
+def whisper_multilingual(path: str) -> bool:
+    """Whether a whisper.cpp ggml file is multilingual, from its header (English-only: 51864)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError:
+        return False
+    if len(head) < 8 or int.from_bytes(head[:4], "little") != 0x67676D6C:
+        return False
+    return int.from_bytes(head[4:8], "little") >= 51865
 
 
 def _resolve(cfg: LocalEngineConfig, found: dict[str, Path]) -> dict[str, str]:

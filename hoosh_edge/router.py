@@ -149,6 +149,16 @@ class Router:
                 seen.setdefault(mid, b.name)
         return list(seen.items())
 
+    def listing(self) -> list[tuple[str, str, str]]:
+        """(id, owner, source) for /v1/models: aliases, then each backend's listing."""
+        out: dict[str, tuple[str, str]] = {}
+        for alias in self.aliases:
+            out.setdefault(alias, ("hoosh-edge", "alias"))
+        for b in self.backends:
+            for mid, source in b.listing():
+                out.setdefault(mid, (b.name, source))
+        return [(mid, owner, source) for mid, (owner, source) in out.items()]
+
     def resolve(self, model: str) -> list[Target]:
         """Every target that may serve ``model``, in the order to try them."""
         if model in self.aliases:
@@ -244,6 +254,7 @@ class Router:
         refusal: BudgetExceeded | None = None
         for target in self._breaker_order(targets):
             started = time.monotonic()
+            ctx.tried = target
             hold = None
             try:
                 self._check_usable(target)

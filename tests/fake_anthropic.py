@@ -163,7 +163,18 @@ class _Handler(BaseHTTPRequestHandler):
         self._json(status, {"type": "error", "error": {"type": etype, "message": msg}}, headers)
 
     def do_GET(self) -> None:
-        self._error(404, "not_found_error", f"Not found: {self.path}")
+        fake = self.server.fake  # type: ignore[attr-defined]
+        fake._record(
+            Recorded("GET", self.path, {k.lower(): v for k, v in self.headers.items()}, None)
+        )
+        if self.path.split("?")[0] != "/v1/models":
+            return self._error(404, "not_found_error", f"Not found: {self.path}")
+        if (self.headers.get("x-api-key") or "") != fake.api_key:
+            return self._error(401, "authentication_error", "invalid x-api-key")
+        data = [{"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+                for m in fake.model_list]  # fmt: skip
+        self._json(200, {"data": data, "has_more": False, "first_id": data[0]["id"] if data else None,
+                         "last_id": data[-1]["id"] if data else None})  # fmt: skip
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -274,6 +285,7 @@ class FakeAnthropic:
         self.versions = versions
         self.requests: list[Recorded] = []
         self.default = Reply()
+        self.model_list = ["claude-3-5-haiku-latest", "claude-sonnet-4-5"]  # GET /v1/models
         self._queue: list[Reply] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()

@@ -31,6 +31,7 @@ class FakeOpenAI:
         self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
         self.words_delay_s = words_delay_s
+        self.model_list = ["gpt-4o-mini"]  # what GET /models answers
         self._script: deque = deque()
         self._lock = threading.Lock()
         fake = self
@@ -85,10 +86,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802
         self.owner.requests.append({"path": self.path, "headers": dict(self.headers), "json": None})
-        if self.path.endswith("/models"):
-            self._send_json(
-                200, {"object": "list", "data": [{"id": "gpt-4o-mini", "object": "model"}]}
-            )
+        if self.path.endswith("/models") and self.owner.model_list is None:
+            self._send_json(500, {"error": {"message": "listing is down", "type": "server_error"}})
+        elif self.path.endswith("/models"):
+            data = [{"id": m, "object": "model", "owned_by": "fake"} for m in self.owner.model_list]
+            self._send_json(200, {"object": "list", "data": data})
         else:
             self._send_json(
                 404, {"error": {"message": "not found", "type": "invalid_request_error"}}

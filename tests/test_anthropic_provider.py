@@ -556,3 +556,19 @@ def test_official_sdk_reads_the_fake(fake):
         assert "".join(s.text_stream) == "streamed"
         assert s.get_final_message().usage.output_tokens == 7
     client.close()
+
+
+def test_a_glob_provider_lists_the_models_anthropic_has(fake):
+    """`claude-*` lists Anthropic's own model list (x-api-key and anthropic-version sent)."""
+    fake.model_list = ["claude-3-5-haiku-latest", "claude-sonnet-4-5", "other-model"]
+    provider = make(fake, models=("claude-*", "claude-test-1"))
+    try:
+        listed = dict(provider.listing())  # the first listing waits for the answer
+        assert listed == {"claude-test-1": "config", "claude-3-5-haiku-latest": "provider",
+                          "claude-sonnet-4-5": "provider"}  # fmt: skip
+        asked = [r for r in fake.requests if r.method == "GET"]
+        assert asked[0].path == "/v1/models"
+        assert asked[0].headers["x-api-key"] == API_KEY
+        assert asked[0].headers["anthropic-version"] == "2023-06-01"
+    finally:
+        provider.close()

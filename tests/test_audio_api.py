@@ -141,6 +141,44 @@ def test_transcription_bad_uploads(synth_gw):
     assert r.status_code == 400
 
 
+def test_speech_with_an_unknown_model_is_404_like_transcription(synth_gw):
+    """`nope-tts` is a mistake to name, not a reason to speak with the default voice."""
+    client = openai.OpenAI(base_url=synth_gw.url + "/v1", api_key="x", max_retries=0)
+    with pytest.raises(openai.NotFoundError) as e:
+        client.audio.speech.create(model="nope-tts", voice="alloy", input="Hello.")
+    err = e.value.body
+    assert err["code"] == "model_not_found" and err["param"] == "model"
+    assert "tts-1" in err["message"] and "tiny" in err["message"]
+    for model in ("tts-1", "tts-1-hd", "gpt-4o-mini-tts", "piper", "tiny"):
+        r = speak(synth_gw, model=model, response_format="wav")
+        assert r.status_code == 200 and r.headers["X-Hoosh-Model"] == "tiny", (model, r.text)
+
+
+def test_translation_with_whisper_1_prefers_a_multilingual_model(tmp_path):
+    """An English-only model cannot translate: whisper-1 takes a multilingual one, if installed."""
+    from tests.conftest import GatewayProcess
+
+    en = make_synthetic_whisper(tmp_path / "ggml-en.bin")
+    multi = make_synthetic_whisper(tmp_path / "ggml-multi.bin", n_vocab=51865)
+    cfg = f"""
+[local.stt.models]
+english = "{en}"
+polyglot = "{multi}"
+"""
+    with GatewayProcess(cfg, tmp_path) as gw:
+        r = transcribe(gw, wav_bytes(), path="translations")  # model whisper-1
+        assert r.status_code == 200, r.text
+        assert r.headers["X-Hoosh-Model"] == "polyglot"
+        r = transcribe(gw, wav_bytes())  # a transcription keeps the first model
+        assert r.status_code == 200 and r.headers["X-Hoosh-Model"] == "english"
+    only_en = tmp_path / "en-only"
+    only_en.mkdir()
+    with GatewayProcess(f'[local.stt.models]\nenglish = "{en}"\n', only_en) as gw:
+        r = transcribe(gw, wav_bytes(), path="translations")
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model"
+        assert "hoosh-edge models pull whisper-tiny" in r.json()["error"]["message"]
+
+
 def test_upload_over_the_limit_is_413_and_server_lives_on(synth_gw):
     r = transcribe(synth_gw, b"\x00" * 2_100_000)
     assert r.status_code == 413

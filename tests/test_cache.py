@@ -503,6 +503,23 @@ def test_join_and_replay_round_trip(content, calls, finish, usage) -> None:
         assert sum("content" in c["choices"][0]["delta"] for c in replayed if c["choices"]) == 3
 
 
+def test_logprobs_and_the_matched_stop_survive_join_and_replay() -> None:
+    """A cached answer gives back its token logprobs and which stop string ended it."""
+    lp = [{"token": t, "logprob": -0.5, "bytes": list(t.encode()), "top_logprobs": []}
+          for t in ("Hi", " there")]  # fmt: skip
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"},
+                      "finish_reason": None, "logprobs": {"content": lp[:1], "refusal": None}}]},
+        {"choices": [{"index": 0, "delta": {"content": " there"}, "finish_reason": None,
+                      "logprobs": {"content": lp[1:], "refusal": None}}]},
+        {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop", "stop_reason": "."}]},
+    ]  # fmt: skip
+    joined = join_chunks(chunks)
+    choice = joined["choices"][0]
+    assert choice["logprobs"]["content"] == lp and choice["stop_reason"] == "."
+    assert join_chunks(replay_chunks(joined)) == joined
+
+
 def test_a_streamed_answer_serves_a_plain_request_and_back(
     database: Database, clock: Clock
 ) -> None:

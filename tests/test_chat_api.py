@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import time
 
 import openai
 import pytest
 import requests
 
 from tests.conftest import openai_provider_toml
+from tests.fake_openai import FakeOpenAI
 
 
 @pytest.fixture
@@ -98,10 +100,46 @@ def test_max_tokens_and_finish_length(gw, fake_openai):
     assert fake_openai.chat_requests[-1]["json"]["max_completion_tokens"] == 2
 
 
+def _listed(gw) -> dict[str, dict]:
+    return {m["id"]: m for m in requests.get(gw.url + "/v1/models", timeout=5).json()["data"]}
+
+
+def test_models_of_a_glob_provider_are_asked_of_the_provider(fake_openai, gateway_factory):
+    """`models = ["gpt-*"]` lists what the provider really has that the glob admits."""
+    fake_openai.model_list = ["gpt-4o-mini", "gpt-4.1-nano", "text-embedding-3-small"]
+    gw = gateway_factory(openai_provider_toml(fake_openai, models='["gpt-*", "o3-mini"]'))
+    assert not any(r["path"].endswith("/models") for r in fake_openai.requests)  # not at start-up
+    listed = _listed(gw)  # the first listing waits (a second at most) for the provider's list
+    assert listed["o3-mini"]["owned_by"] == "fake" and listed["o3-mini"]["source"] == "config"
+    assert {"gpt-4o-mini", "gpt-4.1-nano", "o3-mini"} <= set(listed)
+    assert listed["gpt-4.1-nano"]["source"] == "provider"
+    assert "text-embedding-3-small" not in listed  # the provider has it; the glob does not admit it
+    asked = [r for r in fake_openai.requests if r["path"].endswith("/models")]
+    assert asked[0]["headers"]["Authorization"] == f"Bearer {fake_openai.api_key}"
+    for _ in range(5):
+        _listed(gw)
+    assert len([r for r in fake_openai.requests if r["path"].endswith("/models")]) == 1  # cached
+    ids = {m.id for m in sdk(gw).models.list().data}
+    assert {"gpt-4o-mini", "gpt-4.1-nano"} <= ids
+
+
+def test_models_listing_survives_a_provider_that_cannot_list(gateway_factory):
+    """A provider whose model list fails still gets a listing of its named models, quickly."""
+    with FakeOpenAI() as broken:
+        broken.model_list = None  # the fake answers 500 to GET /models
+        gw = gateway_factory(openai_provider_toml(broken, models='["gpt-*", "gpt-4o"]'))
+        for _ in range(3):
+            started = time.monotonic()
+            listed = _listed(gw)
+            assert time.monotonic() - started < 1.5
+            assert listed["gpt-4o"]["source"] == "config"
+            time.sleep(0.2)
+        assert requests.get(gw.url + "/health", timeout=5).ok
+
+
 def test_models_list_and_get(gw):
-    m = sdk(gw).models.list()
-    ids = {x.id for x in m.data}
-    assert isinstance(ids, set)
+    ids = {x.id for x in sdk(gw).models.list().data}
+    assert "gpt-4o-mini" in ids  # the fake provider lists it and `gpt-*` admits it
     got = sdk(gw).models.retrieve("gpt-4o-mini")
     assert got.id == "gpt-4o-mini" and got.owned_by == "fake"
     with pytest.raises(openai.NotFoundError):

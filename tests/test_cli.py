@@ -15,7 +15,7 @@ import pytest
 import requests
 import soundfile as sf
 
-from tests.conftest import GatewayProcess, openai_provider_toml
+from tests.conftest import ROOT, GatewayProcess, openai_provider_toml
 from tests.fake_openai import FakeOpenAI
 
 ADMIN_KEY = "cli-admin-key-5f1e0c7d9a2b4e6f"
@@ -33,6 +33,8 @@ def cli_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if not k.endswith("_API_KEY") and k != "HOOSH_EDGE_CONFIG"}  # fmt: skip
     env["PYTHONUNBUFFERED"] = "1"
+    # The checkout under test, not whichever copy an editable install points at.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 
@@ -77,6 +79,21 @@ def chat(gw: GatewayProcess, key: str, content: str = "hi", **extra) -> requests
 
 
 # -- keys ---------------------------------------------------------------------------------------
+
+
+def test_help_lists_every_subcommand(tmp_path):
+    """``hoosh-edge --help`` is the map of the whole command, not serve's options."""
+    for flag in ("--help", "-h"):
+        out = subprocess.run([sys.executable, "-m", "hoosh_edge", flag], capture_output=True,
+                             text=True, timeout=60, env=cli_env(), cwd=tmp_path)  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        listed = re.findall(r"^\s{4}(\w+)", out.stdout, re.M)
+        assert listed == ["serve", "models", "keys", "budget", "cache", "status", "chat",
+                          "transcribe", "speak", "doctor"], out.stdout  # fmt: skip
+        assert "--port" not in out.stdout  # serve's own options live under `serve -h`
+    serve = subprocess.run([sys.executable, "-m", "hoosh_edge", "serve", "-h"],
+                           capture_output=True, text=True, timeout=60, env=cli_env(), cwd=tmp_path)  # fmt: skip
+    assert serve.returncode == 0 and "--port" in serve.stdout
 
 
 def test_keys_create_list_revoke(gw):

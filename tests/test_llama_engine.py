@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ pytest.importorskip("llama_cpp")
 
 import synth_gguf  # noqa: E402
 
+from hoosh_edge import chatfmt  # noqa: E402
 from hoosh_edge.engines.llama import (  # noqa: E402
     STREAM_BUFFER,
     LlamaEngine,
@@ -186,14 +188,42 @@ def test_stop_string_cuts_the_output(tiny_gguf):
     assert text == full[: full.index(stop)]
     assert stop not in text
     assert finish(chunks) == "stop"
+    assert chunks[-2]["choices"][0]["stop_reason"] == stop  # which stop string ended it
     assert usage(chunks)["completion_tokens"] == len(text) + 2
 
 
+def test_an_answer_that_ends_by_itself_names_no_stop_string(tiny_gguf):
+    engine = make_engine(tiny_gguf)
+    _, chunks = run(engine, max_tokens=8, temperature=0, stop=["\x00never"])
+    assert finish(chunks) == "length" and "stop_reason" not in chunks[-2]["choices"][0]
+
+
+def test_logprobs_are_those_of_the_sampled_tokens(tiny_gguf):
+    """Greedy decoding picks the most likely token: its logprob heads its own top list."""
+    engine = make_engine(tiny_gguf)
+    text, chunks = run(engine, max_tokens=12, temperature=0, logprobs=True, top_logprobs=3)
+    entries = [e for c in chunks if c["choices"] and c["choices"][0].get("logprobs")
+               for e in c["choices"][0]["logprobs"]["content"]]  # fmt: skip
+    assert len(entries) == usage(chunks)["completion_tokens"] == 12
+    assert b"".join(bytes(e["bytes"]) for e in entries).decode("utf-8", "replace") == text
+    for e in entries:
+        tops = e["top_logprobs"]
+        assert len(tops) == 3
+        assert [t["logprob"] for t in tops] == sorted((t["logprob"] for t in tops), reverse=True)
+        assert e["logprob"] == pytest.approx(tops[0]["logprob"]) and e["logprob"] <= 0
+        assert sum(math.exp(t["logprob"]) for t in tops) <= 1 + 1e-6
+    joined = chatfmt.join_chunks(chunks)
+    assert len(joined["choices"][0]["logprobs"]["content"]) == 12
+    plain = run(engine, max_tokens=12, temperature=0)[1]
+    assert all("logprobs" not in c["choices"][0] for c in plain if c["choices"])  # only if asked
+    assert chatfmt.join_chunks(plain)["choices"][0]["logprobs"] is None
+
+
 def test_held_back_prefix_is_released_when_it_is_not_a_stop():
-    assert _cut_at_stop("abcX", ["XY"]) == ("abc", "X", False)
-    assert _cut_at_stop("abcXZ", ["XY"]) == ("abcXZ", "", False)
-    assert _cut_at_stop("abXYcd", ["XY", "c"]) == ("ab", "", True)
-    assert _cut_at_stop("abX", ["XY"], final=True) == ("abX", "", False)
+    assert _cut_at_stop("abcX", ["XY"]) == ("abc", "X", None)
+    assert _cut_at_stop("abcXZ", ["XY"]) == ("abcXZ", "", None)
+    assert _cut_at_stop("abXYcd", ["XY", "c"]) == ("ab", "", "XY")
+    assert _cut_at_stop("abX", ["XY"], final=True) == ("abX", "", None)
 
 
 def test_json_response_format_constrains_output(tiny_gguf):

@@ -57,6 +57,32 @@ def test_sdk_streams_a_local_model_with_real_usage(tiny, gateway_factory):
     assert "tiny" in ids
 
 
+def test_logprobs_of_a_local_model_streamed_and_not(tiny, gateway_factory):
+    """OpenAI's logprobs.content (token, logprob, bytes, top_logprobs) from llama.cpp."""
+    gw = gateway_factory(local_toml(tiny))
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
+    msgs = [{"role": "user", "content": "hello"}]
+    c = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=6, temperature=0,
+                                       logprobs=True, top_logprobs=2)  # fmt: skip
+    content = c.choices[0].logprobs.content
+    assert len(content) == c.usage.completion_tokens == 6
+    assert all(len(t.top_logprobs) == 2 and t.logprob == t.top_logprobs[0].logprob <= 0
+               for t in content)  # greedy: the chosen token is the most likely  # fmt: skip
+    assert b"".join(bytes(t.bytes) for t in content).decode("utf-8", "replace") == (
+        c.choices[0].message.content
+    )
+    streamed = [t for ch in client.chat.completions.create(
+        model="tiny", messages=msgs, max_tokens=6, temperature=0, logprobs=True, top_logprobs=2,
+        stream=True) if ch.choices and ch.choices[0].logprobs
+        for t in ch.choices[0].logprobs.content]  # fmt: skip
+    assert [(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content]
+    plain = client.chat.completions.create(model="tiny", messages=msgs, max_tokens=3)
+    assert plain.choices[0].logprobs is None
+    bad = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
+        "model": "tiny", "messages": msgs, "top_logprobs": 2})  # fmt: skip
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "top_logprobs"
+
+
 def test_health_and_cloud_answer_quickly_during_local_generation(
     tiny, fake_openai, gateway_factory
 ):

@@ -459,6 +459,29 @@ def test_local_model_create_and_stream(tiny, gateway_factory):
     assert final.usage.input_tokens > 0
 
 
+def test_local_stop_sequence_is_reported_as_such(tiny, gateway_factory):
+    """A stop string the local engine matched is `stop_reason: stop_sequence`, naming it."""
+    gw = gateway_factory(local_toml(tiny))
+    client = sdk(gw)
+    msgs = [{"role": "user", "content": "hello"}]
+    full = client.messages.create(
+        model="tiny", max_tokens=30, extra_body={"temperature": 0}, messages=msgs
+    )
+    text = full.content[0].text
+    stop = next(text[i : i + 2] for i in range(4, len(text) - 1) if text[i : i + 2].strip())
+    msg = client.messages.create(model="tiny", max_tokens=30, extra_body={"temperature": 0}, messages=msgs,
+                                 stop_sequences=["\x00never", stop])  # fmt: skip
+    assert msg.stop_reason == "stop_sequence" and msg.stop_sequence == stop
+    assert msg.content[0].text == text[: text.index(stop)]
+    with client.messages.stream(model="tiny", max_tokens=30, extra_body={"temperature": 0}, messages=msgs,
+                                stop_sequences=[stop]) as stream:  # fmt: skip
+        final = stream.get_final_message()
+    assert final.stop_reason == "stop_sequence" and final.stop_sequence == stop
+    plain = client.messages.create(model="tiny", max_tokens=5, extra_body={"temperature": 0}, messages=msgs,
+                                   stop_sequences=["\x00never"])  # fmt: skip
+    assert plain.stop_reason == "max_tokens" and plain.stop_sequence is None
+
+
 def test_busy_local_model_is_529_overloaded(tiny, gateway_factory):
     gw = gateway_factory(local_toml(tiny, max_queue=0))
     long = requests.post(

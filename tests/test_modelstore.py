@@ -128,9 +128,13 @@ def partial_files(models: Path) -> list[str]:
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
-def test_repo_manifest_lists_the_three_models() -> None:
+def test_repo_manifest_lists_the_default_and_multilingual_models() -> None:
     m = ms.load_manifest()
-    assert set(m.models) == {"smollm2", "whisper-tiny.en", "joe"}
+    assert set(m.models) == {"smollm2", "whisper-tiny.en", "joe", "whisper-tiny", "whisper-base"}
+    for mid in ("whisper-tiny", "whisper-base"):  # official files only, each pinned by sha256
+        spec = m.get(mid)
+        assert spec.kind == "stt" and [s.type for s in spec.sources] == ["url"]
+        assert len(spec.files[0].sha256 or "") == 64
     assert [f.name for f in m.get("joe").files] == [
         "en_US-joe-medium.onnx",
         "en_US-joe-medium.onnx.json",
@@ -421,7 +425,8 @@ def test_remove_deletes_files_and_state(server, tmp_path) -> None:
 
 
 def test_discover_names_files_by_the_manifest_and_else_by_stem(tmp_path) -> None:
-    for name in ["SmolLM2-135M-Instruct.Q4_1.gguf", "mine.gguf", "ggml-tiny.en.bin", "ggml-base.bin",
+    for name in ["SmolLM2-135M-Instruct.Q4_1.gguf", "mine.gguf", "ggml-tiny.en.bin", "ggml-small.bin",
+                 "ggml-base.bin",
                  "en_US-joe-medium.onnx", "en_US-joe-medium.onnx.json", "lonely.onnx", "notes.txt"]:  # fmt: skip
         (tmp_path / name).write_bytes(b"x")
     found = ms.discover_local_models(tmp_path, ms.load_manifest())
@@ -431,12 +436,13 @@ def test_discover_names_files_by_the_manifest_and_else_by_stem(tmp_path) -> None
     }
     assert found.stt == {
         "whisper-tiny.en": tmp_path / "ggml-tiny.en.bin",
-        "base": tmp_path / "ggml-base.bin",
+        "whisper-base": tmp_path / "ggml-base.bin",
+        "small": tmp_path / "ggml-small.bin",
     }
     assert found.tts == {"joe": tmp_path / "en_US-joe-medium.onnx"}  # lonely.onnx lacks its .json
     bare = ms.discover_local_models(tmp_path, ms.Manifest({}))
     assert set(bare.llm) == {"SmolLM2-135M-Instruct.Q4_1", "mine"}
-    assert set(bare.stt) == {"tiny.en", "base"}
+    assert set(bare.stt) == {"tiny.en", "base", "small"}
     assert ms.discover_local_models(tmp_path / "absent").all() == {}
 
 

@@ -202,3 +202,31 @@ def test_config_from_the_environment_variable(fake_openai, tmp_path):
     finally:
         p.terminate()
         p.wait(15)
+
+
+def test_access_lines_of_failed_calls_name_the_target_tried_last(fake_openai, gateway_factory):
+    """A 502 or 504 says whose it was: provider and model are on the access line."""
+    import json
+
+    gw = gateway_factory(openai_provider_toml(fake_openai))
+    fake_openai.script("status", 500)
+    fake_openai.script("status", 500)
+    fake_openai.script("status", 500)
+    fake_openai.script("status", 500)
+    r502 = chat(gw)
+    fake_openai.script("hang", 4)
+    r504 = chat(gw)
+    fake_openai.script("status", 502)
+    fake_openai.script("status", 502)
+    fake_openai.script("status", 502)
+    fake_openai.script("status", 502)
+    stream = requests.post(gw.url + "/v1/chat/completions", timeout=30, json={
+        "model": "gpt-4o-mini", "stream": True, "messages": [{"role": "user", "content": "x"}]})  # fmt: skip
+    assert (r502.status_code, r504.status_code, stream.status_code) == (502, 504, 502)
+    time.sleep(0.2)
+    lines = {x["request_id"]: x for x in map(json.loads, filter(
+        lambda s: s.startswith("{"), gw.log.splitlines()))}  # fmt: skip
+    for r in (r502, r504, stream):
+        line = lines[r.headers["X-Request-Id"]]
+        assert (line["status"], line["provider"], line["model"]) == (
+            r.status_code, "fake", "gpt-4o-mini")  # fmt: skip

@@ -214,6 +214,7 @@ def test_device_readings_from_kernel_files(tmp_path):
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
 
+
 def start_gateway(config_text: str, tmp: Path) -> GatewayProcess:
     """The real gateway (``python hoosh_edge.py``) serving the page."""
     return GatewayProcess(config_text, tmp).start()

@@ -121,10 +121,17 @@ def _transcribe(translate: bool) -> Response:
         raise InvalidRequest("'model' is required (e.g. whisper-1).", param="model")
     require_model(g.get("key"), model_name)
     targets: list[Target] = []
-    local_id = speech.stt_model(model_name) if speech is not None else None
-    if local_id:
+    local_id = speech.stt_model(model_name, translate) if speech is not None else None
+    english_only = bool(local_id and translate and not speech.can_translate(local_id))
+    if local_id and not english_only:
         targets.append(Target(_LOCAL, local_id))
     targets += _cloud_targets(gw, model_name, "transcribe")
+    if not targets and english_only:
+        raise InvalidRequest(
+            f"The speech-to-text model '{local_id}' is English-only and cannot translate. "
+            "Install a multilingual one: 'hoosh-edge models pull whisper-tiny' (or whisper-base).",
+            param="model",
+        )
     if not targets:
         known = ", ".join(speech.stt if speech else ()) or "none"
         raise ModelNotFound(
@@ -178,6 +185,7 @@ def _transcribe(translate: bool) -> Response:
 
     usage = Usage(audio_seconds=audio.duration_s)
     ctx = CallContext(request_id=g.request_id)
+    g.call_ctx = ctx
     target, (body, mimetype), _, hold = gw.router.attempt(targets, ctx, call, _admit(gw, usage))
     gw.metrics.inc("hoosh_audio_seconds_total", {"provider": target.provider, "kind": "stt"},
                    audio.duration_s, help="Seconds of audio transcribed")  # fmt: skip
@@ -241,13 +249,15 @@ def speech() -> Response:
     require_model(g.get("key"), model)
     local = gw.speech
     targets: list[Target] = []
-    if local is not None and local.tts:
+    if local is not None and local.serves_tts_model(model):
         targets.append(Target(_LOCAL, local.voice(model, req["voice"])))
         check_format(fmt)
     targets += _cloud_targets(gw, model, "speech")
     if not targets:
-        raise ModelNotFound(f"No text-to-speech voice or provider serves '{model}' here.",
-                            param="model")  # fmt: skip
+        known = ", ".join([*local.tts, "piper", "tts-1", "tts-1-hd", "gpt-4o-mini-tts"]
+                          if local is not None and local.tts else []) or "none"  # fmt: skip
+        raise ModelNotFound(f"No text-to-speech voice or provider serves '{model}' here. "
+                            f"Available: {known}.", param="model")  # fmt: skip
 
     cache = gw.cache
     lookup, store = directives(request.headers.get("Cache-Control"))
@@ -296,6 +306,7 @@ def speech() -> Response:
 
     usage = Usage(characters=len(text))
     ctx = CallContext(request_id=g.request_id)
+    g.call_ctx = ctx
     target, (chunks, ctype, rate), _, hold = gw.router.attempt(targets, ctx, call,
                                                                 _admit(gw, usage))  # fmt: skip
     if hold is not None:

@@ -42,6 +42,7 @@ def serve_chat(
     require_model(g.get("key"), req["model"])
     targets = gw.router.resolve(req["model"])
     ctx = CallContext(request_id=g.request_id, on_malformed_chunk=gw.metrics.malformed_chunk)
+    g.call_ctx = ctx
     call = ChatCall(gw, req, ctx)
     call.route = route
     call.base = {k: v for k, v in req.items() if k not in _OWN_FIELDS}

@@ -10,15 +10,20 @@ from .common import gateway
 bp = Blueprint("models", __name__)
 
 
-def _model_obj(mid: str, owner: str, created: int) -> dict:
-    return {"id": mid, "object": "model", "created": created, "owned_by": owner}
+def _model_obj(mid: str, owner: str, created: int, source: str | None = None) -> dict:
+    obj = {"id": mid, "object": "model", "created": created, "owned_by": owner}
+    if source is not None:
+        # Where the id comes from: local, alias, config, or provider (listed by the provider
+        # itself, for a provider configured with globs; fetched in the background and cached).
+        obj["source"] = source
+    return obj
 
 
 @bp.get("/v1/models")
 def list_models() -> Response:
     gw = gateway()
     created = int(gw.started_at)
-    data = [_model_obj(mid, owner, created) for mid, owner in gw.model_ids()]
+    data = [_model_obj(mid, owner, created, src) for mid, owner, src in gw.model_listing()]
     return jsonify({"object": "list", "data": data})
 
 

@@ -132,6 +132,8 @@ class _Prepared:
     stops: list[str]
     sampling: dict[str, Any]
     seed: int
+    client_stops: tuple[str, ...] = ()  # the request's own stop strings (not the model's marker)
+    top_logprobs: int | None = None  # None: no logprobs; 0-20: that many alternatives a token
 
 
 class LlamaEngine:
@@ -260,6 +262,7 @@ class LlamaEngine:
             raise InvalidRequest("max_tokens must be at least 1.", param="max_tokens")
         stop = req.get("stop") or []
         stops = [stop] if isinstance(stop, str) else [s for s in stop if s]
+        client_stops = tuple(stops)
         if m.formatter.eos_token:
             stops.append(m.formatter.eos_token)  # some models write their end marker as text
         sampling = {
@@ -274,7 +277,9 @@ class LlamaEngine:
         seed = req.get("seed")
         # Unseeded requests must differ from each other, so never reuse the model's last seed.
         seed = random.getrandbits(31) if seed is None else int(seed) & 0xFFFFFFFF
-        return _Prepared(prompt, min(max_tokens or room, room), stops, sampling, seed)
+        top = int(req.get("top_logprobs") or 0) if req.get("logprobs") else None
+        return _Prepared(prompt, min(max_tokens or room, room), stops, sampling, seed,
+                         client_stops, top)  # fmt: skip
 
     def _generate(self, m: LoadedLlama, prep: _Prepared) -> Iterator[dict[str, Any]]:
         """Runs in a pool thread: sample tokens and turn them into chunks."""
@@ -287,30 +292,40 @@ class LlamaEngine:
             vocab = llm._model.vocab
             llm.set_seed(prep.seed)
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
-            held, n, finish, first, cut = "", 0, "length", True, False
+            held, n, finish, first, cut = "", 0, "length", True, None
+            # Logprobs of tokens whose text is held back travel with the chunk that sends it.
+            scored: list[dict[str, Any]] | None = [] if prep.top_logprobs is not None else None
             for tok in llm.generate(prep.prompt, **prep.sampling):
                 if tok in m.stop_ids or llama_cpp.llama_vocab_is_eog(vocab, tok):
                     finish = "stop"
                     break
                 n += 1
-                held += decoder.decode(llm.detokenize([tok]))
+                piece = llm.detokenize([tok])
+                if scored is not None:
+                    scored.append(_token_logprobs(llm, tok, piece, prep.top_logprobs or 0))
+                held += decoder.decode(piece)
                 text, held, cut = _cut_at_stop(held, prep.stops)
                 if text:
-                    yield _chunk(text, first)
-                    first = False
-                if cut:
+                    yield _chunk(text, first, scored)
+                    first, scored = False, [] if scored is not None else None
+                if cut is not None:
                     finish = "stop"
                     break
                 if n >= prep.max_tokens:
                     break
-            if not cut:
+            if cut is None:
                 # Text held back as a possible start of a stop string turned out not to be one.
-                text = _cut_at_stop(held + decoder.decode(b"", final=True), prep.stops, True)[0]
+                tail = held + decoder.decode(b"", final=True)
+                text, _, cut = _cut_at_stop(tail, prep.stops, True)
                 if text:
-                    yield _chunk(text, first)
+                    yield _chunk(text, first, scored)
                     first = False
+                if cut is not None:
+                    finish = "stop"
             final = _chunk("", first)
             final["choices"][0]["finish_reason"] = finish
+            if cut in prep.client_stops:
+                final["choices"][0]["stop_reason"] = cut  # which stop string ended the text
             if not first:
                 final["choices"][0]["delta"] = {}
             yield final
@@ -324,25 +339,51 @@ class LlamaEngine:
                 self._active -= 1
 
 
-def _chunk(text: str, first: bool) -> dict[str, Any]:
+def _chunk(text: str, first: bool, scored: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     delta = {"role": "assistant", "content": text} if first else {"content": text}
-    return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+    choice: dict[str, Any] = {"index": 0, "delta": delta, "finish_reason": None}
+    if scored is not None:
+        choice["logprobs"] = {"content": scored, "refusal": None}
+    return {"choices": [choice]}
 
 
-def _cut_at_stop(text: str, stops: list[str], final: bool = False) -> tuple[str, str, bool]:
-    """Split ``text`` into (safe to send, held back, a stop string was found)."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+def _token_logprobs(llm: Any, tok: int, piece: bytes, top: int) -> dict[str, Any]:
+    """OpenAI's logprob entry for a sampled token, from the logits it was sampled from."""
+    import llama_cpp
+    import numpy as np
+
+    n_vocab = llm.n_vocab()
+    ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)  # the row the sampler just used
+    logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64)
+    peak = logits.max()
+    logp = logits - (peak + np.log(np.exp(logits - peak).sum()))
+
+    def entry(t: int, raw: bytes) -> dict[str, Any]:
+        return {"token": raw.decode("utf-8", "replace"), "logprob": float(logp[t]),
+                "bytes": list(raw)}  # fmt: skip
+
+    out = entry(tok, piece)
+    best = np.argpartition(-logp, top)[:top] if 0 < top < n_vocab else np.arange(0)
+    out["top_logprobs"] = [entry(int(t), llm.detokenize([int(t)]))
+                           for t in best[np.argsort(-logp[best])]]  # fmt: skip
+    return out
+
+
+def _cut_at_stop(text: str, stops: list[str], final: bool = False) -> tuple[str, str, str | None]:
+    """Split ``text`` into (safe to send, held back, the stop string found or None)."""
+    hits = [(i, s) for i, s in ((text.find(s), s) for s in stops) if i >= 0]
     if hits:
-        return text[: min(hits)], "", True
+        at, which = min(hits, key=lambda h: h[0])
+        return text[:at], "", which
     if final:
-        return text, "", False
+        return text, "", None
     hold = 0
     for s in stops:  # the longest tail that could still grow into a stop string
         for k in range(min(len(s) - 1, len(text)), hold, -1):
             if text.endswith(s[:k]):
                 hold = k
                 break
-    return text[: len(text) - hold], text[len(text) - hold :], False
+    return text[: len(text) - hold], text[len(text) - hold :], None
 
 
 def _prompt_tokens(m: LoadedLlama, messages: list[dict[str, Any]]) -> list[int]:

@@ -196,7 +196,9 @@ class WhisperModel:
     def _language_code(self, language: str | None, translate: bool) -> str:
         if translate and not self.multilingual:
             raise InvalidRequest(
-                "This speech-to-text model is English-only and cannot translate.", param="model"
+                "This speech-to-text model is English-only and cannot translate. Install a "
+                "multilingual one: 'hoosh-edge models pull whisper-tiny' (or whisper-base).",
+                param="model",
             )
         if not language:
             return "auto" if self.multilingual else "en"

@@ -24,6 +24,7 @@ class CallContext:
     request_id: str = "-"
     on_malformed_chunk: Callable[[str], None] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    tried: Any = None  # the target tried last (the router sets it), for the access line
 
     def malformed(self, provider: str, raw: str) -> None:
         log.warning(
@@ -46,6 +47,10 @@ class ChatBackend:
     def model_ids(self) -> list[str]:
         """Concrete model ids to list in /v1/models (globs are not listed)."""
         return []
+
+    def listing(self) -> list[tuple[str, str]]:
+        """(id, source) for /v1/models: ``local``, ``config`` or ``provider`` (its own list)."""
+        return [(m, "local" if self.is_local else "config") for m in self.model_ids()]
 
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
         raise NotImplementedError

@@ -75,6 +75,25 @@ class HttpClient:
         """Text safe to log or return: no key of ours, nothing shaped like one."""
         return redact(text, self.secrets)
 
+    def get_json(self, url: str, *, headers: dict[str, str], limit: int = 4 << 20) -> Any:
+        """GET a small JSON document (a model list): one try, bounded in time and size."""
+        cfg = self.cfg
+        try:
+            resp = self.session.get(url, headers=headers, stream=True,
+                                    timeout=(cfg.connect_timeout_s, min(cfg.timeout_s, 10)))  # fmt: skip
+        except requests.exceptions.RequestException as e:
+            raise UpstreamError(f"{cfg.name}: request failed ({self.clean(_short(e))})") from e
+        with resp:
+            if resp.status_code >= 400:
+                raise self.status_error(resp)
+            raw = resp.raw.read(limit + 1, decode_content=True)
+        if len(raw) > limit:
+            raise UpstreamError(f"{cfg.name}: the answer to GET {url} is over {limit} bytes")
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise UpstreamError(f"{cfg.name}: GET {url} answered with invalid JSON") from None
+
     def post(
         self,
         url: str,

@@ -10,6 +10,7 @@ from typing import Any
 from ..config import ProviderConfig
 from ..errors import UpstreamError
 from .base import CallContext, ChatBackend
+from .catalog import ProviderModels, listed_ids
 from .http import HttpClient
 
 
@@ -20,12 +21,21 @@ class OpenAICompatProvider(ChatBackend):
         self.cfg = cfg
         self.name = cfg.name
         self.http = HttpClient(cfg)
+        self.catalog = ProviderModels(cfg, self._list_models)
 
     def serves(self, model: str) -> bool:
         return self.cfg.serves(model)
 
     def model_ids(self) -> list[str]:
-        return [m for m in self.cfg.models if not any(c in m for c in "*?[")]
+        return self.catalog.named()
+
+    def listing(self) -> list[tuple[str, str]]:
+        return self.catalog.listing()
+
+    def _list_models(self) -> list[str]:
+        return listed_ids(
+            self.http.get_json(f"{self.cfg.base_url}/models", headers=self._headers())
+        )
 
     def _headers(self) -> dict[str, str]:
         if self.cfg.api_key:
