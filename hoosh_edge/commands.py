@@ -133,7 +133,9 @@ def cmd_budget(args: argparse.Namespace, config: Config) -> int:
             from .orphans import correct
 
             if not args.name or args.usd is None or not args.reason:
-                print("hoosh-edge: budget correct REQUEST_ID --usd X --reason TEXT", file=sys.stderr)
+                print(
+                    "hoosh-edge: budget correct REQUEST_ID --usd X --reason TEXT", file=sys.stderr
+                )
                 return 2
             fixed = correct(ledger, args.name, args.usd, args.reason)
             print(f"Request {fixed['request_id']}: {fixed['was_usd']} -> {fixed['now_usd']} USD "

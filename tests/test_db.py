@@ -52,8 +52,7 @@ EXPECTED_SCHEMA = {
             ("period_start", "INTEGER", 1, None, 2),
             ("used", "INTEGER", 1, None, 0),
         ],
-        "ledger": LEDGER_COLUMNS
-        + [("kind", "TEXT", 1, "'call'", 0), ("note", "TEXT", 0, None, 0)],
+        "ledger": LEDGER_COLUMNS + [("kind", "TEXT", 1, "'call'", 0), ("note", "TEXT", 0, None, 0)],
         "budget_closures": [
             ("rule", "TEXT", 1, None, 1),
             ("period_start", "INTEGER", 1, None, 2),
