@@ -128,6 +128,7 @@ class Accountant:
             return shrunk
 
         reservation = run_blocking(
+            _refusal_returned,
             self.ledger.reserve,
             estimate,
             key=key,
@@ -139,6 +140,8 @@ class Accountant:
             unbounded=unbounded,
             fit=fit if open_completion else None,
         )
+        if isinstance(reservation, BudgetExceeded):
+            raise reservation
         for message in reservation.warnings:
             log.warning("request %s: %s", request_id, message)
         hold = Hold(reservation, price, provider, model, is_local)
@@ -213,6 +216,18 @@ class Accountant:
             return None
         rule, left = found
         return f"{rule.format_amount(left)} {rule.unit} ({rule.name})"
+
+
+def _refusal_returned(reserve: Any, *args: Any, **kw: Any) -> Reservation | BudgetExceeded:
+    """``reserve`` in a pool thread: a refusal comes back as a value, raised on the hub.
+
+    gevent's pool prints a traceback for every exception that leaves a worker; a refusal is an
+    ordinary answer, not an error to log.
+    """
+    try:
+        return reserve(*args, **kw)
+    except BudgetExceeded as e:
+        return e
 
 
 def chat_usage(usage: dict[str, Any]) -> Usage:

@@ -1,0 +1,310 @@
+"""Hard limits that hold: against the harshest legal upstream, a usd block rule is never crossed.
+
+The fake upstream bills one token per UTF-8 byte of everything it tokenizes plus OpenAI's
+documented overhead, and writes every token it is allowed. Through the real gateway, hundreds of
+concurrent calls in mixed scripts, with several messages and tools, streamed and not, naming no
+``max_tokens``, must never make it bill past the limit; and the books must equal its bill.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import threading
+import time
+from decimal import Decimal
+from typing import Any
+
+import pytest
+import requests
+
+from tests.conftest import GatewayProcess, openai_provider_toml
+from tests.fake_openai import FakeOpenAI
+
+IN_USD_PER_MTOK, OUT_USD_PER_MTOK = 10, 100
+MAX_OUTPUT = 300
+PRICED = f"""
+[pricing."gpt-4o-mini"]
+input_usd_per_mtok = {IN_USD_PER_MTOK}
+output_usd_per_mtok = {OUT_USD_PER_MTOK}
+max_output_tokens = {MAX_OUTPUT}
+"""
+FAST = '\n[server]\ndurability = "normal"\n'
+
+TEXTS = [
+    "Tell me about the weather in Paris, and whether I need an umbrella tomorrow. ",
+    "今日は天気がいいですね。東京の明日の天気を教えてください。雨は降りますか？",
+    "🙂🚀🌍👍🏽 👩‍👩‍👧‍👦 🇮🇷 ",
+    "Ünïcödé façade — naïve café, Ωμέγα, Привет, مرحبا, שלום, नमस्ते. ",
+]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "天気を調べる 🌦 — look up the weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "description": "都市 / city"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+def patient(fake: FakeOpenAI) -> str:
+    """The fake as a provider with room for a loaded 2-core box (30 s, not 2 s, per call)."""
+    return openai_provider_toml(fake).replace("timeout_s = 2\n", "timeout_s = 30\n")
+
+
+def cost_micro(prompt: int, completion: int) -> int:
+    """What the gateway books for one call: exact, rounded up once to the micro-dollar."""
+    return math.ceil(prompt * IN_USD_PER_MTOK + completion * OUT_USD_PER_MTOK)
+
+
+def body_for(i: int) -> tuple[str, dict[str, Any]]:
+    """Call number ``i`` of a round: (path, body), varied in script, shape and streaming."""
+    text = TEXTS[i % 4] * (1 + i % 3)
+    messages: list[dict[str, Any]] = [{"role": "user", "content": text}]
+    if i % 5 == 1:
+        messages = [
+            {"role": "system", "content": "Réponds brièvement. 簡潔に。"},
+            {"role": "user", "content": [{"type": "text", "text": text}]},
+            {"role": "assistant", "content": None, "tool_calls": [{
+                "id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": '{"city": "東京"}'}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "晴れ ☀️ 22°C"},
+            {"role": "user", "name": "ali", "content": TEXTS[(i + 1) % 4]},
+        ]  # fmt: skip
+    if i % 10 == 7:
+        # Anthropic's door: max_tokens is required there, and the system prompt is separate.
+        body = {"model": "gpt-4o-mini", "max_tokens": 120, "system": "Be brief. 简短。",
+                "messages": [{"role": "user", "content": text}], "stream": i % 20 == 7}  # fmt: skip
+        return "/v1/messages", body
+    body = {"model": "gpt-4o-mini", "messages": messages, "stream": i % 2 == 0}
+    if i % 3 == 0:
+        body["tools"] = TOOLS
+    if i % 4 == 0 and body["stream"]:
+        body["stream_options"] = {"include_usage": True}
+    return "/v1/chat/completions", body
+
+
+def call(gw: GatewayProcess, path: str, body: dict[str, Any]) -> tuple[int, dict, str]:
+    r = requests.post(gw.url + path, json=body, timeout=60, stream=bool(body.get("stream")))
+    text = r.text  # reads a stream to its end
+    return r.status_code, dict(r.headers), text
+
+
+def run_round(gw: GatewayProcess, n: int) -> list[tuple[int, dict, str]]:
+    """``n`` calls released at once; their (status, headers, body)."""
+    results: list[Any] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def one(i: int) -> None:
+        path, body = body_for(i)
+        barrier.wait()
+        results[i] = call(gw, path, body)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return results
+
+
+def books(gw: GatewayProcess) -> list[sqlite3.Row]:
+    conn = sqlite3.connect(gw.tmp / "data" / "hoosh-edge.db")
+    conn.row_factory = sqlite3.Row
+    try:
+        return conn.execute("SELECT * FROM ledger ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def set_limit(gw: GatewayProcess, micro: int) -> None:
+    usd = str(Decimal(micro) / 1_000_000)
+    rule = {"scope": "cloud", "metric": "usd", "limit": usd, "period": "total", "action": "block"}
+    r = requests.patch(gw.url + "/admin/budgets/hard", json={"limit": usd}, timeout=10)
+    if r.status_code == 404:
+        r = requests.post(gw.url + "/admin/budgets", json={"name": "hard", **rule}, timeout=10)
+    assert r.status_code in (200, 201), r.text
+
+
+@pytest.fixture
+def billing_openai():
+    with FakeOpenAI(billing=True) as fake:
+        yield fake
+
+
+def test_two_hundred_concurrent_mixed_calls_never_bill_past_the_limit(
+    billing_openai, gateway_factory
+):
+    gw = gateway_factory(patient(billing_openai) + PRICED + FAST)
+    fake = billing_openai
+    billed_before = 0
+    figures = []
+    for allowance in (3_000_000, 1_000_000, 300_000):  # $3.00, $1.00, $0.30 per round
+        limit = billed_before + allowance
+        set_limit(gw, limit)
+        calls_before = len(fake.billed)
+        results = run_round(gw, 200)
+        served = [r for r in results if r[0] == 200]
+        refused = [r for r in results if r[0] != 200]
+        for status, _, text in refused:
+            assert status == 429, text
+            err = json.loads(text)["error"]
+            assert err.get("code") == "budget_exceeded" or err.get("type") == "rate_limit_error"
+            assert "hard" in err["message"]
+        round_bills = fake.billed[calls_before:]
+        billed = sum(cost_micro(b["prompt_tokens"], b["completion_tokens"]) for b in fake.billed)
+        round_billed = billed - billed_before
+        # The one promise: the upstream never billed more than the rule allows.
+        assert billed <= limit, (billed, limit)
+        assert len(round_bills) == len(served) and served and refused
+        # Each answer the client got said what it cost; the books hold exactly the upstream's bill.
+        rows = books(gw)
+        assert len(rows) == len(fake.billed)
+        assert sum(r["cost_micro_usd"] for r in rows) == billed
+        assert sorted(r["prompt_tokens"] for r in rows) == sorted(
+            b["prompt_tokens"] for b in fake.billed
+        )
+        # Not a trivial pass: the round came close to its allowance.
+        assert round_billed >= allowance * 0.8, (round_billed, allowance)
+        figures.append(
+            f"limit ${allowance / 1e6:.2f}: 200 concurrent, {len(served)} served, "
+            f"{len(refused)} refused, upstream billed ${round_billed / 1e6:.6f}"
+        )
+        billed_before = billed
+    usage = requests.get(gw.url + "/v1/usage?period=total", timeout=10).json()
+    assert Decimal(usage["total_cost_usd"]) * 1_000_000 == billed_before
+    print("\n" + "\n".join(figures))
+    assert "Traceback" not in gw.log, gw.log[gw.log.find("Traceback") - 300 :][:3000]
+
+
+def test_the_gateway_sets_and_announces_the_limit_it_can_pay_for(billing_openai, gateway_factory):
+    from hoosh_edge.estimate import prompt_tokens
+
+    gw = gateway_factory(openai_provider_toml(billing_openai) + PRICED + FAST)
+    fake = billing_openai
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "天気 🌦"}]}
+    # No rule: the gateway sends no limit of its own and says none.
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200 and "X-Hoosh-Max-Tokens" not in r.headers
+    assert "max_completion_tokens" not in fake.chat_requests[-1]["json"]
+    spent = sum(row["cost_micro_usd"] for row in books(gw))
+
+    # Plenty left: the model's own maximum (the price table's max_output_tokens).
+    set_limit(gw, spent + 1_000_000)
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.headers["X-Hoosh-Max-Tokens"] == str(MAX_OUTPUT)
+    assert fake.chat_requests[-1]["json"]["max_completion_tokens"] == MAX_OUTPUT
+    spent = sum(row["cost_micro_usd"] for row in books(gw))
+
+    # 10 000 micro-dollars left: the most tokens that fit beside the prompt's bound.
+    set_limit(gw, spent + 10_000)
+    r = requests.post(gw.url + "/v1/chat/completions", json={**body, "stream": True}, timeout=30)
+    assert r.status_code == 200 and r.text.rstrip().endswith("[DONE]")
+    sent = fake.chat_requests[-1]["json"]
+    cap = int(r.headers["X-Hoosh-Max-Tokens"])
+    assert sent["max_completion_tokens"] == cap < MAX_OUTPUT
+    bound = prompt_tokens(sent)
+    assert cost_micro(bound, cap) <= 10_000 < cost_micro(bound, cap + 1)
+    spent = sum(row["cost_micro_usd"] for row in books(gw))
+
+    # A client's own limit is kept, and no header claims otherwise.
+    set_limit(gw, spent + 1_000_000)
+    r = requests.post(gw.url + "/v1/chat/completions", json={**body, "max_tokens": 7}, timeout=30)
+    assert r.status_code == 200 and "X-Hoosh-Max-Tokens" not in r.headers
+    assert fake.chat_requests[-1]["json"]["max_tokens"] == 7
+    spent = sum(row["cost_micro_usd"] for row in books(gw))
+
+    # Too little left for even a small answer: refused as before, nothing sent upstream.
+    set_limit(gw, spent + 200)
+    calls = len(fake.chat_requests)
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
+    assert len(fake.chat_requests) == calls
+
+
+def test_an_upstream_billing_past_the_bound_is_booked_warned_and_closes_the_rule(
+    billing_openai, gateway_factory
+):
+    gw = gateway_factory(openai_provider_toml(billing_openai) + PRICED + FAST)
+    set_limit(gw, 1_000_000)
+    billing_openai.overbill_tokens = 5000  # no tokenizer could count these from the prompt
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200
+    request_id = r.headers["X-Request-Id"]
+    billed = billing_openai.billed[-1]
+    [row] = books(gw)
+    # The real figure is committed, not the reservation.
+    assert row["prompt_tokens"] == billed["prompt_tokens"]
+    assert row["cost_micro_usd"] == cost_micro(billed["prompt_tokens"], billed["completion_tokens"])
+    assert row["cost_micro_usd"] < 1_000_000  # far from the limit, yet ...
+    time.sleep(0.2)
+    assert "billed more than its reservation" in gw.log and request_id in gw.log
+    metrics = requests.get(gw.url + "/metrics", timeout=10).text
+    assert 'hoosh_budget_overrun_total{rule="hard"} 1' in metrics
+    # ... the rule stays closed until its period resets: the bound is not trusted any more.
+    billing_openai.overbill_tokens = 0
+    calls = len(billing_openai.chat_requests)
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 429, r.text
+    message = r.json()["error"]["message"]
+    assert "closed" in message and request_id in message
+    assert len(billing_openai.chat_requests) == calls
+    assert "Traceback" not in gw.log
+
+
+def test_kill_9_mid_load_never_unspends(tmp_path):
+    fake = FakeOpenAI(billing=True, words_delay_s=0.05)  # streams in flight when the kill lands
+    with fake:
+        cfg = patient(fake) + PRICED
+        cfg += "\n[[budgets]]\nname = 'hard'\nscope = 'cloud'\nmetric = 'usd'\nlimit = 100\n"
+        cfg += "period = 'total'\naction = 'block'\n"
+        kills = 0
+        for _ in range(3):
+            gw = GatewayProcess(cfg, tmp_path).start()
+            stop = threading.Event()
+
+            def load(gw: GatewayProcess = gw, stop: threading.Event = stop) -> None:
+                i = 0
+                while not stop.is_set():
+                    i += 1
+                    try:
+                        call(gw, *body_for(i))
+                    except requests.RequestException:
+                        return
+
+            threads = [threading.Thread(target=load) for _ in range(8)]
+            for t in threads:
+                t.start()
+            time.sleep(1.5)
+            gw.kill9()
+            kills += 1
+            stop.set()
+            for t in threads:
+                t.join(30)
+        gw = GatewayProcess(cfg, tmp_path).start()  # the restart books what the dead left
+        try:
+            rows = books(gw)
+            booked = sum(r["cost_micro_usd"] for r in rows)
+            billed = sum(
+                cost_micro(b["prompt_tokens"], b["completion_tokens"]) for b in fake.billed
+            )
+            orphans = [r for r in rows if r["kind"] == "orphaned"]
+            assert orphans, "a kill under load leaves calls in flight"
+            assert booked >= billed, (booked, billed)
+            usage = requests.get(gw.url + "/v1/usage?period=total", timeout=10).json()
+            assert sum(g["orphaned"] for g in usage["data"]) == len(orphans)
+            status = requests.get(gw.url + "/admin/status.json", timeout=10).json()
+            assert status["orphans"]["orphaned"] == len(orphans)
+            print(f"\n{kills} kills: upstream billed ${billed / 1e6:.6f}, books ${booked / 1e6:.6f}, "
+                  f"{len(orphans)} orphaned entries")  # fmt: skip
+        finally:
+            gw.stop()
