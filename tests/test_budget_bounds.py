@@ -308,3 +308,50 @@ def test_kill_9_mid_load_never_unspends(tmp_path):
                   f"{len(orphans)} orphaned entries")  # fmt: skip
         finally:
             gw.stop()
+
+
+def test_audio_is_reserved_and_billed_by_decoded_seconds_and_input_characters(
+    fake_openai, gateway_factory
+):
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    rules = "".join(
+        f"\n[[budgets]]\nname = '{n}'\nscope = 'cloud'\nmetric = '{m}'\nlimit = {v}\n"
+        "period = 'total'\naction = 'block'\n"
+        for n, m, v in (("stt", "audio_seconds", 5), ("tts", "characters", 45), ("usd", "usd", 1))
+    )
+    gw = gateway_factory(openai_provider_toml(fake_openai, models='["tts-1", "whisper-1"]') + rules)
+
+    def transcribe(seconds: float) -> requests.Response:
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(int(16000 * seconds), dtype=np.float32), 16000, format="WAV")
+        files = {"file": ("a.wav", buf.getvalue(), "audio/wav")}
+        return requests.post(gw.url + "/v1/audio/transcriptions", data={"model": "whisper-1"},
+                             files=files, timeout=30)  # fmt: skip
+
+    # 1.3 s and 1.2 s of audio are two started seconds each: 4 of 5; a third cannot fit.
+    assert transcribe(1.3).status_code == 200 and transcribe(1.2).status_code == 200
+    uploads = len([r for r in fake_openai.requests if r["path"].endswith("/transcriptions")])
+    refused = transcribe(1.1)
+    assert refused.status_code == 429 and "stt" in refused.json()["error"]["message"]
+    assert (
+        len([r for r in fake_openai.requests if r["path"].endswith("/transcriptions")]) == uploads
+    )
+
+    def speak(text: str) -> requests.Response:
+        body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "mp3"}
+        return requests.post(gw.url + "/v1/audio/speech", json=body, timeout=30)
+
+    first, second = "扉が閉まります。Doors close.", "Mind the gap 🚇 please"
+    assert speak(first).status_code == 200 and speak(second).status_code == 200
+    over = speak("One more, please.")  # 20 + 21 + 17 > 45
+    assert over.status_code == 429 and "tts" in over.json()["error"]["message"]
+    rows = [dict(r) for r in books(gw)]
+    assert [r["audio_ms"] for r in rows[:2]] == [2000, 2000]
+    assert [r["characters"] for r in rows[2:]] == [len(first), len(second)]
+    # whisper-1 at $0.006 a minute: 2 s is 200 micro-dollars; tts-1 at $15 per million characters.
+    assert [r["cost_micro_usd"] for r in rows] == [200, 200, 15 * len(first), 15 * len(second)]
+    assert "Traceback" not in gw.log
