@@ -10,16 +10,20 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.conftest import GatewayProcess, openai_provider_toml
+from tests.conftest import ROOT, GatewayProcess, openai_provider_toml
 from tests.fake_openai import FakeOpenAI
 
 IN_USD_PER_MTOK, OUT_USD_PER_MTOK = 10, 100
@@ -355,3 +359,67 @@ def test_audio_is_reserved_and_billed_by_decoded_seconds_and_input_characters(
     # whisper-1 at $0.006 a minute: 2 s is 200 micro-dollars; tts-1 at $15 per million characters.
     assert [r["cost_micro_usd"] for r in rows] == [200, 200, 15 * len(first), 15 * len(second)]
     assert "Traceback" not in gw.log
+
+
+def hoosh(*args: str, config: Any) -> subprocess.CompletedProcess:
+    """``hoosh-edge ARGS --config CONFIG``, this checkout's code, as the operator runs it."""
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
+    env["PYTHONPATH"] = str(ROOT)
+    return subprocess.run([sys.executable, "-m", "hoosh_edge", *args, "--config", str(config)],
+                          capture_output=True, text=True, timeout=60, env=env,
+                          cwd=Path(config).parent)  # fmt: skip
+
+
+def test_an_orphan_is_booked_at_its_reservation_and_the_operator_corrects_it(tmp_path):
+    fake = FakeOpenAI(billing=True, words_delay_s=1.0)  # a stream that takes seconds
+    with fake:
+        cfg = patient(fake) + PRICED
+        cfg += "\n[[budgets]]\nname = 'hard'\nscope = 'cloud'\nmetric = 'usd'\nlimit = 1\n"
+        cfg += "period = 'total'\naction = 'block'\n"
+        gw = GatewayProcess(cfg, tmp_path).start()
+        body = {"model": "gpt-4o-mini", "stream": True,
+                "messages": [{"role": "user", "content": "Tell me a long story 📖"}]}  # fmt: skip
+        r = requests.post(gw.url + "/v1/chat/completions", json=body, stream=True, timeout=30)
+        request_id = r.headers["X-Request-Id"]
+        deadline = time.monotonic() + 10
+        while not fake.billed and time.monotonic() < deadline:
+            time.sleep(0.02)
+        gw.kill9()  # the upstream has billed the call; the gateway never committed it
+        r.close()
+        gw = GatewayProcess(cfg, tmp_path).start()
+        try:
+            [row] = books(gw)
+            billed = cost_micro(
+                fake.billed[0]["prompt_tokens"], fake.billed[0]["completion_tokens"]
+            )
+            assert (row["request_id"], row["kind"]) == (request_id, "orphaned")
+            assert row["cost_micro_usd"] >= billed  # its reservation: an upper bound of the bill
+            status = requests.get(gw.url + "/admin/status.json", timeout=10).json()["orphans"]
+            assert status["orphaned"] == 1
+            assert status["recent_orphans"][0]["request_id"] == request_id
+
+            # The provider's dashboard says what it really cost: append a correction.
+            usd = str(Decimal(billed) / 1_000_000)
+            done = hoosh("budget", "correct", request_id, "--usd", usd, "--reason",
+                         "provider invoice", config=gw.config_path)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            assert request_id in done.stdout and "provider invoice" in done.stdout
+            rows = books(gw)
+            assert dict(rows[0]) == dict(row)  # history is never rewritten
+            assert (rows[1]["kind"], rows[1]["note"]) == ("correction", "provider invoice")
+            assert sum(r["cost_micro_usd"] for r in rows) == billed
+            usage = requests.get(gw.url + "/v1/usage?period=total", timeout=10).json()
+            assert Decimal(usage["total_cost_usd"]) * 1_000_000 == billed
+            # The rule sees the corrected figure at once.
+            rules = requests.get(gw.url + "/admin/budgets", timeout=10).json()["data"]
+            assert Decimal(rules[0]["used"]) == Decimal(billed) / 1_000_000, rules
+
+            unknown = hoosh("budget", "correct", "no-such-request", "--usd", "0", "--reason",
+                            "typo", config=gw.config_path)  # fmt: skip
+            assert unknown.returncode == 1 and "no-such-request" in unknown.stderr
+            negative = hoosh("budget", "correct", request_id, "--usd", "-1", "--reason", "x",
+                             config=gw.config_path)  # fmt: skip
+            assert negative.returncode == 1 and "Traceback" not in negative.stderr
+            assert len(books(gw)) == 2
+        finally:
+            gw.stop()
