@@ -199,9 +199,21 @@ class Accountant:
                 self.metrics.inc("hoosh_budget_overrun_total", {"rule": rule}, 1,
                                  help="Calls billed above their reservation")  # fmt: skip
 
-    def release(self, hold: Hold) -> None:
-        """Give back a hold whose call failed before anything was billed."""
+    def release(self, hold: Hold, cause: BaseException | None = None) -> None:
+        """Give back a hold whose call failed before anything was billed.
+
+        A failure after the upstream had the request (``cause.may_have_billed``: a read timeout)
+        is booked at its reservation instead: the provider may well bill it, and a budget must
+        never count a billed call as free. Correct it with ``hoosh-edge budget correct``.
+        """
         if hold.committed:
+            return
+        if getattr(cause, "may_have_billed", False):
+            log.warning("request %s: %s:%s failed after the upstream had it (%s); booked at its "
+                        "reservation of %s USD", hold.reservation.request_id, hold.provider,
+                        hold.model, cause, format_usd(hold.reservation.estimate.cost_micro_usd))  # fmt: skip
+            held = hold.reservation.estimate
+            self.commit(hold, replace(held, cost_micro_usd=0), guessed=True)
             return
         try:
             run_blocking(self.ledger.release, hold.reservation)

@@ -423,3 +423,24 @@ def test_an_orphan_is_booked_at_its_reservation_and_the_operator_corrects_it(tmp
             assert len(books(gw)) == 2
         finally:
             gw.stop()
+
+
+def test_a_call_that_timed_out_upstream_is_booked_at_its_reservation(fake_openai, gateway_factory):
+    gw = gateway_factory(openai_provider_toml(fake_openai) + PRICED + FAST)
+    set_limit(gw, 1_000_000)
+    fake_openai.script("hang", 4)  # past the provider's 2 s: the upstream had it, and may bill
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 504
+    [row] = books(gw)
+    # Prompt bound plus the whole completion it was allowed: it cannot have cost more.
+    assert row["completion_tokens"] == MAX_OUTPUT
+    assert row["cost_micro_usd"] == cost_micro(row["prompt_tokens"], MAX_OUTPUT)
+    assert "booked at its reservation" in gw.log and "Traceback" not in gw.log
+    # A refused or unreachable upstream billed nothing: that hold is still given back.
+    fake_openai.script("status", 500)
+    fake_openai.script("status", 500)
+    fake_openai.script("status", 500)
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 502
+    assert len(books(gw)) == 1
