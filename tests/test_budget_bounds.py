@@ -175,6 +175,9 @@ def test_two_hundred_concurrent_mixed_calls_never_bill_past_the_limit(
         assert sorted(r["prompt_tokens"] for r in rows) == sorted(
             b["prompt_tokens"] for b in fake.billed
         )
+        # The bound held for every call: no overrun had to close the rule.
+        metrics = requests.get(gw.url + "/metrics", timeout=10).text
+        assert "hoosh_budget_overrun_total{" not in metrics
         # Not a trivial pass: the round came close to its allowance.
         assert round_billed >= allowance * 0.8, (round_billed, allowance)
         figures.append(
