@@ -144,7 +144,7 @@ def cmd_budget(args: argparse.Namespace, config: Config) -> int:
         if args.action == "usage":
             rows = ledger.usage_summary(args.period or "day", args.group_by)
             _print_table(rows, [args.group_by, "requests", "prompt_tokens", "completion_tokens",
-                                "audio_seconds", "characters", "cost_usd"])  # fmt: skip
+                                "audio_seconds", "characters", "cost_usd", "orphaned"])  # fmt: skip
             return 0
     finally:
         db.close()

@@ -447,3 +447,23 @@ def test_a_call_that_timed_out_upstream_is_booked_at_its_reservation(fake_openai
     r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
     assert r.status_code == 502
     assert len(books(gw)) == 1
+
+
+def test_an_anthropic_upstream_gets_the_limit_the_budget_set(gateway_factory):
+    from tests.fake_anthropic import FakeAnthropic, reply
+    from tests.test_anthropic_e2e import anthropic_toml
+
+    with FakeAnthropic() as fake:
+        gw = gateway_factory(anthropic_toml(fake) + FAST)
+        set_limit(gw, 20_000)  # 2 cents of claude-3-5-haiku ($0.80 / $4 per million)
+        body = {"model": "claude-3-5-haiku-latest", "stream": True,
+                "messages": [{"role": "system", "content": "简短"},
+                             {"role": "user", "content": "Capital of France? 🇫🇷"}]}  # fmt: skip
+        fake.script(reply("Paris."))
+        r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 200 and r.text.rstrip().endswith("[DONE]"), r.text
+        sent = fake.bodies[-1]
+        cap = int(r.headers["X-Hoosh-Max-Tokens"])
+        # Anthropic needs max_tokens; the budget's is sent, below the model's 8192 (20000 / 4).
+        assert sent["max_tokens"] == cap and cap < 8192
+        assert sent["system"] == "简短"
