@@ -119,9 +119,10 @@ class Accountant:
         def fit(stoppers: list[tuple[Rule, int]]) -> Usage:
             if not stoppers:
                 return estimate  # nothing can stop it: no limit needs sending
-            n = affordable_tokens(estimate, price, stoppers, estimate.completion_tokens)
+            ceiling = estimate.completion_tokens
+            n = affordable_tokens(estimate, price, stoppers, ceiling)
             # Below the smallest useful answer, reserve that answer: the ledger then refuses.
-            shrunk = replace(estimate, completion_tokens=max(n, MIN_ANSWER_TOKENS))
+            shrunk = replace(estimate, completion_tokens=max(n, min(MIN_ANSWER_TOKENS, ceiling)))
             if price is not None:
                 shrunk.cost_micro_usd = cost_micro_usd(price, shrunk)
             chosen.append(shrunk.completion_tokens)

@@ -467,3 +467,22 @@ def test_an_anthropic_upstream_gets_the_limit_the_budget_set(gateway_factory):
         # Anthropic needs max_tokens; the budget's is sent, below the model's 8192 (20000 / 4).
         assert sent["max_tokens"] == cap and cap < 8192
         assert sent["system"] == "简短"
+
+
+def test_the_budget_cap_never_exceeds_the_providers_own_limit(billing_openai, gateway_factory):
+    toml = openai_provider_toml(billing_openai, extra="max_tokens_limit = 50")
+    gw = gateway_factory(toml + PRICED + FAST)
+    set_limit(gw, 1_000_000)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200 and r.headers["X-Hoosh-Max-Tokens"] == "50"
+    assert billing_openai.chat_requests[-1]["json"]["max_completion_tokens"] == 50
+    # Less left than 50 tokens cost: the budget's figure, below the provider's.
+    spent = sum(row["cost_micro_usd"] for row in books(gw))
+    set_limit(gw, spent + 3000)
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    cap = int(r.headers["X-Hoosh-Max-Tokens"])
+    assert (
+        16 <= cap < 50 and billing_openai.chat_requests[-1]["json"]["max_completion_tokens"] == cap
+    )

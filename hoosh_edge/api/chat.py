@@ -145,14 +145,16 @@ class ChatCall:
         self.caps: dict[str, int] = {}  # completion limits the gateway chose, per target
         self.started = time.monotonic()
         self.key = g.get("key_name")
-        self.budgeted = gw.accountant is not None and gw.accountant.has_rules()
 
     def request_for(self, target: Target) -> dict[str, Any]:
         """The request as this target should get it (token limit clamped to the provider's)."""
         req = self.gw.request_for(target, self.base)
         cap = self.caps.get(target.label)
-        if cap is not None and chatfmt.max_tokens_of(req) is None:
-            # The budget's limit on what this call may write: what was reserved is what is sent.
+        if cap is not None:
+            # The budget's limit on what this call may write: what was reserved is what is sent
+            # (never above the provider's own limit: that was the ceiling it was cut from).
+            req.pop("max_tokens", None)
+            req.pop("max_completion_tokens", None)
             local_or_anthropic = target.backend.is_local or (
                 self.gw.provider_type(target) == "anthropic"
             )
@@ -172,12 +174,15 @@ class ChatCall:
             prompt = prompt_tokens(req, image_max_tokens=price.max_image_tokens if price else None)
         except Unbounded as e:
             prompt, unbounded = prompt_text_tokens(req), (None if is_local else e.what)
-        asked = chatfmt.max_tokens_of(req)
+        sent = chatfmt.max_tokens_of(req)  # the client's limit, clamped to the provider's
+        open_completion = chatfmt.max_tokens_of(self.base) is None
         ceiling = (price.max_output_tokens if price else None) or DEFAULT_MAX_TOKENS
-        estimate = Usage(prompt_tokens=prompt, completion_tokens=asked or ceiling)
+        if sent is not None:
+            ceiling = min(ceiling, sent) if open_completion else sent
+        estimate = Usage(prompt_tokens=prompt, completion_tokens=ceiling)
         hold = acct.admit(provider=target.provider, model=target.model, is_local=is_local,
                           estimate=estimate, key=self.key, request_id=self.ctx.request_id,
-                          open_completion=asked is None, unbounded=unbounded)  # fmt: skip
+                          open_completion=open_completion, unbounded=unbounded)  # fmt: skip
         if hold.max_tokens is not None:
             self.caps[target.label] = hold.max_tokens
         return hold
