@@ -486,3 +486,26 @@ def test_the_budget_cap_never_exceeds_the_providers_own_limit(billing_openai, ga
     assert (
         16 <= cap < 50 and billing_openai.chat_requests[-1]["json"]["max_completion_tokens"] == cap
     )
+
+
+def test_an_image_reserves_its_documented_maximum_or_is_refused(billing_openai, gateway_factory):
+    extra = '\n[pricing."vision-x"]\ninput_usd_per_mtok = 1\noutput_usd_per_mtok = 1\n'
+    gw = gateway_factory(
+        openai_provider_toml(billing_openai, models='["gpt-*", "vision-x"]') + PRICED + extra + FAST
+    )
+    set_limit(gw, 500_000)
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64," + "iVBOR" * 100}}
+    content = [{"type": "text", "text": "What is this?"}, image]
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": content}]}
+    r = requests.post(gw.url + "/v1/chat/completions", json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    # 48169 tokens for the image at $10 a million leave room for this many answer tokens:
+    cap = int(r.headers["X-Hoosh-Max-Tokens"])
+    assert 16 <= cap < MAX_OUTPUT and cost_micro(48_169, cap) <= 500_000
+    calls = len(billing_openai.chat_requests)
+    refused = requests.post(gw.url + "/v1/chat/completions", json={**body, "model": "vision-x"},
+                            timeout=30)  # fmt: skip
+    assert refused.status_code == 429, refused.text
+    err = refused.json()["error"]
+    assert err["code"] == "price_unknown" and "max_image_tokens" in err["message"]
+    assert len(billing_openai.chat_requests) == calls
