@@ -16,7 +16,10 @@ The life of a paid request: ``reserve`` its worst case (checks every rule in sco
 period's committed use plus all open reservations and records the reservation, in one
 ``BEGIN IMMEDIATE`` transaction, so concurrent requests can never together cross a ``block``
 limit), then ``commit`` the real usage (ledger row written and reservation deleted in one
-transaction) or ``release`` it. Reservations of a process that died are dropped at start-up.
+transaction) or ``release`` it. A reservation of a process that died is booked at its reserved
+amount at start-up (``kind='orphaned'``; see ``orphans``): the upstream may well have billed it.
+A commit above its reservation (an upstream counting differently) closes the stopping rules it
+crossed for the rest of their period.
 Committed use per rule and period is kept as a running total (``budget_usage``), updated in the
 commit's transaction and summed afresh from the ledger whenever it is missing (new rule, edited
 rule, new period), so a reservation costs the same with ten ledger rows or a million.
@@ -90,6 +93,7 @@ class RuleHit:
     needed: int  # what this request asked for
     resets_at: datetime | None
     retry_after: float | None
+    closed: str | None = None  # why the rule is closed for the rest of its period, if it is
 
     @property
     def message(self) -> str:
@@ -100,6 +104,11 @@ class RuleHit:
             if self.resets_at is None
             else f"it resets at {self.resets_at.isoformat()}"
         )
+        if self.closed:
+            return (
+                f"Budget rule '{r.name}' ({r.scope}, {r.action}) is closed until its period ends: "
+                f"{self.closed}; {when}."
+            )
         return (
             f"Budget rule '{r.name}' ({r.scope}, {r.action}) allows {r.format_amount(r.measured_limit)} "
             f"{r.unit} per {r.period}; {r.format_amount(self.used)} used or reserved, this request "
@@ -120,6 +129,7 @@ class Reservation:
     estimate: Usage
     fired: list[RuleHit] = field(default_factory=list)  # local_only / warn rules crossed
     closed: bool = False
+    overrun: list[str] = field(default_factory=list)  # stopping rules the commit went past
 
     @property
     def warnings(self) -> list[str]:
@@ -230,6 +240,11 @@ def _sum_in_scope(rule: Rule, rows: list[Any]) -> int:
     )
 
 
+def _stops(rule: Rule, is_local: bool) -> bool:
+    """Whether ``rule`` refuses this kind of target when crossed (not just reports it)."""
+    return rule.action == "block" or (rule.action == "local_only" and not is_local)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -249,7 +264,9 @@ class SpendLedger:
         self.db = db
         self.tz = _zone(timezone)
         self._clock = clock or (lambda: datetime.now(tz=UTC))
-        self.release_orphans()
+        from .orphans import settle_orphans
+
+        self.orphans_settled = settle_orphans(self)
 
     def now(self) -> datetime:
         """The current time, from the injected clock when there is one."""
@@ -257,18 +274,6 @@ class SpendLedger:
         if now.tzinfo is None:
             raise ValueError("the clock must return an aware datetime")
         return now
-
-    def release_orphans(self) -> int:
-        """Drop reservations whose process is gone (a crash ends its requests); return how many."""
-        with self.db.write() as db:
-            owners = db.execute("SELECT DISTINCT pid, owner FROM reservations").fetchall()
-            removed = 0
-            for pid, owner in owners:
-                if _orphaned(pid, owner):
-                    removed += db.execute(
-                        "DELETE FROM reservations WHERE owner = ?", [owner]
-                    ).rowcount
-        return removed
 
     # ---- rules -------------------------------------------------------------------------------
 
@@ -375,12 +380,14 @@ class SpendLedger:
 
     def _evaluate(
         self, db: Any, target: dict[str, Any], needed: Usage | None, *, writable: bool = True
-    ) -> tuple[list[tuple[Rule, int, int]], bool]:
-        """(rule, used, needed) for each rule in scope, and whether a running total was missing.
+    ) -> tuple[list[tuple[Rule, int, int, str | None]], bool]:
+        """(rule, used, needed, closed) for each rule in scope, and whether a total was missing.
 
         ``used`` is the committed use in the rule's current period (its running total in
         ``budget_usage``, summed from the ledger and stored when missing) plus every open
         reservation in scope, which counts in full whatever its start: it commits in this period.
+        ``closed`` says why a rule an upstream overran is shut for the rest of its period; its
+        ``used`` is then at least its limit.
         """
         rules = [rule_from_row(r) for r in db.execute("SELECT * FROM budget_rules ORDER BY name")]
         rules = [r for r in rules if scope_matches(r.scope, **target)]
@@ -388,6 +395,10 @@ class SpendLedger:
             return [], False
         now = self.now()
         reserved = self._grouped(db, "reservations", None)
+        closures = {
+            (row["rule"], row["period_start"]): row["reason"]
+            for row in db.execute("SELECT rule, period_start, reason FROM budget_closures")
+        }
         scans: dict[int, list[Any]] = {}
         missing = False
         result = []
@@ -414,7 +425,11 @@ class SpendLedger:
                         [rule.name, key, committed],
                     )
             used = committed + _sum_in_scope(rule, reserved)
-            result.append((rule, used, _amount(rule.metric, need_row) if need_row else 0))
+            closed = closures.get((rule.name, key))
+            if closed:
+                used = max(used, rule.measured_limit)
+            need = _amount(rule.metric, need_row) if need_row else 0
+            result.append((rule, used, need, closed))
         return result, missing
 
     def rule_usage(self, rule: Rule) -> int:
@@ -425,7 +440,7 @@ class SpendLedger:
             reserved = self._grouped(db, "reservations", None)
         return _sum_in_scope(rule, committed) + _sum_in_scope(rule, reserved)
 
-    def _evaluate_snapshot(self, target: dict[str, Any]) -> list[tuple[Rule, int, int]]:
+    def _evaluate_snapshot(self, target: dict[str, Any]) -> list[tuple[Rule, int, int, str | None]]:
         """Evaluate on the read connection; once per period per rule, store missing totals."""
         with self.db.read() as db:
             evaluated, missing = self._evaluate(db, target, None, writable=False)
@@ -444,11 +459,20 @@ class SpendLedger:
             params,
         ).fetchall()
 
-    def _hit(self, rule: Rule, used: int, needed: int) -> RuleHit:
+    def _hit(self, rule: Rule, used: int, needed: int, closed: str | None = None) -> RuleHit:
         now = self.now()
         _, end = period_bounds(rule.period, now, self.tz)
         retry = None if end is None else max(0.0, (end - now).total_seconds())
-        return RuleHit(rule, used, needed, end.astimezone(self.tz) if end else None, retry)
+        resets = end.astimezone(self.tz) if end else None
+        return RuleHit(rule, used, needed, resets, retry, closed)
+
+    @staticmethod
+    def _unbounded(model: str, what: str) -> str:
+        return (
+            f"The request holds {what}, whose token count has no known maximum for model "
+            f"'{model}', and a usd or tokens budget rule applies to it, so it cannot be reserved. "
+            f'Set max_image_tokens in [pricing."{model}"] (images), or send text only.'
+        )
 
     @staticmethod
     def _unpriced(model: str) -> str:
@@ -468,19 +492,36 @@ class SpendLedger:
         is_local: bool,
         request_id: str | None = None,
         price_known: bool = True,
+        unbounded: str | None = None,
+        fit: Callable[[list[tuple[Rule, int]]], Usage] | None = None,
     ) -> Reservation:
-        """Hold ``estimate`` against every rule in scope, or raise ``BudgetExceeded``."""
+        """Hold ``estimate`` against every rule in scope, or raise ``BudgetExceeded``.
+
+        ``unbounded`` names a part of the request with no known token maximum: refused under a
+        usd or tokens rule. ``fit(stoppers)`` may shrink the estimate to what is left: it gets
+        each rule that would stop this target with the room it has left, inside the same
+        transaction, so the room cannot change before the reservation is written.
+        """
         target = {"key": key, "provider": provider, "model": model, "is_local": is_local}
         fired: list[RuleHit] = []
         with self.db.write() as db:
             evaluated, _ = self._evaluate(db, target, estimate)
-            if not is_local and not price_known and any(r.metric == "usd" for r, _, _ in evaluated):
+            metrics = {r.metric for r, _, _, _ in evaluated}
+            if not is_local and not price_known and "usd" in metrics:
                 raise BudgetExceeded(self._unpriced(model), code="price_unknown")
-            for rule, used, needed in evaluated:
-                if used + needed <= rule.measured_limit:
+            if unbounded and metrics & {"usd", "tokens"}:
+                raise BudgetExceeded(self._unbounded(model, unbounded), code="price_unknown")
+            if fit is not None:
+                stoppers = [(r, max(0, r.measured_limit - used)) for r, used, _, _ in evaluated
+                            if _stops(r, is_local)]  # fmt: skip
+                estimate = fit(stoppers)
+                need_row = _usage_row(estimate, is_local)
+                evaluated = [(r, u, _amount(r.metric, need_row), c) for r, u, _, c in evaluated]
+            for rule, used, needed, closed in evaluated:
+                if used + needed <= rule.measured_limit and not (closed and needed):
                     continue
-                hit = self._hit(rule, used, needed)
-                if rule.action == "block" or (rule.action == "local_only" and not is_local):
+                hit = self._hit(rule, used, needed, closed)
+                if _stops(rule, is_local):
                     raise BudgetExceeded(hit.message, retry_after=hit.retry_after)
                 fired.append(hit)
             fixed = {
@@ -521,20 +562,31 @@ class SpendLedger:
                 "is_local": int(r.is_local),
             }
             entry = _insert_row(db, "ledger", fixed | row)
-            db.execute("DELETE FROM reservations WHERE id = ?", [r.id])
+            reserved = db.execute("DELETE FROM reservations WHERE id = ?", [r.id]).rowcount
+            held = _usage_row(r.estimate, r.is_local)
             # Keep the running totals in step; a missing one is summed from the ledger when read.
             for found in db.execute("SELECT * FROM budget_rules").fetchall():
                 rule = rule_from_row(found)
                 if scope_matches(rule.scope, **target):
                     start, _ = period_bounds(rule.period, now, self.tz)
+                    period_key = 0 if start is None else _to_us(start)
                     db.execute(
                         "UPDATE budget_usage SET used = used + ? WHERE rule = ? AND period_start = ?",
-                        [
-                            _amount(rule.metric, row),
-                            rule.name,
-                            0 if start is None else _to_us(start),
-                        ],
+                        [_amount(rule.metric, row), rule.name, period_key],
                     )
+                    over = _amount(rule.metric, row) - _amount(rule.metric, held)
+                    if reserved and over > 0 and _stops(rule, r.is_local):
+                        # The upstream counted past the bound: trust nothing more this period.
+                        reason = (
+                            f"request {r.request_id} was billed {rule.format_amount(over)} "
+                            f"{rule.unit} more than it reserved"
+                        )
+                        db.execute(
+                            "INSERT OR IGNORE INTO budget_closures "
+                            "(rule, period_start, ts, request_id, reason) VALUES (?, ?, ?, ?, ?)",
+                            [rule.name, period_key, _to_us(now), r.request_id, reason],
+                        )
+                        reservation.overrun.append(rule.name)
         reservation.closed = True
         return entry
 
@@ -558,15 +610,14 @@ class SpendLedger:
         """Whether a target may be tried now, without reserving anything."""
         target = {"key": key, "provider": provider, "model": model, "is_local": is_local}
         evaluated = self._evaluate_snapshot(target)
-        for rule, used, _ in evaluated:
+        for rule, used, _, _ in evaluated:
             if rule.metric == "usd" and not is_local and not price_known:
                 return Decision(
                     False, self._hit(rule, used, 0), self._unpriced(model), "price_unknown"
                 )
-        for rule, used, _ in evaluated:
-            stops = rule.action == "block" or (rule.action == "local_only" and not is_local)
-            if stops and used >= rule.measured_limit:
-                hit = self._hit(rule, used, 0)
+        for rule, used, _, closed in evaluated:
+            if _stops(rule, is_local) and used >= rule.measured_limit:
+                hit = self._hit(rule, used, 0, closed)
                 return Decision(False, hit, hit.message)
         return Decision(True)
 
@@ -578,8 +629,8 @@ class SpendLedger:
         evaluated = self._evaluate_snapshot(target)
         best: tuple[Rule, int] | None = None
         best_share = 2.0
-        for rule, used, _ in evaluated:
-            if rule.action == "warn" or (rule.action == "local_only" and is_local):
+        for rule, used, _, _ in evaluated:
+            if not _stops(rule, is_local):
                 continue  # these never stop this target
             left = max(0, rule.measured_limit - used)
             share = left / rule.measured_limit if rule.measured_limit else 0.0
@@ -599,7 +650,9 @@ class SpendLedger:
         column = columns[group_by]
         with self.db.read() as db:
             rows = db.execute(
-                f"SELECT {column} AS grp, {_TOTALS} FROM ledger {where} GROUP BY {column} "
+                f"SELECT {column} AS grp, {_TOTALS}, SUM(kind = 'orphaned') AS orphaned, "
+                "SUM(CASE WHEN kind = 'orphaned' THEN cost_micro_usd ELSE 0 END) AS orphaned_micro "
+                f"FROM ledger {where} GROUP BY {column} "
                 "ORDER BY SUM(cost_micro_usd) DESC, SUM(requests) DESC, grp",
                 params,
             ).fetchall()
@@ -616,6 +669,9 @@ class SpendLedger:
                 "characters": row["characters"],
                 "cost_micro_usd": row["cost_micro_usd"],
                 "cost_usd": format_usd(row["cost_micro_usd"]),
+                # Calls in flight at a crash, booked at their reservation (see orphans.py).
+                "orphaned": row["orphaned"] or 0,
+                "orphaned_usd": format_usd(row["orphaned_micro"] or 0),
             }
             for row in rows
         ]

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .errors import InvalidRequest
+from .estimate import text_tokens
 
 ROLES = {"system", "developer", "user", "assistant", "tool", "function"}
 
@@ -127,26 +128,6 @@ def max_tokens_of(req: dict[str, Any]) -> int | None:
     return v if v is not None else req.get("max_tokens")
 
 
-def message_text(messages: list[dict[str, Any]]) -> str:
-    """All text of a conversation, for estimates."""
-    out = []
-    for m in messages:
-        content = m.get("content")
-        if isinstance(content, str):
-            out.append(content)
-        elif isinstance(content, list):
-            out.extend(p.get("text", "") for p in content if isinstance(p, dict))
-        for call in m.get("tool_calls") or ():
-            fn = call.get("function") or {}
-            out.append(str(fn.get("name", "")) + str(fn.get("arguments", "")))
-    return "\n".join(out)
-
-
-def estimate_tokens(text: str) -> int:
-    """A cautious token estimate when the backend gave no counts (about 4 characters a token)."""
-    return max(1, math.ceil(len(text) / 4)) if text else 0
-
-
 def chunk_text(chunk: dict[str, Any]) -> str:
     """Content and tool-call argument text carried by one chunk."""
     out = []
@@ -231,10 +212,11 @@ def completion_text(doc: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def normalize_usage(usage: Any, prompt_text: str, completion: str | int) -> dict[str, int]:
-    """Usage with the three OpenAI counts, estimated where the backend gave none.
+def normalize_usage(usage: Any, prompt_bound: int, completion: str | int) -> dict[str, int]:
+    """Usage with the three OpenAI counts; where the backend gave none, the upper bounds.
 
-    ``completion`` is the answer's text, or just its length in characters.
+    ``prompt_bound`` is ``estimate.prompt_tokens`` of the request; ``completion`` is the answer's
+    text, or its length in UTF-8 bytes (at most one token each).
     """
     if isinstance(usage, dict):
         p = usage.get("prompt_tokens")
@@ -243,9 +225,9 @@ def normalize_usage(usage: Any, prompt_text: str, completion: str | int) -> dict
             out = dict(usage)
             out["total_tokens"] = p + c
             return out
-    p = estimate_tokens(prompt_text)
-    c = estimate_tokens(completion) if isinstance(completion, str) else max(0, -(-completion // 4))
-    return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c, "estimated": True}
+    c = text_tokens(completion) if isinstance(completion, str) else max(0, int(completion))
+    return {"prompt_tokens": prompt_bound, "completion_tokens": c,
+            "total_tokens": prompt_bound + c, "estimated": True}  # fmt: skip
 
 
 def sse(data: dict[str, Any] | str) -> bytes:

@@ -135,14 +135,16 @@ def build_parser() -> argparse.ArgumentParser:
     b = add(
         "budget", "list, set or remove budget rules; show usage", _with_config(commands.cmd_budget)
     )
-    b.add_argument("action", choices=["list", "set", "rm", "usage"])
-    b.add_argument("name", nargs="?")
+    b.add_argument("action", choices=["list", "set", "rm", "usage", "correct"])
+    b.add_argument("name", nargs="?", help="the rule's name; for 'correct', a request id")
     b.add_argument("--scope", help="all | cloud | provider:NAME | model:GLOB | key:NAME")
     b.add_argument("--metric", choices=["usd", "tokens", "requests", "audio_seconds", "characters"])
     b.add_argument("--limit", help="e.g. 1.00 (USD) or 100000 (tokens)")
     b.add_argument("--period", choices=["hour", "day", "week", "month", "total"])
     b.add_argument("--action", dest="rule_action", choices=["block", "local_only", "warn"])
     b.add_argument("--group-by", default="provider", choices=["provider", "model", "key"])
+    b.add_argument("--usd", help="correct: what the request really cost in total, e.g. 0.0123")
+    b.add_argument("--reason", help="correct: why (kept in the ledger)")
 
     c = add("cache", "response cache statistics or clearing", _with_config(commands.cmd_cache))
     c.add_argument("action", choices=["stats", "clear"])

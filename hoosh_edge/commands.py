@@ -129,10 +129,22 @@ def cmd_budget(args: argparse.Namespace, config: Config) -> int:
             ledger.delete_rule(args.name)
             print(f"Removed budget rule '{args.name}'.")
             return 0
+        if args.action == "correct":
+            from .orphans import correct
+
+            if not args.name or args.usd is None or not args.reason:
+                print(
+                    "hoosh-edge: budget correct REQUEST_ID --usd X --reason TEXT", file=sys.stderr
+                )
+                return 2
+            fixed = correct(ledger, args.name, args.usd, args.reason)
+            print(f"Request {fixed['request_id']}: {fixed['was_usd']} -> {fixed['now_usd']} USD "
+                  f"(ledger entry {fixed['entry']}, {fixed['delta_usd']}): {fixed['reason']}")  # fmt: skip
+            return 0
         if args.action == "usage":
             rows = ledger.usage_summary(args.period or "day", args.group_by)
             _print_table(rows, [args.group_by, "requests", "prompt_tokens", "completion_tokens",
-                                "audio_seconds", "characters", "cost_usd"])  # fmt: skip
+                                "audio_seconds", "characters", "cost_usd", "orphaned"])  # fmt: skip
             return 0
     finally:
         db.close()

@@ -143,6 +143,24 @@ MIGRATIONS: list[Migration] = [
         "0006_response_cache",
         lambda db: __import__("hoosh_edge.cache", fromlist=["_"]).create_tables(db),
     ),
+    Migration(
+        "0007_ledger_kinds_and_budget_closures",
+        # A crash never un-spends: a dead process's reservation is booked as 'orphaned', and an
+        # operator corrects it with a new 'correction' row (history is never rewritten). A rule
+        # an upstream overran stays closed for the rest of its period.
+        """
+        ALTER TABLE ledger ADD COLUMN kind TEXT NOT NULL DEFAULT 'call';  -- call|orphaned|correction
+        ALTER TABLE ledger ADD COLUMN note TEXT;  -- why a correction was made
+        CREATE TABLE budget_closures (
+            rule TEXT NOT NULL,
+            period_start INTEGER NOT NULL,  -- as in budget_usage
+            ts INTEGER NOT NULL,
+            request_id TEXT,
+            reason TEXT NOT NULL,
+            PRIMARY KEY (rule, period_start)
+        ) WITHOUT ROWID;
+        """,
+    ),
 ]
 
 

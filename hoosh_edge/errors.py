@@ -39,6 +39,8 @@ class HooshError(Exception):
     type = "server_error"
     code: str | None = None
     fallback_ok = False
+    # The upstream had the whole request when this happened (a read timeout), so it may bill it.
+    may_have_billed = False
 
     def __init__(
         self,

@@ -108,7 +108,8 @@ class Router:
         }
         self._rr_lock = threading.Lock()
         self._rr = itertools.count()
-        self.release: Callable[[Any], None] | None = None  # gives back a budget hold
+        # Gives back a budget hold (or books it, when the failure says the upstream may bill).
+        self.release: Callable[..., None] | None = None
 
     def health_of(self, name: str) -> ProviderHealth:
         if name not in self.health:
@@ -270,7 +271,7 @@ class Router:
                 continue
             except HooshError as e:
                 if hold is not None and self.release is not None:
-                    self.release(hold)
+                    self.release(hold, e)
                 self._failed(target, e)
                 if not e.fallback_ok:
                     raise

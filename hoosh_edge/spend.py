@@ -11,18 +11,17 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from decimal import Decimal
 from typing import Any
 
-from .budget import Reservation, SpendLedger, Usage
+from .budget import Reservation, Rule, SpendLedger, Usage
 from .errors import BudgetExceeded
+from .estimate import MIN_ANSWER_TOKENS
 from .pricing import Price, PriceTable, cost_micro_usd, format_usd
 from .threads import run_blocking
 
 log = logging.getLogger(__name__)
-
-# Completion tokens assumed for a cloud call that names no limit, when budget rules apply.
-DEFAULT_MAX_TOKENS = 4096
 
 
 @dataclass
@@ -36,6 +35,7 @@ class Hold:
     is_local: bool
     cost_micro_usd: int = 0
     committed: bool = False
+    max_tokens: int | None = None  # the completion limit the gateway chose, to send upstream
 
     @property
     def cost_usd(self) -> float:
@@ -46,9 +46,18 @@ class Hold:
         return format_usd(self.cost_micro_usd)
 
 
-def estimate_prompt_tokens(text: str) -> int:
-    """A cautious prompt estimate for a reservation (3 characters a token, rounded up)."""
-    return max(1, math.ceil(len(text) / 3))
+def affordable_tokens(estimate: Usage, price: Price | None, stoppers: list[tuple[Rule, int]],
+                      ceiling: int) -> int:  # fmt: skip
+    """The most completion tokens, up to ``ceiling``, that every stopping rule has room for."""
+    n = ceiling
+    for rule, left in stoppers:
+        if rule.metric == "usd" and price is not None and price.output_usd_per_mtok:
+            # ceil(p*in + n*out) <= left  <=>  p*in + n*out <= left (left is whole micro-dollars)
+            prompt = estimate.prompt_tokens * (price.input_usd_per_mtok or Decimal(0))
+            n = min(n, math.floor((left - prompt) / price.output_usd_per_mtok))
+        elif rule.metric == "tokens":
+            n = min(n, left - estimate.prompt_tokens)
+    return n
 
 
 class Accountant:
@@ -85,8 +94,16 @@ class Accountant:
         estimate: Usage,
         key: str | None,
         request_id: str | None,
+        open_completion: bool = False,
+        unbounded: str | None = None,
     ) -> Hold:
-        """Reserve ``estimate`` for this target, or raise BudgetExceeded naming the rule."""
+        """Reserve ``estimate`` for this target, or raise BudgetExceeded naming the rule.
+
+        ``open_completion``: the client named no token limit and ``estimate.completion_tokens``
+        is the model's maximum; under a stopping rule the gateway lowers it to what the budget
+        can pay for (``Hold.max_tokens``, to be sent upstream), refusing below MIN_ANSWER_TOKENS.
+        ``unbounded`` names a prompt part with no known token maximum.
+        """
         price = self.price_of(provider, model, is_local)
         if price is not None:
             try:
@@ -97,7 +114,22 @@ class Accountant:
             # Nothing to gate: skip the reservation write; the commit still books every call.
             open_hold = Reservation(-1, request_id, key, provider, model, is_local, estimate)
             return Hold(open_hold, price, provider, model, is_local)
+        chosen: list[int] = []
+
+        def fit(stoppers: list[tuple[Rule, int]]) -> Usage:
+            if not stoppers:
+                return estimate  # nothing can stop it: no limit needs sending
+            ceiling = estimate.completion_tokens
+            n = affordable_tokens(estimate, price, stoppers, ceiling)
+            # Below the smallest useful answer, reserve that answer: the ledger then refuses.
+            shrunk = replace(estimate, completion_tokens=max(n, min(MIN_ANSWER_TOKENS, ceiling)))
+            if price is not None:
+                shrunk.cost_micro_usd = cost_micro_usd(price, shrunk)
+            chosen.append(shrunk.completion_tokens)
+            return shrunk
+
         reservation = run_blocking(
+            _refusal_returned,
             self.ledger.reserve,
             estimate,
             key=key,
@@ -106,15 +138,30 @@ class Accountant:
             is_local=is_local,
             request_id=request_id,
             price_known=is_local or price is not None,
+            unbounded=unbounded,
+            fit=fit if open_completion else None,
         )
+        if isinstance(reservation, BudgetExceeded):
+            raise reservation
         for message in reservation.warnings:
             log.warning("request %s: %s", request_id, message)
-        return Hold(reservation, price, provider, model, is_local)
+        hold = Hold(reservation, price, provider, model, is_local)
+        if chosen:
+            hold.max_tokens = chosen[-1]  # the reservation holds exactly this completion
+        return hold
 
-    def commit(self, hold: Hold, actual: Usage) -> None:
-        """Book what the call really used (never raises: a failure is logged loudly)."""
+    def commit(self, hold: Hold, actual: Usage, *, guessed: bool = False) -> None:
+        """Book what the call really used (never raises: a failure is logged loudly).
+
+        ``guessed``: the counts are the gateway's own bound (no usage came back, or the stream
+        was cut), so they are held to the reservation: a guess never bills more than it held.
+        """
         if hold.committed:
             return
+        if guessed and hold.reservation.id >= 0:
+            held = hold.reservation.estimate
+            actual.prompt_tokens = min(actual.prompt_tokens, held.prompt_tokens)
+            actual.completion_tokens = min(actual.completion_tokens, held.completion_tokens)
         if hold.price is not None and not hold.is_local:
             try:
                 actual.cost_micro_usd = cost_micro_usd(hold.price, actual)
@@ -128,15 +175,46 @@ class Accountant:
             else:
                 run_blocking(self.ledger.commit, hold.reservation, actual)
             hold.committed = True
+            if hold.reservation.overrun:
+                self._overrun(hold, actual)
             if self.metrics is not None and hold.cost_micro_usd:
                 self.metrics.inc("hoosh_spend_usd_total", {"provider": hold.provider},
                                  hold.cost_micro_usd / 1_000_000, help="USD spent")  # fmt: skip
         except Exception:  # noqa: BLE001 - the answer is already out; keep serving, shout
             log.exception("could not record spend for %s:%s", hold.provider, hold.model)
 
-    def release(self, hold: Hold) -> None:
-        """Give back a hold whose call failed before anything was billed."""
+    def _overrun(self, hold: Hold, actual: Usage) -> None:
+        """The upstream billed past the reservation: booked as billed; say so loudly."""
+        held = hold.reservation.estimate
+        log.warning(
+            "request %s: %s:%s billed more than its reservation (prompt %d > %d tokens or "
+            "completion %d > %d or %s > %s USD); booked as billed, and rule(s) %s stay closed "
+            "until their period resets",
+            hold.reservation.request_id, hold.provider, hold.model, actual.prompt_tokens,
+            held.prompt_tokens, actual.completion_tokens, held.completion_tokens,
+            format_usd(actual.cost_micro_usd), format_usd(held.cost_micro_usd),
+            ", ".join(hold.reservation.overrun),
+        )  # fmt: skip
+        if self.metrics is not None:
+            for rule in hold.reservation.overrun:
+                self.metrics.inc("hoosh_budget_overrun_total", {"rule": rule}, 1,
+                                 help="Calls billed above their reservation")  # fmt: skip
+
+    def release(self, hold: Hold, cause: BaseException | None = None) -> None:
+        """Give back a hold whose call failed before anything was billed.
+
+        A failure after the upstream had the request (``cause.may_have_billed``: a read timeout)
+        is booked at its reservation instead: the provider may well bill it, and a budget must
+        never count a billed call as free. Correct it with ``hoosh-edge budget correct``.
+        """
         if hold.committed:
+            return
+        if getattr(cause, "may_have_billed", False):
+            log.warning("request %s: %s:%s failed after the upstream had it (%s); booked at its "
+                        "reservation of %s USD", hold.reservation.request_id, hold.provider,
+                        hold.model, cause, format_usd(hold.reservation.estimate.cost_micro_usd))  # fmt: skip
+            held = hold.reservation.estimate
+            self.commit(hold, replace(held, cost_micro_usd=0), guessed=True)
             return
         try:
             run_blocking(self.ledger.release, hold.reservation)
@@ -151,6 +229,18 @@ class Accountant:
             return None
         rule, left = found
         return f"{rule.format_amount(left)} {rule.unit} ({rule.name})"
+
+
+def _refusal_returned(reserve: Any, *args: Any, **kw: Any) -> Reservation | BudgetExceeded:
+    """``reserve`` in a pool thread: a refusal comes back as a value, raised on the hub.
+
+    gevent's pool prints a traceback for every exception that leaves a worker; a refusal is an
+    ordinary answer, not an error to log.
+    """
+    try:
+        return reserve(*args, **kw)
+    except BudgetExceeded as e:
+        return e
 
 
 def chat_usage(usage: dict[str, Any]) -> Usage:

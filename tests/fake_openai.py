@@ -12,6 +12,14 @@ Tests script its next answers to reproduce what real upstreams do on bad days:
     fake.script("slow", 1.0)            # wait 1 s, then answer normally
 
 Without a script it answers "Echo: <last user message>" (word by word when streaming).
+
+``FakeOpenAI(billing=True)`` is instead the harshest legal upstream, for budget tests: its
+tokenizer makes one token of every UTF-8 byte it tokenizes (roles, names, text parts, tool calls
+and their arguments, tool schemas and ``response_format`` as JSON) plus OpenAI's documented
+overhead (3 per request, 4 per message), and it writes every token it is allowed: ``max_tokens``
+(or ``max_completion_tokens``) bytes of text, or ``UNCAPPED_TOKENS`` when no limit was sent. Each
+call is billed when it arrives (``billed``), as a real upstream bills work it has started;
+``overbill_tokens`` adds prompt tokens no tokenizer could count, for the overrun path.
 """
 
 from __future__ import annotations
@@ -23,15 +31,25 @@ from collections import deque
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# What a billing fake writes when the gateway sent no limit: enough to sink any small budget.
+UNCAPPED_TOKENS = 20_000
+
 
 class FakeOpenAI:
     def __init__(
-        self, api_key: str | None = "sk-fake-test-key-123456", *, words_delay_s: float = 0.0
+        self,
+        api_key: str | None = "sk-fake-test-key-123456",
+        *,
+        words_delay_s: float = 0.0,
+        billing: bool = False,
     ):
         self.api_key = api_key
         self.requests: list[dict[str, Any]] = []
         self.words_delay_s = words_delay_s
         self.model_list = ["gpt-4o-mini"]  # what GET /models answers
+        self.billing = billing
+        self.overbill_tokens = 0
+        self.billed: list[dict[str, int]] = []  # {"prompt_tokens", "completion_tokens"} per call
         self._script: deque = deque()
         self._lock = threading.Lock()
         fake = self
@@ -39,7 +57,7 @@ class FakeOpenAI:
         class Handler(_Handler):
             owner = fake
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = _Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -64,6 +82,15 @@ class FakeOpenAI:
     @property
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r for r in self.requests if r["path"].endswith("/chat/completions")]
+
+
+class _Server(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a gateway killed mid-call (kill -9 tests): nothing the fake did wrong
+        super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -176,6 +203,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(
                 400, {"error": {"message": "bad json", "type": "invalid_request_error"}}
             )
+            return
+        if owner.billing and self.path.endswith("/chat/completions"):
+            self._billed(body)
             return
         text = _reply_text(body)
         tool = kind == "tool_call"
@@ -310,6 +340,75 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             pass
         self.close_connection = True
+
+    def _billed(self, body: dict) -> None:
+        """The harshest legal upstream: bill every byte, write every token allowed."""
+        owner = self.owner
+        prompt = harsh_prompt_tokens(body) + owner.overbill_tokens
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        n = int(limit) if limit is not None else UNCAPPED_TOKENS
+        usage = {"prompt_tokens": prompt, "completion_tokens": n, "total_tokens": prompt + n}
+        with owner._lock:
+            owner.billed.append(usage)
+        text = ("ok " * (n // 3 + 1))[:n]  # n ASCII bytes: n tokens even to this tokenizer
+        model = body.get("model")
+        if not body.get("stream"):
+            doc = _completion({}, "")
+            doc["model"] = model
+            doc["choices"][0]["message"]["content"] = text
+            doc["choices"][0]["finish_reason"] = "length"
+            doc["usage"] = usage
+            self._send_json(200, doc)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        pieces = [text[i : i + 400] for i in range(0, len(text), 400)]
+        chunks = [{"choices": [{"index": 0, "delta": {"content": p}, "finish_reason": None}]}
+                  for p in pieces]  # fmt: skip
+        chunks.append({"choices": [{"index": 0, "delta": {}, "finish_reason": "length"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({"choices": [], "usage": usage})
+        try:
+            for chunk in chunks:
+                chunk.update(id="chatcmpl-billed", object="chat.completion.chunk", model=model)
+                self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                self.wfile.flush()
+                if owner.words_delay_s:
+                    time.sleep(owner.words_delay_s)
+            self.wfile.write(b"data: [DONE]\n\n")
+            self.wfile.flush()
+        except OSError:
+            pass
+        self.close_connection = True
+
+
+def _bytes(value: Any) -> int:
+    if isinstance(value, str):
+        return len(value.encode())
+    return len(json.dumps(value, ensure_ascii=False).encode()) if value is not None else 0
+
+
+def harsh_prompt_tokens(body: dict) -> int:
+    """One token per UTF-8 byte of everything tokenized, plus 3 per request and 4 per message."""
+    total = 3
+    for m in body.get("messages") or ():
+        total += 4 + _bytes(m.get("role")) + _bytes(m.get("name"))
+        total += _bytes(m.get("tool_call_id"))
+        content = m.get("content")
+        if isinstance(content, list):
+            total += sum(_bytes(p.get("text")) for p in content if isinstance(p, dict))
+        else:
+            total += _bytes(content)
+        for call in m.get("tool_calls") or ():
+            fn = call.get("function") or {}
+            total += _bytes(fn.get("name")) + _bytes(fn.get("arguments"))
+    for tool in body.get("tools") or ():
+        total += _bytes(tool)
+    if body.get("response_format"):
+        total += _bytes(body["response_format"])
+    return total
 
 
 def _reply_text(body: dict) -> str:

@@ -157,14 +157,24 @@ def test_every_entry_committed_before_kill_9_survives(tmp_path: Path) -> None:
     with db.read() as r:
         assert r.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         rows = {row[0]: row[1] for row in r.execute("SELECT id, request_id FROM ledger")}
-        assert r.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] >= 1
+        held = r.execute("SELECT COUNT(*), SUM(cost_micro_usd) FROM reservations").fetchone()
+        spent = r.execute("SELECT SUM(cost_micro_usd) FROM ledger").fetchone()[0]
+    assert held[0] >= 1
     for entry, request_id in printed:
         assert rows.get(int(entry)) == request_id
-    # The dead child's reservations end with it.
+    # The dead child's reservations are booked at what they held: a crash never un-spends.
     ledger = SpendLedger(db)
+    assert ledger.orphans_settled == held[0]
     with db.read() as r:
         assert r.execute("SELECT COUNT(*) FROM reservations").fetchone()[0] == 0
-    assert ledger.usage_summary("total", "provider")[0]["requests"] == len(rows)
+        orphans = r.execute(
+            "SELECT COUNT(*), SUM(cost_micro_usd) FROM ledger WHERE kind = 'orphaned'"
+        ).fetchone()
+    assert tuple(orphans) == tuple(held)
+    total = ledger.usage_summary("total", "provider")[0]
+    assert total["requests"] == len(rows) + held[0]
+    assert total["cost_micro_usd"] == spent + held[1]
+    assert total["orphaned"] == held[0]
     db.close()
 
 
@@ -203,6 +213,8 @@ def test_commit_records_the_actual_usage_and_ends_the_reservation(ledger: SpendL
         "characters": 11,
         "requests": 1,
         "cost_micro_usd": 150,
+        "kind": "call",
+        "note": None,
     }
     ledger.reserve(Usage(cost_micro_usd=800), **CLOUD)  # 150 + 800 fits now
     with pytest.raises(RuntimeError):
@@ -219,7 +231,7 @@ def test_release_gives_the_budget_back(ledger: SpendLedger) -> None:
     ledger.reserve(Usage(cost_micro_usd=1000), **CLOUD)
 
 
-def test_reservations_of_dead_processes_are_dropped_at_start(database: Database) -> None:
+def test_reservations_of_dead_processes_are_booked_at_start(database: Database) -> None:
     ledger = SpendLedger(database)
     live = ledger.reserve(Usage(cost_micro_usd=5), **CLOUD, request_id="live")
     boot = budget._owner().split(":")[0]
@@ -235,14 +247,26 @@ def test_reservations_of_dead_processes_are_dropped_at_start(database: Database)
     with database.write() as db:
         for pid, owner, note in rows:
             db.execute(
-                "INSERT INTO reservations (ts, pid, owner, request_id, provider, model, is_local)"
-                " VALUES (0, ?, ?, ?, 'openai', 'gpt-4o', 0)",
+                "INSERT INTO reservations (ts, pid, owner, request_id, provider, model, is_local,"
+                " prompt_tokens, completion_tokens, cost_micro_usd)"
+                " VALUES (0, ?, ?, ?, 'openai', 'gpt-4o', 0, 100, 50, 750)",
                 [pid, owner, note],
             )
     SpendLedger(database)  # a second ledger in this process must not drop the first's holds
     with database.read() as r:
         kept = {row[0] for row in r.execute("SELECT request_id FROM reservations")}
+        booked = r.execute(
+            "SELECT request_id, kind, prompt_tokens, completion_tokens, cost_micro_usd, ts "
+            "FROM ledger ORDER BY request_id"
+        ).fetchall()
     assert kept == {"live", "a live process"}
+    # Never dropped: the upstream may have billed them, so they count at what they held.
+    assert [tuple(row) for row in booked] == [
+        ("before the last power cut", "orphaned", 100, 50, 750, 0),
+        ("dead process", "orphaned", 100, 50, 750, 0),
+        ("earlier process with my pid", "orphaned", 100, 50, 750, 0),
+    ]
+    assert SpendLedger(database).orphans_settled == 0  # booked once, never twice
     ledger.commit(live, Usage(cost_micro_usd=5))
 
 

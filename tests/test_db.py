@@ -52,7 +52,14 @@ EXPECTED_SCHEMA = {
             ("period_start", "INTEGER", 1, None, 2),
             ("used", "INTEGER", 1, None, 0),
         ],
-        "ledger": LEDGER_COLUMNS,
+        "ledger": LEDGER_COLUMNS + [("kind", "TEXT", 1, "'call'", 0), ("note", "TEXT", 0, None, 0)],
+        "budget_closures": [
+            ("rule", "TEXT", 1, None, 1),
+            ("period_start", "INTEGER", 1, None, 2),
+            ("ts", "INTEGER", 1, None, 0),
+            ("request_id", "TEXT", 0, None, 0),
+            ("reason", "TEXT", 1, None, 0),
+        ],
         "reservations": LEDGER_COLUMNS[:2]
         + [("pid", "INTEGER", 1, None, 0), ("owner", "TEXT", 1, None, 0)]
         + [c for c in LEDGER_COLUMNS[2:]],

@@ -143,6 +143,9 @@ def test_override_prices_an_unknown_model_exactly() -> None:
         ({"m": {"input_usd_per_mtok": True}}, 'pricing."m".input_usd_per_mtok'),
         ({"m": {"usd_per_token": 1}}, 'pricing."m".usd_per_token'),
         ({"m": {}}, 'pricing."m"'),
+        ({"m": {"max_output_tokens": 0}}, 'pricing."m".max_output_tokens'),
+        ({"m": {"max_output_tokens": "lots"}}, 'pricing."m".max_output_tokens'),
+        ({"m": {"max_image_tokens": 1.5}}, 'pricing."m".max_image_tokens'),
         ({"m": 5}, 'pricing."m"'),
     ],
 )
@@ -150,6 +153,21 @@ def test_bad_overrides_name_the_field(overrides: dict, param: str) -> None:
     with pytest.raises(InvalidRequest) as caught:
         PriceTable(overrides)
     assert caught.value.param == param
+
+
+def test_limits_are_columns_of_the_table_and_can_be_overridden() -> None:
+    table = PriceTable({"gpt-4o-mini": {"max_output_tokens": 300}})
+    price = table.lookup("openai", "gpt-4o-mini")
+    assert (price.max_output_tokens, price.max_image_tokens) == (300, 48_169)
+    assert price.input_usd_per_mtok == Decimal("0.15")  # prices stay as bundled
+    claude = table.lookup("anthropic", "claude-sonnet-4-5-20250929")
+    assert (claude.max_output_tokens, claude.max_image_tokens) == (64_000, 1600)
+    assert table.lookup("mistral", "mistral-small").max_output_tokens is None  # not documented
+    # Every chat model's maximum output is a plausible documented figure, where one is known.
+    for models in BUNDLED.values():
+        for name, p in models.items():
+            if p.max_output_tokens is not None:
+                assert 4096 <= p.max_output_tokens <= 131_072, name
 
 
 def test_format_usd() -> None:

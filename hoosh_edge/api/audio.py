@@ -90,17 +90,23 @@ def _cloud_targets(gw: Any, model: str, method: str) -> list[Target]:
             if not b.is_local and hasattr(b, method) and b.serves(model)]  # fmt: skip
 
 
-def _admit(gw: Any, usage: Usage):
-    """The budget gate for one audio target."""
+def _admit(gw: Any, usage_for: Any):
+    """The budget gate for one audio target; ``usage_for(target)`` is what it can be billed."""
 
     def admit(target: Target):
         if gw.accountant is None:
             return None
         return gw.accountant.admit(provider=target.provider, model=target.model,
-                                   is_local=target.backend.is_local, estimate=usage,
+                                   is_local=target.backend.is_local, estimate=usage_for(target),
                                    key=g.get("key_name"), request_id=g.request_id)  # fmt: skip
 
     return admit
+
+
+def stt_usage(target: Target, duration_s: float) -> Usage:
+    """Seconds of the decoded audio; a provider bills started seconds, so a cloud call rounds up."""
+    seconds = duration_s if target.backend.is_local else float(math.ceil(duration_s))
+    return Usage(audio_seconds=seconds)
 
 
 def _settle(gw: Any, hold: Any, usage: Usage, resp: Response) -> None:
@@ -183,16 +189,17 @@ def _transcribe(translate: bool) -> Response:
                 if v is not None}  # fmt: skip
         return target.backend.transcribe(target.model, data, filename, form, translate=translate)
 
-    usage = Usage(audio_seconds=audio.duration_s)
     ctx = CallContext(request_id=g.request_id)
     g.call_ctx = ctx
-    target, (body, mimetype), _, hold = gw.router.attempt(targets, ctx, call, _admit(gw, usage))
+    target, (body, mimetype), _, hold = gw.router.attempt(
+        targets, ctx, call, _admit(gw, lambda t: stt_usage(t, audio.duration_s))
+    )
     gw.metrics.inc("hoosh_audio_seconds_total", {"provider": target.provider, "kind": "stt"},
                    audio.duration_s, help="Seconds of audio transcribed")  # fmt: skip
     g.log_fields = {"provider": target.provider, "model": target.model,
                     "audio_seconds": round(audio.duration_s, 2)}  # fmt: skip
     resp = Response(body, mimetype=mimetype.split(";")[0])
-    _settle(gw, hold, Usage(audio_seconds=audio.duration_s), resp)
+    _settle(gw, hold, stt_usage(target, audio.duration_s), resp)
     if key and store and target is targets[0]:
         run_blocking(cache.put, key, "transcription", body,
                      {"provider": target.provider, "model": target.model,
@@ -304,11 +311,12 @@ def speech() -> Response:
 
         return encoded(), content_type(fmt), rate
 
-    usage = Usage(characters=len(text))
     ctx = CallContext(request_id=g.request_id)
     g.call_ctx = ctx
-    target, (chunks, ctype, rate), _, hold = gw.router.attempt(targets, ctx, call,
-                                                                _admit(gw, usage))  # fmt: skip
+    # Providers bill speech per character of the input: known exactly before the call.
+    target, (chunks, ctype, rate), _, hold = gw.router.attempt(
+        targets, ctx, call, _admit(gw, lambda t: Usage(characters=len(text)))
+    )
     if hold is not None:
         gw.accountant.commit(hold, Usage(characters=len(text)))  # billed per character, known now
     gw.metrics.inc("hoosh_tts_characters_total", {"provider": target.provider}, len(text),

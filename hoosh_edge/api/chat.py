@@ -14,10 +14,11 @@ from .. import chatfmt
 from ..budget import Usage
 from ..cache import ChatRecorder, chat_key, directives, replay_chunks
 from ..errors import DeadlineExceeded, HooshError
+from ..estimate import DEFAULT_MAX_TOKENS, Unbounded, prompt_text_tokens, prompt_tokens, text_tokens
 from ..keys import require_model
 from ..providers.base import CallContext
 from ..router import Selected, Target
-from ..spend import DEFAULT_MAX_TOKENS, Hold, chat_usage, estimate_prompt_tokens
+from ..spend import Hold, chat_usage
 from ..threads import KEEPALIVE, pump, run_blocking
 from .common import gateway, inference_headers, read_json
 
@@ -140,44 +141,74 @@ class ChatCall:
         self.ctx = ctx
         self.id = f"chatcmpl-{ctx.request_id}"
         self.created = int(time.time())
-        self.prompt_text = chatfmt.message_text(req["messages"])
+        # For counts shown to clients when a backend sends none; money uses each target's bound.
+        self.prompt_bound = prompt_text_tokens(req)
+        self.caps: dict[str, int] = {}  # completion limits the gateway chose, per target
         self.started = time.monotonic()
         self.key = g.get("key_name")
-        self.budgeted = gw.accountant is not None and gw.accountant.has_rules()
 
     def request_for(self, target: Target) -> dict[str, Any]:
         """The request as this target should get it (token limit clamped to the provider's)."""
         req = self.gw.request_for(target, self.base)
-        if self.budgeted and not target.backend.is_local and chatfmt.max_tokens_of(req) is None:
-            # A paid call under budget rules needs a worst case: cap what it may write.
-            field = (
-                "max_tokens"
-                if "anthropic" == self.gw.provider_type(target)
-                else "max_completion_tokens"
+        cap = self.caps.get(target.label)
+        if cap is not None:
+            # The budget's limit on what this call may write: what was reserved is what is sent
+            # (never above the provider's own limit: that was the ceiling it was cut from).
+            req.pop("max_tokens", None)
+            req.pop("max_completion_tokens", None)
+            local_or_anthropic = target.backend.is_local or (
+                self.gw.provider_type(target) == "anthropic"
             )
-            req[field] = DEFAULT_MAX_TOKENS
+            req["max_tokens" if local_or_anthropic else "max_completion_tokens"] = cap
         return req
 
     def admit(self, target: Target) -> Hold | None:
-        """Reserve this target's worst case in the ledger (or raise BudgetExceeded)."""
+        """Reserve this target's upper bound in the ledger (or raise BudgetExceeded)."""
         acct = self.gw.accountant
         if acct is None:
             return None
-        max_tokens = chatfmt.max_tokens_of(self.request_for(target))
-        estimate = Usage(
-            prompt_tokens=estimate_prompt_tokens(self.prompt_text),
-            completion_tokens=max_tokens if max_tokens is not None else DEFAULT_MAX_TOKENS,
-        )
-        return acct.admit(provider=target.provider, model=target.model,
-                          is_local=target.backend.is_local, estimate=estimate, key=self.key,
-                          request_id=self.ctx.request_id)  # fmt: skip
+        req = self.request_for(target)
+        is_local = target.backend.is_local
+        price = acct.price_of(target.provider, target.model, is_local)
+        unbounded = None
+        try:
+            prompt = prompt_tokens(req, image_max_tokens=price.max_image_tokens if price else None)
+        except Unbounded as e:
+            prompt, unbounded = prompt_text_tokens(req), (None if is_local else e.what)
+        sent = chatfmt.max_tokens_of(req)  # the client's limit, clamped to the provider's
+        open_completion = chatfmt.max_tokens_of(self.base) is None
+        ceiling = (price.max_output_tokens if price else None) or DEFAULT_MAX_TOKENS
+        if sent is not None:
+            ceiling = min(ceiling, sent) if open_completion else sent
+        estimate = Usage(prompt_tokens=prompt, completion_tokens=ceiling)
+        hold = acct.admit(provider=target.provider, model=target.model, is_local=is_local,
+                          estimate=estimate, key=self.key, request_id=self.ctx.request_id,
+                          open_completion=open_completion, unbounded=unbounded)  # fmt: skip
+        if hold.max_tokens is not None:
+            self.caps[target.label] = hold.max_tokens
+        return hold
 
     def settle(self, hold: Hold | None, usage: dict[str, Any]) -> None:
-        """Book the real (or estimated) usage; add its cost to the usage object."""
+        """Book the real (or guessed) usage; add its cost to the usage object."""
         if hold is None or self.gw.accountant is None:
             return
-        self.gw.accountant.commit(hold, chat_usage(usage))
+        actual = chat_usage(usage)
+        guessed = bool(usage.get("estimated"))
+        if guessed:
+            # No counts came back: bill this target's bounds, at most what was reserved.
+            actual.prompt_tokens = hold.reservation.estimate.prompt_tokens
+        self.gw.accountant.commit(hold, actual, guessed=guessed)
+        if guessed:
+            usage.update(prompt_tokens=actual.prompt_tokens,
+                         completion_tokens=actual.completion_tokens,
+                         total_tokens=actual.prompt_tokens + actual.completion_tokens)  # fmt: skip
         usage["cost_usd"] = hold.cost_usd
+
+    @staticmethod
+    def cap_header(resp: Response, hold: Hold | None) -> None:
+        """``X-Hoosh-Max-Tokens``: the completion limit the gateway set for the budget."""
+        if hold is not None and hold.max_tokens is not None:
+            resp.headers["X-Hoosh-Max-Tokens"] = str(hold.max_tokens)
 
     def budget_headers(self, resp: Response, target: Target, hold: Hold | None) -> None:
         if hold is None or self.gw.accountant is None:
@@ -211,7 +242,7 @@ class ChatCall:
         doc.setdefault("created", self.created)
         doc["model"] = doc.get("model") or target.model
         doc["usage"] = chatfmt.normalize_usage(
-            doc.get("usage"), self.prompt_text, chatfmt.completion_text(doc)
+            doc.get("usage"), self.prompt_bound, chatfmt.completion_text(doc)
         )
         self.settle(hold, doc["usage"])
         self.maybe_store(target, target == targets[0], doc)
@@ -221,6 +252,7 @@ class ChatCall:
         resp = jsonify(doc)
         resp.headers["X-Hoosh-Cache"] = self.cache_state
         self.budget_headers(resp, target, hold)
+        self.cap_header(resp, hold)
         return inference_headers(resp, target.provider, target.model)
 
     def stream(self, targets: list[Target], base: dict[str, Any]) -> Response:
@@ -253,6 +285,7 @@ class ChatCall:
                 is_local=target.backend.is_local)  # fmt: skip
             if left is not None:
                 resp.headers["X-Hoosh-Budget-Remaining"] = left
+        self.cap_header(resp, first.hold if isinstance(first, Selected) else None)
         resp.headers["X-Hoosh-Cache"] = self.cache_state
         return inference_headers(resp, target.provider if target else None,
                                  target.model if target else None)  # fmt: skip
@@ -261,7 +294,7 @@ class ChatCall:
         self, source: Any, first: Any, target: Target | None, include_usage: bool
     ) -> Iterator[bytes]:
         usage = None
-        chars = 0  # streamed characters, for an estimate if no usage arrives
+        chars = 0  # streamed UTF-8 bytes: a bound of the completion if no usage arrives
         status = 200
         finished = False
         hold = first.hold if isinstance(first, Selected) else None
@@ -281,11 +314,11 @@ class ChatCall:
                         continue  # sent once, normalized, at the end
                     item = {k: v for k, v in item.items() if k != "usage"}
                 self._stamp(item, target)
-                chars += len(chatfmt.chunk_text(item))
+                chars += text_tokens(chatfmt.chunk_text(item))
                 if recorder is not None:
                     recorder.add(item)
                 yield chatfmt.sse(item)
-            usage = chatfmt.normalize_usage(usage, self.prompt_text, chars)
+            usage = chatfmt.normalize_usage(usage, self.prompt_bound, chars)
             self.settle(hold, usage)
             if recorder is not None and target is not None:
                 doc = recorder.completion()
@@ -322,7 +355,7 @@ class ChatCall:
                 status = 499  # the client went away mid-stream
             if target is not None:
                 if not isinstance(usage, dict) or "total_tokens" not in usage:
-                    usage = chatfmt.normalize_usage(usage, self.prompt_text, chars)
+                    usage = chatfmt.normalize_usage(usage, self.prompt_bound, chars)
                 if hold is not None and not hold.committed:
                     # Cut short (client gone, upstream died): bill what was streamed.
                     self.settle(hold, usage)

@@ -20,7 +20,6 @@ from werkzeug.exceptions import HTTPException
 from .. import chatfmt
 from ..errors import HooshError, InvalidRequest, UpstreamError
 from ..providers.anthropic import FINISH_REASONS
-from ..spend import estimate_prompt_tokens
 from .chat import serve_chat
 from .common import gateway, read_json
 
@@ -562,7 +561,7 @@ def create_message() -> Response:
         inner.set_data(json.dumps(to_message(inner.get_json(), msg_id, stops), ensure_ascii=False))
         return inner
     model = inner.headers.get("X-Hoosh-Model") or req["model"]
-    events = StreamEvents(msg_id, model, estimate_prompt_tokens(call.prompt_text), stops)
+    events = StreamEvents(msg_id, model, call.prompt_bound, stops)
     inner.response = _translated(events, inner.response)
     return inner
 

@@ -19,6 +19,7 @@ from werkzeug.exceptions import NotFound
 
 from .. import __version__
 from ..budget import period_bounds, scope_matches
+from ..orphans import orphan_summary
 from ..pricing import format_usd
 from .common import gateway
 
@@ -225,6 +226,7 @@ def status_snapshot(gw: Any) -> dict[str, Any]:
         "providers": _section("providers", lambda: provider_health(gw)),
         "budgets": _section("budgets", lambda: budget_status(gw)) if ledger else None,
         "spend": _section("spend", lambda: spend_status(ledger)) if ledger else None,
+        "orphans": _section("orphans", lambda: orphan_summary(ledger)) if ledger else None,
         "cache": _section("cache", lambda: cache.stats()) if cache is not None else None,
         "requests": _section("requests", lambda: request_totals(metrics)) if metrics else None,
     }

@@ -130,7 +130,9 @@ class HttpClient:
                 )
                 retry_after = None
             except requests.exceptions.ReadTimeout as e:
-                raise UpstreamTimeout(f"{cfg.name}: no answer within {cfg.timeout_s:g}s") from e
+                late = UpstreamTimeout(f"{cfg.name}: no answer within {cfg.timeout_s:g}s")
+                late.may_have_billed = True  # it got the request and may be working on it
+                raise late from e
             except requests.exceptions.ConnectionError as e:
                 err = UpstreamError(f"{cfg.name}: cannot connect ({self.clean(_short(e))})")
                 retry_after = None

@@ -1,0 +1,124 @@
+"""What a crash leaves in the books: orphaned reservations, and the operator's corrections.
+
+A request in flight when the process died (kill -9, power cut, OOM) may have been billed by the
+upstream, and nobody is left to say how much. So its reservation, an upper bound of what it could
+cost, is booked in the ledger as ``kind='orphaned'`` at the next start rather than dropped: a crash
+never un-spends. An operator who knows better (the provider's dashboard) appends a
+``kind='correction'`` row with ``hoosh-edge budget correct REQUEST_ID --usd X --reason "..."``;
+no ledger row is ever changed or deleted.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidRequest, NotFound
+from .pricing import format_usd
+
+if TYPE_CHECKING:
+    from .budget import SpendLedger
+
+_USAGE = ("prompt_tokens", "completion_tokens", "audio_ms", "characters", "requests",
+          "cost_micro_usd")  # fmt: skip
+_TARGET = ("request_id", "api_key", "provider", "model", "is_local")
+
+
+def settle_orphans(ledger: SpendLedger) -> int:
+    """Book every reservation of a dead process at its reserved amount; return how many."""
+    from .budget import _orphaned
+
+    with ledger.db.write() as db:
+        owners = db.execute("SELECT DISTINCT pid, owner FROM reservations").fetchall()
+        dead = [owner for pid, owner in owners if _orphaned(pid, owner)]
+        settled = 0
+        for owner in dead:
+            rows = db.execute("SELECT * FROM reservations WHERE owner = ?", [owner]).fetchall()
+            for row in rows:
+                columns = ("ts", *_TARGET, *_USAGE)
+                db.execute(
+                    f"INSERT INTO ledger ({', '.join(columns)}, kind) "
+                    f"VALUES ({', '.join('?' * len(columns))}, 'orphaned')",
+                    [row[c] for c in columns],
+                )
+            db.execute("DELETE FROM reservations WHERE owner = ?", [owner])
+            settled += len(rows)
+        if settled:
+            # Booked at their start time, maybe in a period whose running total exists: re-sum.
+            db.execute("DELETE FROM budget_usage")
+    return settled
+
+
+def parse_usd(text: Any) -> int:
+    """A non-negative USD amount with at most 6 decimals, as micro-dollars."""
+    try:
+        amount = Decimal(str(text).strip())
+    except InvalidOperation:
+        raise InvalidRequest(f"not a USD amount: {text!r}", param="usd") from None
+    micro = amount * 1_000_000
+    if not amount.is_finite() or amount < 0 or micro != micro.to_integral_value():
+        raise InvalidRequest("usd must be >= 0 with at most 6 decimals", param="usd")
+    return int(micro)
+
+
+def correct(ledger: SpendLedger, request_id: str, usd: Any, reason: str) -> dict[str, Any]:
+    """Append a row that makes ``request_id`` cost ``usd`` in total; return what was recorded."""
+    target_micro = parse_usd(usd)
+    if not reason or not reason.strip():
+        raise InvalidRequest("a correction needs a reason", param="reason")
+    with ledger.db.write() as db:
+        rows = db.execute(
+            "SELECT * FROM ledger WHERE request_id = ? ORDER BY id", [request_id]
+        ).fetchall()
+        if not rows:
+            raise NotFound(f"No ledger entry has request id '{request_id}'.", param="request_id")
+        before = sum(int(r["cost_micro_usd"]) for r in rows)
+        first = rows[0]
+        delta = target_micro - before
+        # Dated like the entry it corrects, so it counts in the same budget period.
+        columns = ("ts", *_TARGET)
+        entry = db.execute(
+            f"INSERT INTO ledger ({', '.join(columns)}, requests, cost_micro_usd, kind, note) "
+            f"VALUES ({', '.join('?' * len(columns))}, 0, ?, 'correction', ?)",
+            [*(first[c] for c in columns), delta, reason.strip()],
+        ).lastrowid
+        db.execute("DELETE FROM budget_usage")  # re-summed from the ledger when next read
+    return {
+        "entry": entry,
+        "request_id": request_id,
+        "was_usd": format_usd(before),
+        "now_usd": format_usd(target_micro),
+        "delta_usd": format_usd(delta) if delta >= 0 else "-" + format_usd(-delta),
+        "reason": reason.strip(),
+    }
+
+
+def orphan_summary(ledger: SpendLedger) -> dict[str, Any]:
+    """Orphaned entries and corrections in the ledger, for the status page."""
+    with ledger.db.read() as db:
+        rows = db.execute(
+            "SELECT kind, COUNT(*) AS n, SUM(cost_micro_usd) AS micro FROM ledger "
+            "WHERE kind != 'call' GROUP BY kind"
+        ).fetchall()
+        recent = db.execute(
+            "SELECT request_id, provider, model, cost_micro_usd FROM ledger "
+            "WHERE kind = 'orphaned' ORDER BY id DESC LIMIT 20"
+        ).fetchall()
+    by_kind = {r["kind"]: (r["n"], int(r["micro"] or 0)) for r in rows}
+    n, micro = by_kind.get("orphaned", (0, 0))
+    fixes, fixed = by_kind.get("correction", (0, 0))
+    return {
+        "orphaned": n,
+        "orphaned_usd": format_usd(micro),
+        "corrections": fixes,
+        "corrections_usd": format_usd(fixed) if fixed >= 0 else "-" + format_usd(-fixed),
+        "recent_orphans": [
+            {
+                "request_id": r["request_id"],
+                "provider": r["provider"],
+                "model": r["model"],
+                "cost_usd": format_usd(int(r["cost_micro_usd"])),
+            }  # fmt: skip
+            for r in recent
+        ],
+    }
