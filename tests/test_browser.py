@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
 import requests
 
 from tests.conftest import openai_provider_toml
@@ -103,3 +110,77 @@ def test_a_listed_origin_gets_cors_answers_but_never_on_admin(gateway_factory, f
     assert_error(r, 403, "cross_origin_refused")
     assert len(fake_openai.chat_requests) == 1
     assert "Traceback" not in gw.log
+
+
+# ---- in a real browser -------------------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+
+
+def chromium_dom(tmp: Path, url: str, *extra: str) -> str:
+    """Headless Chromium's DOM of ``url`` after its scripts ran."""
+    profile = tempfile.mkdtemp(dir=tmp, prefix="chromium-profile-")
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+           "--disable-sync", f"--user-data-dir={profile}", "--virtual-time-budget=3000",
+           "--dump-dom", *extra, url]  # fmt: skip
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
+class _Page(http.server.BaseHTTPRequestHandler):
+    html = b""
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(self.html)))
+        self.end_headers()
+        self.wfile.write(self.html)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@needs_chromium
+def test_a_page_on_another_origin_cannot_change_the_gateway(gateway_factory, tmp_path):
+    gw = gateway_factory("[server]\n")
+    # The attack: a page the user visits posts "simple" requests (no preflight) to the gateway.
+    script = f"""
+      const gw = {json.dumps(gw.url)};
+      const opts = (body) => ({{method: "POST", mode: "no-cors",
+                               headers: {{"Content-Type": "text/plain"}}, body}});
+      Promise.allSettled([
+        fetch(gw + "/admin/budgets", opts({json.dumps(json.dumps(RULE))})),
+        fetch(gw + "/admin/keys", opts('{{"name": "lockout"}}')),
+      ]).then(() => {{ document.body.dataset.sent = "yes"; }});
+    """
+    handler = type("Page", (_Page,), {"html": f"<body><script>{script}</script></body>".encode()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        dom = chromium_dom(tmp_path, f"http://127.0.0.1:{server.server_address[1]}/")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert 'data-sent="yes"' in dom
+    # The browser did send both (the access log has them), and both were refused.
+    for path in ("/admin/budgets", "/admin/keys"):
+        assert f'"method":"POST","path":"{path}","status":403' in gw.log, gw.log[-2000:]
+    assert requests.get(gw.url + "/admin/budgets", timeout=5).json()["data"] == []
+    assert requests.get(gw.url + "/admin/keys", timeout=5).json()["data"] == []
+
+
+@needs_chromium
+def test_a_rebinding_name_cannot_read_the_admin_api_in_a_browser(gateway_factory, tmp_path):
+    gw = gateway_factory("[server]\n")
+    # What DNS rebinding achieves: the attacker's name resolving to the gateway's address.
+    rule = "--host-resolver-rules=MAP rebind.evil.example 127.0.0.1"
+    dom = chromium_dom(tmp_path, f"http://rebind.evil.example:{port(gw.url)}/admin/keys", rule)
+    assert "host_not_allowed" in dom and '"object"' not in dom, dom[:500]
+    assert '"path":"/admin/keys","status":421' in gw.log
