@@ -6,6 +6,7 @@ their sockets' source address to them and connect to the gateway on 127.0.0.1.
 
 from __future__ import annotations
 
+import re
 import resource
 import socket
 import time
@@ -14,7 +15,9 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from tests.conftest import GatewayProcess
+from hoosh_edge.config import ConfigError, ServerConfig, parse_config
+from hoosh_edge.connections import ConnectionLimits
+from tests.conftest import ROOT, GatewayProcess
 
 
 def addr(gw: GatewayProcess) -> tuple[str, int]:
@@ -228,3 +231,27 @@ def test_a_body_that_does_not_arrive_gets_408_and_a_close(gateway_factory):
     assert metric(gw, 'hoosh_connection_timeouts_total{phase="body"}') == 1
     assert health_ms(gw) < 500
     assert_clean_log(gw)
+
+
+def test_the_unit_file_limit_fits_the_default_caps():
+    unit = (ROOT / "systemd" / "hoosh-edge.service").read_text()
+    nofile = int(
+        next(ln.split("=", 1)[1] for ln in unit.splitlines() if ln.startswith("LimitNOFILE="))
+    )
+    limits = ConnectionLimits.fit(ServerConfig(), nofile)
+    assert limits.max_connections == ServerConfig().max_connections == 1000
+
+
+@pytest.mark.parametrize(
+    ("server", "message"),
+    [
+        ({"header_timeout_s": 0}, "'server.header_timeout_s' must be > 0"),
+        ({"max_connections_per_client": 0}, "'server.max_connections_per_client' must be >= 1"),
+        ({"body_timeout_s": "soon"}, "'server.body_timeout_s' must be int or float"),
+        ({"cors_origins": ["http://app.example/path"]}, "must be an origin such as"),
+        ({"public_paths": ["/v1/models"]}, "is not one of /, /metrics, /v1/health"),
+    ],
+)
+def test_bad_connection_and_browser_keys_name_themselves(server, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_config({"server": server}, src="t.toml", env={})
