@@ -17,7 +17,7 @@ import requests
 
 from hoosh_edge.config import ConfigError, ServerConfig, parse_config
 from hoosh_edge.connections import ConnectionLimits
-from tests.conftest import ROOT, GatewayProcess
+from tests.conftest import ROOT, GatewayProcess, openai_provider_toml
 
 
 def addr(gw: GatewayProcess) -> tuple[str, int]:
@@ -129,8 +129,8 @@ def _small_file_limit() -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
 
 
-def test_the_caps_fit_under_the_open_file_limit(gateway_factory):
-    gw = gateway_factory("[server]\n", preexec_fn=_small_file_limit)
+def test_the_caps_fit_under_the_open_file_limit(gateway_factory, fake_openai):
+    gw = gateway_factory(openai_provider_toml(fake_openai), preexec_fn=_small_file_limit)
     # (256 - 128 spare) / 2 per connection - 16 for the loopback reserve = 48.
     assert any("at most 48 " in line for line in gw.banner), gw.banner
     assert "does not fit the open-file limit of 256" in gw.log
@@ -149,6 +149,9 @@ def test_the_caps_fit_under_the_open_file_limit(gateway_factory):
             time.sleep(0.2)  # the gateway accepts the backlog in batches
         assert refused() == 300 - 48
         assert metric(gw, "hoosh_connections_open") == 48 + 1  # + this scrape, from the reserve
+        # A call that needs a second file (its upstream connection) still goes through.
+        chat = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        assert requests.post(gw.url + "/v1/chat/completions", json=chat, timeout=10).ok
     finally:
         for s in held:
             s.close()
