@@ -6,8 +6,10 @@ client of a 0.0.0.0 listener is still talking to a LAN-exposed gateway.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -119,3 +121,18 @@ def test_revoke_keep_one_refuses_only_the_last_active_key(tmp_path):
         assert store.revoke("b")  # without the rule (a loopback gateway) it may go
     finally:
         db.close()
+
+
+def test_a_reload_that_would_drop_every_key_of_a_lan_gateway_is_refused(gateway_factory):
+    gw = gateway_factory(f'[server]\napi_keys = ["{KEY}"]\n', args=["--host", "0.0.0.0"])
+    url = loopback(gw)
+    gw.config_path.write_text("[server]\n")
+    assert gw.proc is not None
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "config reload refused" not in gw.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert "config reload refused" in gw.log and "without API keys" in gw.log
+    assert requests.get(url + "/v1/models", timeout=5).status_code == 401
+    ok = requests.get(url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=5)
+    assert ok.status_code == 200
