@@ -12,9 +12,10 @@ from typing import Any
 from flask import Flask, Response, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import __version__
+from . import __version__, browser
 from .config import Config, load_config
 from .errors import HooshError
+from .exposure import Exposure, needs_key
 from .metrics import Metrics
 from .providers.base import CallContext, ChatBackend
 from .router import Router, Target
@@ -60,6 +61,7 @@ class Gateway:
 
         self.auth = Authenticator(None, StaticKeys(config.server.api_keys, config.server.admin_key))
         self.limiter = RateLimiter()
+        self.exposure = Exposure()
         self.inflight = 0  # requests whose response has not finished (a stream counts to its end)
         self.router = Router(config, self.local_backends + build_providers(config))
         self.metrics.gauge_callback(self._gauges)
@@ -183,6 +185,7 @@ class Gateway:
         """
         from .cache import CachePolicy
         from .config import ConfigError, load_config
+        from .exposure import StartupError, check_exposure
         from .keys import Authenticator, StaticKeys
         from .pricing import PriceTable
         from .spend import Accountant
@@ -193,9 +196,10 @@ class Gateway:
             prices = PriceTable(dict(new.pricing))
             policy = CachePolicy.from_config(new.cache)
             router = Router(new, self.local_backends + build_providers(new))
+            check_exposure(new, keys_exist=self.keys is not None and self.keys.has_active_keys())
             if self.ledger is not None:
                 self.ledger.seed_rules([dict(b) for b in new.budgets])
-        except (ConfigError, HooshError, ValueError) as e:
+        except (ConfigError, HooshError, ValueError, StartupError) as e:
             message = e.message if isinstance(e, HooshError) else str(e)
             log.error("config reload refused, keeping the running config: %s", message)
             return {"reloaded": False, "error": message}
@@ -365,7 +369,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.register_blueprint(models_bp)
 
     @app.before_request
-    def _start() -> None:
+    def _start() -> Response | None:
         incoming = request.headers.get("X-Request-Id", "")
         g.request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex[:24]
         gateway.inflight += 1
@@ -374,17 +378,23 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         g.log_fields = None
         g.key = None
         g.key_name = None
-        path = request.path
-        if (path.startswith("/v1/") and path != "/v1/health") or path.startswith("/admin"):
+        path, server = request.path, gateway.config.server
+        preflight = browser.check(server, request)  # Host and Origin, before any key is read
+        if preflight is not None:
+            return preflight
+        gateway.exposure.check(server, gateway.auth.keys_exist, path)
+        if needs_key(server, path):
             record = gateway.auth.authenticate_request(request.headers, path=path)
             if record is not None:
                 g.key, g.key_name = record, record.name
                 g.lease = gateway.limiter.acquire(
                     record.name, rpm=record.rpm, max_concurrent=record.max_concurrent
                 )
+        return None
 
     @app.after_request
     def _finish(resp: Response) -> Response:
+        browser.add_cors_headers(gateway.config.server, request, resp)
         lease = g.pop("lease", None)
         if lease is not None:
             resp.call_on_close(lease.release)  # a stream holds its slot until it ends

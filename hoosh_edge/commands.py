@@ -81,7 +81,18 @@ def cmd_keys(args: argparse.Namespace, config: Config) -> int:
                                 "created_at", "last_used_at", "revoked_at"])  # fmt: skip
             return 0
         if args.action == "revoke":
-            if store.revoke(args.name):
+            from .errors import LastKey
+            from .exposure import last_key_message, must_keep_a_key
+
+            # The running gateway re-checks too (it may listen elsewhere than this config says).
+            keep = last_key_message(config.server, args.name)
+            try:
+                revoked = store.revoke(args.name, keep_one=keep if must_keep_a_key(config.server)
+                                       else None)  # fmt: skip
+            except LastKey as e:
+                print(f"Refused: {e.message}", file=sys.stderr)
+                return 1
+            if revoked:
                 print(f"Revoked key '{args.name}'.")
                 return 0
             print(f"No active key named '{args.name}'.", file=sys.stderr)

@@ -42,6 +42,17 @@ class ServerConfig:
     request_timeout_s: float = 600.0
     log_level: str = "info"
     durability: str = "full"  # full: paid spend survives a power cut; normal: a crash only
+    # Connections (hoosh_edge/connections.py): how long a peer may take, how many it may hold.
+    header_timeout_s: float = 10.0  # request line + headers, from the first byte
+    body_timeout_s: float = 120.0  # the whole request body, from the end of the headers
+    keepalive_timeout_s: float = 30.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1000  # in total (lowered to fit the open-file limit)
+    max_connections_per_client: int = 64  # per client IP address
+    loopback_reserve: int = 16  # kept for 127.0.0.1 / ::1 beyond max_connections
+    # Browsers (hoosh_edge/browser.py): which Host names and cross-origin pages are accepted.
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    public_paths: tuple[str, ...] | None = None  # None: by listener (see PUBLIC_PATHS)
 
 
 @dataclass(frozen=True)
@@ -187,7 +198,61 @@ def _parse_server(t: dict, src: str, env: dict[str, str], warnings: list[str]) -
         ),
         log_level=_typed(t, "log_level", str, "server.", src, d.log_level),
         durability=_durability(_typed(t, "durability", str, "server.", src, d.durability), src),
+        **_parse_connections(t, src, d),
+        allowed_hosts=_strings(t, "allowed_hosts", src),
+        cors_origins=tuple(_origin(o, src) for o in _strings(t, "cors_origins", src)),
+        public_paths=_public_paths(t, src),
     )
+
+
+# Paths that may answer without a key on a keyed gateway. /health (liveness, version only)
+# always does; these are public on a loopback listener and keyed beyond it unless listed.
+PUBLIC_PATHS = ("/", "/metrics", "/v1/health")
+
+
+def _parse_connections(t: dict, src: str, d: ServerConfig) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
+        value = float(_typed(t, key, (int, float), "server.", src, getattr(d, key)))
+        if not value > 0:
+            raise ConfigError(f"{src}: 'server.{key}' must be > 0, got {value}")
+        out[key] = value
+    for key in ("max_connections", "max_connections_per_client", "loopback_reserve"):
+        value = _typed(t, key, int, "server.", src, getattr(d, key))
+        if value < (0 if key == "loopback_reserve" else 1):
+            raise ConfigError(f"{src}: 'server.{key}' must be >= 1, got {value}")
+        out[key] = value
+    return out
+
+
+def _strings(t: dict, key: str, src: str) -> tuple[str, ...]:
+    values = _typed(t, key, list, "server.", src, [])
+    if not all(isinstance(v, str) and v.strip() for v in values):
+        raise ConfigError(f"{src}: 'server.{key}' must be a list of non-empty strings")
+    return tuple(v.strip().lower() for v in values)
+
+
+def _origin(value: str, src: str) -> str:
+    """A browser origin as browsers send it: scheme://host[:port], no path."""
+    if value == "*" or re.fullmatch(r"https?://[a-z0-9.\-\[\]:]+", value.rstrip("/")):
+        return value.rstrip("/")
+    raise ConfigError(
+        f"{src}: 'server.cors_origins' entry {value!r} must be an origin such as "
+        '"http://192.168.1.20:3000" (scheme, host and port only) or "*"'
+    )
+
+
+def _public_paths(t: dict, src: str) -> tuple[str, ...] | None:
+    if "public_paths" not in t:
+        return None
+    paths = _strings(t, "public_paths", src)
+    for p in paths:
+        if p not in PUBLIC_PATHS and p != "/health":
+            raise ConfigError(
+                f"{src}: 'server.public_paths' entry {p!r} is not one of "
+                f"{', '.join(PUBLIC_PATHS)} (every other path needs a key once keys exist)"
+            )
+    return paths
 
 
 def _durability(value: str, src: str) -> str:

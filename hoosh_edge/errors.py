@@ -10,6 +10,11 @@ Every failure a client can see is a ``HooshError``. Its class says the HTTP stat
     |   +-- UnsupportedMediaType (415)
     +-- AuthenticationError (401)
     +-- PermissionDenied (403)
+    |   +-- CrossOriginRefused (code cross_origin_refused)
+    +-- RequestTimeout (408)
+    +-- Conflict (409)
+    |   +-- LastKey (code last_key)
+    +-- MisdirectedRequest (421, code host_not_allowed)
     +-- NotFound (404)
     |   +-- ModelNotFound (code model_not_found)
     +-- PayloadTooLarge (413)
@@ -94,6 +99,38 @@ class PermissionDenied(HooshError):
     status = 403
     type = "permission_error"
     code = "permission_denied"
+
+
+class CrossOriginRefused(PermissionDenied):
+    code = "cross_origin_refused"
+
+
+class RequestTimeout(HooshError):
+    """The client did not send its request body in time (server.body_timeout_s)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class Conflict(HooshError):
+    status = 409
+    type = "invalid_request_error"
+    code = "conflict"
+
+
+class LastKey(Conflict):
+    """Revoking this key would leave a gateway that listens beyond loopback with no key."""
+
+    code = "last_key"
+
+
+class MisdirectedRequest(HooshError):
+    """The Host header names no name this gateway is known by (e.g. a DNS-rebinding page)."""
+
+    status = 421
+    type = "invalid_request_error"
+    code = "host_not_allowed"
 
 
 class NotFound(HooshError):

@@ -11,7 +11,7 @@ Who may do what (``Authenticator.authenticate_request``):
 
 - No key exists at all (no ``api_keys``, no ``admin_key``, no active stored key): the gateway is
   open, every path is allowed and ``None`` is returned. Anything the client sends is ignored,
-  because SDKs always send *some* key. ``server.check_exposure`` keeps such a gateway on loopback.
+  because SDKs always send *some* key. ``exposure`` keeps such a gateway on loopback.
 - Otherwise every request needs a key, as ``Authorization: Bearer KEY`` (any case of ``Bearer``)
   or ``x-api-key: KEY``: missing or unknown/revoked keys get 401.
 - ``/admin/*`` needs the admin key: a valid non-admin key gets 403. With no admin key configured,
@@ -42,7 +42,13 @@ from datetime import datetime, timezone
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from .errors import AuthenticationError, InvalidRequest, PermissionDenied, ServiceUnavailable
+from .errors import (
+    AuthenticationError,
+    InvalidRequest,
+    LastKey,
+    PermissionDenied,
+    ServiceUnavailable,
+)
 
 if TYPE_CHECKING:
     from .db import Database
@@ -254,9 +260,23 @@ class KeyStore:
             sql = "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)"
             return bool(db.execute(sql).fetchone()[0])
 
-    def revoke(self, name: str) -> bool:
-        """Revoke a key; False if there is no such active key."""
+    def revoke(self, name: str, *, keep_one: str | None = None) -> bool:
+        """Revoke a key; False if there is no such active key.
+
+        With ``keep_one`` (the reason), revoking the last active key raises ``LastKey`` instead;
+        the count and the revocation are one transaction, so two revocations at once cannot
+        both pass.
+        """
         with self.db.write() as db:
+            if keep_one is not None:
+                others = db.execute(
+                    "SELECT COUNT(*) FROM api_keys WHERE revoked_at IS NULL AND name != ?", [name]
+                ).fetchone()[0]
+                mine = db.execute(
+                    "SELECT 1 FROM api_keys WHERE revoked_at IS NULL AND name = ?", [name]
+                ).fetchone()
+                if mine and not others:
+                    raise LastKey(keep_one)
             cur = db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 [_utc(self.clock()), name],

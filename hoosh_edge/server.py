@@ -11,16 +11,15 @@ from typing import TextIO
 
 import gevent
 import gevent.pool
-from gevent.pywsgi import WSGIServer
 
 from . import __version__, sdnotify
-from .config import Config, is_loopback
+from .config import Config
+from .connections import ConnectionLimits, GatewayServer, raise_open_file_limit
+from .exposure import StartupError, check_exposure
+
+__all__ = ["StartupError", "check_exposure", "make_listener", "serve"]
 
 log = logging.getLogger("hoosh_edge")
-
-
-class StartupError(Exception):
-    """The gateway must not start as configured; the message says why and what to do."""
 
 
 def make_listener(host: str, port: int) -> socket.socket:
@@ -42,18 +41,6 @@ def make_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
-def check_exposure(config: Config, keys_exist: bool = False) -> None:
-    """Refuse to serve the LAN without keys unless the operator said so."""
-    s = config.server
-    if is_loopback(s.host) or s.api_keys or keys_exist or s.allow_unauthenticated:
-        return
-    raise StartupError(
-        f"refusing to listen on {s.host} without API keys: anyone on the network could use "
-        "(and spend through) this gateway. Set [server] api_keys (or create keys with "
-        "'hoosh-edge keys create'), or set server.allow_unauthenticated = true if you really mean it."
-    )
-
-
 def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     """Start the gateway and block until SIGTERM / SIGINT."""
     from .app import create_app
@@ -72,9 +59,12 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     gateway.start_probe(interval_s=max(1.0, config.routing.breaker_cooldown_s / 2))
     listener = make_listener(config.server.host, config.server.port)
     host, port = listener.getsockname()[:2]
-    # A pool (unbounded) lets stop() wait for in-flight requests: SIGTERM drains, not drops.
-    server = WSGIServer(listener, app, log=None, error_log=logging.getLogger("hoosh_edge.wsgi"),
-                        spawn=gevent.pool.Pool())  # fmt: skip
+    limits = ConnectionLimits.fit(config.server, raise_open_file_limit())
+    # A pool (unbounded: the caps are ConnectionCounter's, and closing at accept never stalls the
+    # accept loop) lets stop() wait for in-flight requests: SIGTERM drains, not drops.
+    server = GatewayServer(listener, app, limits=limits, metrics=gateway.metrics, log=None,
+                           error_log=logging.getLogger("hoosh_edge.wsgi"),
+                           spawn=gevent.pool.Pool())  # fmt: skip
 
     def drain_and_stop(timeout: float = 10.0) -> None:
         server.close()  # no new connections
@@ -101,6 +91,9 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         print(f"  {line}", file=out)
     if config.source:
         print(f"  config: {config.source}", file=out)
+    print(f"  connections: at most {limits.max_connections} ({limits.per_client} per client, "
+          f"{limits.loopback_reserve} more for 127.0.0.1); open-file limit "
+          f"{limits.open_file_limit}", file=out)  # fmt: skip
     out.flush()
     sdnotify.notify_ready(f"listening on http://{shown}:{port}")
     watchdog = sdnotify.start_watchdog(lambda: server.started)

@@ -23,7 +23,7 @@ class GatewayProcess:
     """``python hoosh_edge.py`` in a child process, on a free port."""
 
     def __init__(self, config_text: str, tmp: Path, env: dict[str, str] | None = None,
-                 args: list[str] | None = None) -> None:  # fmt: skip
+                 args: list[str] | None = None, preexec_fn: Any = None) -> None:  # fmt: skip
         self.tmp = tmp
         self.config_path = tmp / "hoosh-edge.toml"
         self.config_path.write_text(config_text)
@@ -31,6 +31,7 @@ class GatewayProcess:
         self.env.update(env or {})
         self.env.setdefault("PYTHONUNBUFFERED", "1")
         self.args = args or []
+        self.preexec_fn = preexec_fn  # runs in the child before exec, e.g. to set rlimits
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.stderr_lines: list[str] = []
@@ -40,7 +41,7 @@ class GatewayProcess:
                "--port", "0", *self.args]  # fmt: skip
         self.proc = subprocess.Popen(
             cmd, cwd=self.tmp, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True,
+            text=True, preexec_fn=self.preexec_fn,
         )  # fmt: skip
         threading.Thread(target=self._drain_stderr, daemon=True).start()
         deadline = time.monotonic() + timeout

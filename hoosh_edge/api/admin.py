@@ -7,6 +7,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request
 
 from ..errors import InvalidRequest, NotFound, ServiceUnavailable
+from ..exposure import last_key_message, must_keep_a_key
 from .common import gateway, read_json
 
 bp = Blueprint("admin", __name__)
@@ -133,7 +134,9 @@ def _rules_changed() -> None:
 
 @bp.delete("/admin/keys/<name>")
 def revoke_key(name: str) -> Response:
-    if not _need("keys").revoke(name):
+    server = gateway().config.server
+    keep = last_key_message(server, name) if must_keep_a_key(server) else None
+    if not _need("keys").revoke(name, keep_one=keep):
         raise NotFound(f"No active key named '{name}'.")
     return jsonify({"revoked": name})
 
