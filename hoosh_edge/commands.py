@@ -269,6 +269,53 @@ def cmd_speak(args: argparse.Namespace, config: Config) -> int:
 # -- doctor -------------------------------------------------------------------------------------
 
 
+def _recovery_steps(path: Path) -> str:
+    """How to get a working database back from a damaged one."""
+    broken = path.with_name(path.name + ".broken")
+    new = path.with_name(path.name + ".recovered")
+    cli = "sqlite3" if shutil.which("sqlite3") else "sqlite3 (sudo apt-get install sqlite3)"
+    return (
+        "the gateway will not start on it, and nothing has changed it. To recover:\n"
+        "       1. stop the service:    sudo systemctl stop hoosh-edge\n"
+        f"       2. copy it aside:       cp -a {path} {broken}  (and its -wal file, if there is one)\n"
+        f"       3. recover what SQLite can read, with the {cli} command:\n"
+        f"            sqlite3 {broken} .recover | sqlite3 {new}\n"
+        f"          then put it in place: mv {new} {path}  (and remove {path}-wal, {path}-shm)\n"
+        f"          or start fresh:       mv {path} {broken}  (config budgets come back;\n"
+        "          API keys, the spend ledger and the cache are lost)\n"
+        "       4. check and start:     hoosh-edge doctor && sudo systemctl start hoosh-edge"
+    )
+
+
+def _doctor_database(data_dir: Path) -> int:
+    """Check the database file read-only (``PRAGMA integrity_check``); 1 if it is damaged."""
+    from . import storage
+    from .db import DB_FILENAME
+
+    path = data_dir / DB_FILENAME
+    if not path.exists():
+        print(f"[--] database {path}: not created yet (the gateway creates it at start)")
+        return 0
+    try:
+        with path.open("rb") as f:
+            header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+        found = [] if size == 0 else [p for p in [storage.header_problem(header, size)] if p]
+        found = found or storage.integrity_problems(path)
+    except OSError as e:
+        print(f"[!!] database {path}: cannot read it ({e.strerror or e})\n"
+              "     fix: make it readable and writable by the user running hoosh-edge")  # fmt: skip
+        return 1
+    except Exception as e:  # noqa: BLE001 - the doctor reports, never crashes
+        found = [f"{type(e).__name__}: {e}"]
+    if not found:
+        print(f"[ok] database {path}: integrity_check ok")
+        return 0
+    print(f"[!!] database {path}: damaged ({'; '.join(found[:3])})")
+    print(f"     fix: {_recovery_steps(path)}")
+    return 1
+
+
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     """Check what the gateway needs and say what to fix."""
     import importlib.util
@@ -317,6 +364,7 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     free = shutil.disk_usage(probe if probe.exists() else Path.cwd()).free
     report(free > 1024**3, f"free disk {free // (1024 * 1024)} MiB at {probe}",
            "free some disk space: the database and models live there")  # fmt: skip
+    problems += _doctor_database(data_dir)
     report(True, f"config {config.source or '(defaults)'} is valid")
     for w in config.warnings:
         report(False, f"config: {w}", "set the variable or fix the config")
