@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -269,17 +270,38 @@ def cmd_speak(args: argparse.Namespace, config: Config) -> int:
 # -- doctor -------------------------------------------------------------------------------------
 
 
+def _recover_command(broken: Path, new: Path) -> str:
+    """The best way the installed ``sqlite3`` command has to copy out what a damaged file holds.
+
+    ``.recover`` reads page by page and saves the most, but needs the ``sqlite_dbpage`` table,
+    which Debian's build (bookworm, and so Raspberry Pi OS) lacks: there ``.recover`` fails with
+    "no such table: sqlite_dbpage". ``.dump`` works everywhere; it ends with ROLLBACK when it met
+    damage, which the ``sed`` turns into COMMIT so what it could read is kept.
+    """
+    recover = f"sqlite3 {broken} .recover | sqlite3 {new}"
+    dump = (f"sqlite3 {broken} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' "
+            f"| sqlite3 {new}")  # fmt: skip
+    exe = shutil.which("sqlite3")
+    if exe is None:
+        return f"{dump}\n          (first: sudo apt-get install sqlite3)"
+    try:
+        probe = subprocess.run([exe, ":memory:", "SELECT count(*) FROM sqlite_dbpage"],
+                               capture_output=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return dump
+    return recover if probe.returncode == 0 and not probe.stderr else dump
+
+
 def _recovery_steps(path: Path) -> str:
     """How to get a working database back from a damaged one."""
     broken = path.with_name(path.name + ".broken")
     new = path.with_name(path.name + ".recovered")
-    cli = "sqlite3" if shutil.which("sqlite3") else "sqlite3 (sudo apt-get install sqlite3)"
     return (
         "the gateway will not start on it, and nothing has changed it. To recover:\n"
         "       1. stop the service:    sudo systemctl stop hoosh-edge\n"
         f"       2. copy it aside:       cp -a {path} {broken}  (and its -wal file, if there is one)\n"
-        f"       3. recover what SQLite can read, with the {cli} command:\n"
-        f"            sqlite3 {broken} .recover | sqlite3 {new}\n"
+        "       3. copy out what SQLite can still read:\n"
+        f"            {_recover_command(broken, new)}\n"
         f"          then put it in place: mv {new} {path}  (and remove {path}-wal, {path}-shm)\n"
         f"          or start fresh:       mv {path} {broken}  (config budgets come back;\n"
         "          API keys, the spend ledger and the cache are lost)\n"
