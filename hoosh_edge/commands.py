@@ -191,6 +191,12 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         return 1
     doc = health.json()
     print(f"gateway {url}: {doc['status']}")
+    storage = doc.get("storage")
+    if storage:
+        extra = f" — {storage['error']}" if storage.get("error") else ""
+        waiting = storage.get("pending_usage") or 0
+        extra += f" ({waiting} usage record(s) wait in memory)" if waiting else ""
+        print(f"  storage {storage['data_dir']}: {storage['state']}{extra}")
     for p in doc["providers"]:
         extra = f" — {p['last_error']}" if p.get("last_error") else ""
         print(f"  provider {p['name']:16} {p['state']}{extra}")

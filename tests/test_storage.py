@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.conftest import openai_provider_toml
+from tests.conftest import ROOT, openai_provider_toml
 from tests.synth_gguf import make_tiny_gguf
 
 PRICED = """
@@ -135,6 +136,11 @@ def test_full_disk_refuses_paid_calls_serves_local_ones_and_recovers(
     assert live.status_code == 200 and live.json()["storage"] == "unavailable"
     metrics = requests.get(gw.url + "/metrics", timeout=5).text
     assert "hoosh_storage_writable 0" in metrics and "hoosh_usage_pending 3" in metrics
+    status = subprocess.run([sys.executable, "-m", "hoosh_edge", "status", "--server", gw.url],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)  # fmt: skip
+    assert status.stdout.startswith(f"gateway {gw.url}: degraded"), status.stdout
+    assert f"storage {data}: unavailable" in status.stdout
+    assert "(3 usage record(s) wait in memory)" in status.stdout
 
     filler.unlink()  # space is back; no restart
     r = paid(gw)
