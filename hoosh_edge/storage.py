@@ -84,9 +84,25 @@ def _kind(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
+def _no_space(directory: Path) -> bool:
+    """Whether the disk under ``directory`` has no block left for us."""
+    try:
+        return os.statvfs(directory).f_bavail == 0
+    except OSError:
+        return False
+
+
+def _kind_here(exc: BaseException, directory: Path) -> tuple[str, str] | None:
+    kind = _kind(exc)
+    # SQLite reports a -shm or -wal it could not grow as an I/O error; the disk says why.
+    if kind is _IOERR and _no_space(directory):
+        return _FULL
+    return kind
+
+
 def classify(exc: BaseException, directory: Path) -> StorageUnavailable | None:
     """The ``StorageUnavailable`` a sqlite3 or OS error means, or None if it is no storage fault."""
-    kind = _kind(exc)
+    kind = _kind_here(exc, directory)
     if kind is None:
         return None
     what, fix = kind
@@ -211,7 +227,7 @@ def check_database_file(path: Path) -> None:
         finally:
             conn.close()
     except sqlite3.Error as e:
-        kind = _kind(e)
+        kind = _kind_here(e, path.parent)
         if kind is _DAMAGED:
             raise _damaged(path, str(e)) from None
         what, fix = kind or (str(e), "run 'hoosh-edge doctor'")

@@ -134,6 +134,19 @@ def test_a_data_dir_to_create_on_a_read_only_disk(tmp_path, tmpfs):
     assert f"cannot create data_dir {mnt / 'state'} (Read-only file system)" in line
 
 
+def test_a_full_disk_at_start(tmp_path, tmpfs):
+    from tests.test_storage import fill
+
+    mnt, _ = tmpfs
+    data = mnt / "state"
+    db = real_database(data)
+    before = fingerprint(db)
+    fill(mnt)
+    line = one_line(start(tmp_path, data))
+    assert f"the database {db} (the disk is full" in line and "free some space there" in line
+    assert fingerprint(db) == before
+
+
 def _unprivileged() -> list[str]:
     if os.geteuid() != 0:
         return []
