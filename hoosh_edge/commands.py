@@ -289,7 +289,7 @@ def _recover_command(broken: Path, new: Path) -> str:
             f"| sqlite3 {new}")  # fmt: skip
     exe = shutil.which("sqlite3")
     if exe is None:
-        return f"{dump}\n          (first: sudo apt-get install sqlite3)"
+        return f"{dump}   (first: sudo apt-get install sqlite3)"
     try:
         probe = subprocess.run([exe, ":memory:", "SELECT count(*) FROM sqlite_dbpage"],
                                capture_output=True, timeout=10)  # fmt: skip
@@ -298,21 +298,21 @@ def _recover_command(broken: Path, new: Path) -> str:
     return recover if probe.returncode == 0 and not probe.stderr else dump
 
 
-def _recovery_steps(path: Path) -> str:
-    """How to get a working database back from a damaged one."""
+def _recovery_steps(path: Path) -> list[str]:
+    """How to get a working database back from a damaged one, a line a step."""
     broken = path.with_name(path.name + ".broken")
     new = path.with_name(path.name + ".recovered")
-    return (
-        "the gateway will not start on it, and nothing has changed it. To recover:\n"
-        "       1. stop the service:    sudo systemctl stop hoosh-edge\n"
-        f"       2. copy it aside:       cp -a {path} {broken}  (and its -wal file, if there is one)\n"
-        "       3. copy out what SQLite can still read:\n"
-        f"            {_recover_command(broken, new)}\n"
-        f"          then put it in place: mv {new} {path}  (and remove {path}-wal, {path}-shm)\n"
-        f"          or start fresh:       mv {path} {broken}  (config budgets come back;\n"
-        "          API keys, the spend ledger and the cache are lost)\n"
-        "       4. check and start:     hoosh-edge doctor && sudo systemctl start hoosh-edge"
-    )
+    return [
+        "the gateway will not start on it, and nothing has changed it. To recover:",
+        "1. stop the service: sudo systemctl stop hoosh-edge",
+        f"2. copy it aside (with its -wal file, if there is one): cp -a {path} {broken}",
+        "3. copy out what SQLite can still read into a new file:",
+        f"   {_recover_command(broken, new)}",
+        f"   then put it in place: mv {new} {path} (and remove {path}-wal and {path}-shm)",
+        f"   or start fresh: mv {path} {broken} (budgets in the config come back; API keys,",
+        "   the spend ledger and the cache are lost)",
+        "4. check, then start: hoosh-edge doctor && sudo systemctl start hoosh-edge",
+    ]
 
 
 def _doctor_database(data_dir: Path) -> int:
@@ -340,7 +340,8 @@ def _doctor_database(data_dir: Path) -> int:
         print(f"[ok] database {path}: integrity_check ok")
         return 0
     print(f"[!!] database {path}: damaged ({'; '.join(found[:3])})")
-    print(f"     fix: {_recovery_steps(path)}")
+    for line in _recovery_steps(path):
+        print(f"     fix: {line}")
     return 1
 
 

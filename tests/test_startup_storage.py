@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -243,6 +244,8 @@ def test_doctor_finds_the_damage_and_the_recovery_it_gives_works(tmp_path, gatew
     r = doctor(tmp_path, data)
     assert r.returncode == 1
     assert f"[!!] database {db}: damaged (" in r.stdout, r.stdout
+    for line in r.stdout.splitlines()[:-1]:  # the doctor's line format holds for the recovery too
+        assert re.match(r"^(\[(ok|!!|--)\] |     fix: )", line), line
     for step in ("sudo systemctl stop hoosh-edge", f"cp -a {db} {db}.broken",
                  f"sqlite3 {db}.broken .", f"| sqlite3 {db}.recovered",
                  f"mv {db}.recovered {db}", "start fresh"):  # fmt: skip
@@ -253,8 +256,8 @@ def test_doctor_finds_the_damage_and_the_recovery_it_gives_works(tmp_path, gatew
         pytest.skip("the sqlite3 command is not installed (apt-get install sqlite3)")
     # Follow the advice as printed: the copy, then the one command it gives for this sqlite3.
     shutil.copy2(db, f"{db}.broken")
-    command = next(line.strip() for line in r.stdout.splitlines()
-                   if line.strip().startswith(f"sqlite3 {db}.broken"))  # fmt: skip
+    steps = [line.removeprefix("     fix:").strip() for line in r.stdout.splitlines()]
+    command = next(step for step in steps if step.startswith(f"sqlite3 {db}.broken"))
     recover = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60)
     assert recover.returncode == 0, recover.stderr
     os.replace(f"{db}.recovered", db)
