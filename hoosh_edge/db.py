@@ -175,7 +175,8 @@ class Database:
         self._wlock = _allocate_lock()
         self._rlock = _allocate_lock()
         self._writer: tuple[int, int] | None = None
-        self.state = storage.StorageState(self.path.parent)
+        self.folder = self.path.parent.absolute()  # what messages name, whatever the cwd
+        self.state = storage.StorageState(self.folder)
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: the driver never opens transactions behind our back; we BEGIN.
@@ -196,7 +197,7 @@ class Database:
         synchronous: str = "FULL",
     ) -> Database:
         """Open (creating if needed) ``<data_dir>/hoosh-edge.db`` and apply pending migrations."""
-        directory = Path(data_dir)
+        directory = Path(data_dir).absolute()  # messages name the real folder, not "data"
         storage.prepare_data_dir(directory)
         path = directory / DB_FILENAME
         storage.check_database_file(path)
@@ -255,7 +256,7 @@ class Database:
             with self._transaction(durable) as db:
                 yield db
         except (sqlite3.Error, OSError) as e:
-            problem = storage.classify(e, self.path.parent)
+            problem = storage.classify(e, self.folder)
             if problem is None:
                 raise
             self.state.failed(problem)
@@ -308,7 +309,7 @@ class Database:
                         with contextlib.suppress(sqlite3.Error):
                             self._rconn.execute("ROLLBACK")
         except (sqlite3.Error, OSError) as e:
-            problem = storage.classify(e, self.path.parent)
+            problem = storage.classify(e, self.folder)
             if problem is None:
                 raise
             raise problem from e
