@@ -110,6 +110,16 @@ class Gateway:
             out.append(
                 ("hoosh_budget_remaining", "What each budget rule has left this period", samples)
             )
+        if self.db is not None:
+            out.append(("hoosh_storage_writable",
+                        "1 while the data folder takes writes, 0 after a write failed",
+                        [({}, 1.0 if self.db.state.ok else 0.0)]))  # fmt: skip
+        if self.accountant is not None:
+            books = self.accountant.pending.report()
+            out.append(("hoosh_usage_pending", "Usage records waiting in memory for the disk",
+                        [({}, books["pending_usage"])]))  # fmt: skip
+            out.append(("hoosh_usage_dropped", "Usage records lost because the disk was full",
+                        [({}, books["dropped_usage"])]))  # fmt: skip
         if self.cache is not None:
             st = self.cache.stats()
             out.append(
@@ -210,7 +220,7 @@ class Gateway:
         router.release = self.router.release
         self.router, self.config = router, new
         if self.accountant is not None:
-            self.accountant = Accountant(self.ledger, prices)
+            self.accountant = Accountant(self.ledger, prices, self.accountant.pending)
             self.accountant.metrics = self.metrics
             self.router.release = self.accountant.release
         if self.cache is not None:
@@ -321,12 +331,31 @@ class Gateway:
             out += [(m, "local", "local") for m in self.speech.model_ids() if m not in seen]
         return out
 
+    def storage_report(self) -> dict[str, Any] | None:
+        """The data folder's state and the usage waiting for it, for the health endpoints."""
+        if self.db is None:
+            return None
+        report = self.db.state.report()
+        if self.accountant is not None:
+            report.update(self.accountant.pending.report())
+        return report
+
     def close(self) -> None:
+        from .errors import StorageUnavailable
+
         self.router.close()
         if self.pool is not None:
             self.pool.stop()
-        if self.cache is not None:
-            self.cache.flush()
+        try:
+            if self.accountant is not None and len(self.accountant.pending):
+                self.accountant.pending.flush(self.ledger)
+            if self.cache is not None:
+                self.cache.flush()
+        except StorageUnavailable:
+            pass  # StorageState said why when it happened
+        if self.accountant is not None and len(self.accountant.pending):
+            log.warning("storage: %d usage record(s) could not be written before stopping; "
+                        "they are lost", len(self.accountant.pending))  # fmt: skip
         if self.keys is not None:
             self.keys.flush_last_used()
         if self.db is not None:
@@ -458,7 +487,13 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
 
     @app.get("/health")
     def health() -> Response:
-        return jsonify({"status": "ok", "version": __version__})
+        # Liveness: the process answers, so 200 even when the disk is full (a restart would not
+        # free it); the storage state is there for whoever looks.
+        storage = gateway.storage_report()
+        body: dict[str, Any] = {"status": "ok", "version": __version__}
+        if storage is not None:
+            body["storage"] = storage["state"]
+        return jsonify(body)
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -213,6 +214,12 @@ def cmd_status(args: argparse.Namespace, config: Config) -> int:
         return 1
     doc = health.json()
     print(f"gateway {url}: {doc['status']}")
+    storage = doc.get("storage")
+    if storage:
+        extra = f" — {storage['error']}" if storage.get("error") else ""
+        waiting = storage.get("pending_usage") or 0
+        extra += f" ({waiting} usage record(s) wait in memory)" if waiting else ""
+        print(f"  storage {storage['data_dir']}: {storage['state']}{extra}")
     for p in doc["providers"]:
         extra = f" — {p['last_error']}" if p.get("last_error") else ""
         print(f"  provider {p['name']:16} {p['state']}{extra}")
@@ -292,6 +299,76 @@ def cmd_speak(args: argparse.Namespace, config: Config) -> int:
 # -- doctor -------------------------------------------------------------------------------------
 
 
+def _recover_command(broken: Path, new: Path) -> str:
+    """The best way the installed ``sqlite3`` command has to copy out what a damaged file holds.
+
+    ``.recover`` reads page by page and saves the most, but needs the ``sqlite_dbpage`` table,
+    which Debian's build (bookworm, and so Raspberry Pi OS) lacks: there ``.recover`` fails with
+    "no such table: sqlite_dbpage". ``.dump`` works everywhere; it ends with ROLLBACK when it met
+    damage, which the ``sed`` turns into COMMIT so what it could read is kept.
+    """
+    recover = f"sqlite3 {broken} .recover | sqlite3 {new}"
+    dump = (f"sqlite3 {broken} .dump | sed 's/^ROLLBACK; -- due to errors$/COMMIT;/' "
+            f"| sqlite3 {new}")  # fmt: skip
+    exe = shutil.which("sqlite3")
+    if exe is None:
+        return f"{dump}   (first: sudo apt-get install sqlite3)"
+    try:
+        probe = subprocess.run([exe, ":memory:", "SELECT count(*) FROM sqlite_dbpage"],
+                               capture_output=True, timeout=10)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return dump
+    return recover if probe.returncode == 0 and not probe.stderr else dump
+
+
+def _recovery_steps(path: Path) -> list[str]:
+    """How to get a working database back from a damaged one, a line a step."""
+    broken = path.with_name(path.name + ".broken")
+    new = path.with_name(path.name + ".recovered")
+    return [
+        "the gateway will not start on it, and nothing has changed it. To recover:",
+        "1. stop the service: sudo systemctl stop hoosh-edge",
+        f"2. copy it aside (with its -wal file, if there is one): cp -a {path} {broken}",
+        "3. as the service user (sudo -u hoosh-edge sh -c '...'), so the new file is its own,",
+        "   copy out what SQLite can still read into a new file:",
+        f"   {_recover_command(broken, new)}",
+        f"   then put it in place: mv {new} {path} (and remove {path}-wal and {path}-shm)",
+        f"   or start fresh: mv {path} {broken} (budgets in the config come back; API keys,",
+        "   the spend ledger and the cache are lost)",
+        "4. check, then start: hoosh-edge doctor && sudo systemctl start hoosh-edge",
+    ]
+
+
+def _doctor_database(data_dir: Path) -> int:
+    """Check the database file read-only (``PRAGMA integrity_check``); 1 if it is damaged."""
+    from . import storage
+    from .db import DB_FILENAME
+
+    path = data_dir / DB_FILENAME
+    if not path.exists():
+        print(f"[--] database {path}: not created yet (the gateway creates it at start)")
+        return 0
+    try:
+        with path.open("rb") as f:
+            header = f.read(100)
+            size = os.fstat(f.fileno()).st_size
+        found = [] if size == 0 else [p for p in [storage.header_problem(header, size)] if p]
+        found = found or storage.integrity_problems(path)
+    except OSError as e:
+        print(f"[!!] database {path}: cannot read it ({e.strerror or e})\n"
+              "     fix: make it readable and writable by the user running hoosh-edge")  # fmt: skip
+        return 1
+    except Exception as e:  # noqa: BLE001 - the doctor reports, never crashes
+        found = [f"{type(e).__name__}: {e}"]
+    if not found:
+        print(f"[ok] database {path}: integrity_check ok")
+        return 0
+    print(f"[!!] database {path}: damaged ({'; '.join(found[:3])})")
+    for line in _recovery_steps(path):
+        print(f"     fix: {line}")
+    return 1
+
+
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     """Check what the gateway needs and say what to fix."""
     import importlib.util
@@ -340,6 +417,7 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     free = shutil.disk_usage(probe if probe.exists() else Path.cwd()).free
     report(free > 1024**3, f"free disk {free // (1024 * 1024)} MiB at {probe}",
            "free some disk space: the database and models live there")  # fmt: skip
+    problems += _doctor_database(data_dir)
     report(True, f"config {config.source or '(defaults)'} is valid")
     for w in config.warnings:
         report(False, f"config: {w}", "set the variable or fix the config")

@@ -11,6 +11,11 @@ write connection; across processes (the CLI, a second server by mistake) ``BEGIN
 SQLite's write lock up front, so a read-then-write transaction can never be overtaken between its
 read and its write.
 
+This is the boundary where storage faults get their name: a write the disk cannot take (full,
+read-only, failing, damaged) leaves ``write()`` as ``StorageUnavailable`` naming the folder, and
+``state`` remembers it until the next write that commits (see ``storage.py``). ``open()`` checks
+the folder and an existing file first, so a damaged database stops start-up without being touched.
+
 Migrations are append-only and named; ``_migrations`` records which ran. To add one, append a
 ``Migration(name, step)`` to ``MIGRATIONS`` — ``step`` is SQL (one or more statements) or a function
 taking the ``sqlite_utils.Database`` — and never edit or reorder the ones already released.
@@ -32,6 +37,7 @@ import greenlet
 import sqlite_utils
 from gevent._hub_local import get_hub_if_exists
 
+from . import storage
 from .errors import ServiceUnavailable
 
 DB_FILENAME = "hoosh-edge.db"
@@ -187,6 +193,8 @@ class Database:
         self._wlock = _allocate_lock()
         self._rlock = _allocate_lock()
         self._writer: tuple[int, int] | None = None
+        self.folder = self.path.parent.absolute()  # what messages name, whatever the cwd
+        self.state = storage.StorageState(self.folder)
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: the driver never opens transactions behind our back; we BEGIN.
@@ -207,10 +215,22 @@ class Database:
         synchronous: str = "FULL",
     ) -> Database:
         """Open (creating if needed) ``<data_dir>/hoosh-edge.db`` and apply pending migrations."""
-        directory = Path(data_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        database = cls(directory / DB_FILENAME, synchronous=synchronous)
-        database.migrate(MIGRATIONS if migrations is None else migrations)
+        directory = Path(data_dir).absolute()  # messages name the real folder, not "data"
+        storage.prepare_data_dir(directory)
+        path = directory / DB_FILENAME
+        storage.check_database_file(path)
+        try:
+            database = cls(path, synchronous=synchronous)
+        except (sqlite3.Error, OSError) as e:
+            problem = storage.classify(e, directory)
+            if problem is None:
+                raise
+            raise problem from None
+        try:
+            database.migrate(MIGRATIONS if migrations is None else migrations)
+        except BaseException:
+            database.close()
+            raise
         return database
 
     def close(self) -> None:
@@ -247,7 +267,22 @@ class Database:
         ``durable=False`` commits with ``synchronous=NORMAL`` (no fsync): it still survives the
         death of the process, and the next durable commit makes it safe from power loss too. For
         records that cost nothing to lose on a power cut (free on-device usage).
+
+        A storage fault raises ``StorageUnavailable`` and marks ``state``; a commit clears it.
         """
+        try:
+            with self._transaction(durable) as db:
+                yield db
+        except (sqlite3.Error, OSError) as e:
+            problem = storage.classify(e, self.folder)
+            if problem is None:
+                raise
+            self.state.failed(problem)
+            raise problem from e
+        self.state.succeeded()
+
+    @contextlib.contextmanager
+    def _transaction(self, durable: bool) -> Iterator[sqlite_utils.Database]:
         me = _holder()
         if self._writer == me:
             raise RuntimeError("Database.write() is not reentrant: finish the outer transaction")
@@ -261,30 +296,41 @@ class Database:
                 try:
                     yield self.db
                 except BaseException:
-                    if self._wconn.in_transaction:
-                        self._wconn.execute("ROLLBACK")
+                    self._rollback()
                     raise
                 try:
                     self._wconn.execute("COMMIT")
                 except BaseException:
-                    if self._wconn.in_transaction:
-                        self._wconn.execute("ROLLBACK")
+                    self._rollback()
                     raise
             finally:
                 if relax:
                     self._wconn.execute(f"PRAGMA synchronous = {self.synchronous}")
                 self._writer = None
 
+    def _rollback(self) -> None:
+        """Undo the open transaction; a failing disk must not hide the error that got us here."""
+        if self._wconn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._wconn.execute("ROLLBACK")
+
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite_utils.Database]:
         """A consistent snapshot of committed data (WAL: never waits for the writer)."""
-        with self._locked(self._rlock):
-            self._rconn.execute("BEGIN")
-            try:
-                yield self.reader
-            finally:
-                if self._rconn.in_transaction:
-                    self._rconn.execute("ROLLBACK")
+        try:
+            with self._locked(self._rlock):
+                self._rconn.execute("BEGIN")
+                try:
+                    yield self.reader
+                finally:
+                    if self._rconn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            self._rconn.execute("ROLLBACK")
+        except (sqlite3.Error, OSError) as e:
+            problem = storage.classify(e, self.folder)
+            if problem is None:
+                raise
+            raise problem from e
 
     def applied_migrations(self) -> list[str]:
         """Names of the migrations recorded in ``_migrations``, in the order they ran."""

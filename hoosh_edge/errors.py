@@ -24,6 +24,7 @@ Every failure a client can see is a ``HooshError``. Its class says the HTTP stat
     +-- ServiceUnavailable (503)
     |   +-- InsufficientMemory (code insufficient_memory)          fallback_ok
     |   +-- ProviderDisabled (code provider_disabled)              fallback_ok
+    |   +-- StorageUnavailable (code storage_unavailable)          fallback_ok
     +-- DeadlineExceeded (504 deadline_exceeded)
     +-- UpstreamError (502 upstream_error)                         fallback_ok
         +-- UpstreamTimeout (504)
@@ -184,6 +185,17 @@ class InsufficientMemory(ServiceUnavailable):
 
 class ProviderDisabled(ServiceUnavailable):
     code = "provider_disabled"
+    fallback_ok = True
+
+
+class StorageUnavailable(ServiceUnavailable):
+    """The data folder cannot take a write (disk full, read-only, I/O error, damaged database).
+
+    ``fallback_ok``: a paid target is refused when its reservation cannot be written, and a free
+    on-device target may still serve the request.
+    """
+
+    code = "storage_unavailable"
     fallback_ok = True
 
 

@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Config, ProviderConfig
-from .errors import BudgetExceeded, HooshError, ModelNotFound, ProviderDisabled
+from .errors import (
+    BudgetExceeded,
+    HooshError,
+    ModelNotFound,
+    ProviderDisabled,
+    StorageUnavailable,
+)
 from .providers.base import CallContext, ChatBackend
 
 log = logging.getLogger(__name__)
@@ -332,7 +338,8 @@ class Router:
         return closed + [t for t in targets if t not in closed]
 
     def _failed(self, target: Target, e: HooshError) -> None:
-        if e.fallback_ok and not isinstance(e, ProviderDisabled):
+        # A disabled provider or our own full disk says nothing about the provider's health.
+        if e.fallback_ok and not isinstance(e, (ProviderDisabled, StorageUnavailable)):
             self.health_of(target.provider).failed(e.message)
 
     def close(self) -> None:

@@ -48,7 +48,13 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
 
     for w in config.warnings:
         log.warning("config: %s", w)
-    gevent.get_hub().threadpool.maxsize = 32
+    hub = gevent.get_hub()
+    hub.threadpool.maxsize = 32
+    from .errors import HooshError
+
+    # A HooshError raised in a pool thread (a refused budget, a full disk) is an answer the
+    # calling greenlet handles, not a crash: the hub must not print its traceback too.
+    hub.NOT_ERROR = (*hub.NOT_ERROR, HooshError)
     gateway = build_gateway(config)
     try:
         check_exposure(config, keys_exist=gateway.auth.keys_exist())

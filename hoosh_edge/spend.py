@@ -4,6 +4,12 @@ Every request is booked: on-device calls at 0 USD (they still count tokens, requ
 and characters), cloud calls at the price table's rate. A cloud call reserves its worst case first,
 so concurrent requests can never together cross a ``block`` rule. Database writes run in a pool
 thread: an fsync on an SD card must not stall the hub.
+
+When the disk takes no writes (``StorageUnavailable``): a paid call whose reservation cannot be
+written is refused before it goes upstream (with no rules, a reservation is written anyway while
+the storage is known to be failing, so no paid call goes out unbooked); a free on-device call is
+admitted on a read-only check of the rules, and whatever usage cannot be committed waits in
+memory (``pending.PendingBooks``) until a write succeeds again.
 """
 
 from __future__ import annotations
@@ -16,8 +22,9 @@ from decimal import Decimal
 from typing import Any
 
 from .budget import Reservation, Rule, SpendLedger, Usage
-from .errors import BudgetExceeded
+from .errors import BudgetExceeded, StorageUnavailable
 from .estimate import MIN_ANSWER_TOKENS
+from .pending import PendingBooks, PendingEntry
 from .pricing import Price, PriceTable, cost_micro_usd, format_usd
 from .threads import run_blocking
 
@@ -63,9 +70,12 @@ def affordable_tokens(estimate: Usage, price: Price | None, stoppers: list[tuple
 class Accountant:
     """Budgets and prices for the router and the API."""
 
-    def __init__(self, ledger: SpendLedger, prices: PriceTable) -> None:
+    def __init__(
+        self, ledger: SpendLedger, prices: PriceTable, pending: PendingBooks | None = None
+    ) -> None:
         self.ledger = ledger
         self.prices = prices
+        self.pending = pending if pending is not None else PendingBooks()  # kept across reloads
         self.metrics: Any = None  # counts spend for /metrics when set
         self._has_rules = False
         self._rules_checked_at = -1e9
@@ -110,7 +120,8 @@ class Accountant:
                 estimate.cost_micro_usd = cost_micro_usd(price, estimate)
             except ValueError:
                 price = None  # the model is priced, but not for this kind of use
-        if not self.has_rules():
+        storage_ok = self.ledger.db.state.ok
+        if not self.has_rules() and (is_local or storage_ok):
             # Nothing to gate: skip the reservation write; the commit still books every call.
             open_hold = Reservation(-1, request_id, key, provider, model, is_local, estimate)
             return Hold(open_hold, price, provider, model, is_local)
@@ -128,19 +139,24 @@ class Accountant:
             chosen.append(shrunk.completion_tokens)
             return shrunk
 
-        reservation = run_blocking(
-            _refusal_returned,
-            self.ledger.reserve,
-            estimate,
-            key=key,
-            provider=provider,
-            model=model,
-            is_local=is_local,
-            request_id=request_id,
-            price_known=is_local or price is not None,
-            unbounded=unbounded,
-            fit=fit if open_completion else None,
-        )
+        try:
+            reservation = run_blocking(
+                _refusal_returned,
+                self.ledger.reserve,
+                estimate,
+                key=key,
+                provider=provider,
+                model=model,
+                is_local=is_local,
+                request_id=request_id,
+                price_known=is_local or price is not None,
+                unbounded=unbounded,
+                fit=fit if open_completion else None,
+            )
+        except StorageUnavailable:
+            if not is_local:
+                raise  # never admitted unbooked
+            return self._admit_unreserved(provider, model, estimate, key, request_id, price)
         if isinstance(reservation, BudgetExceeded):
             raise reservation
         for message in reservation.warnings:
@@ -149,6 +165,18 @@ class Accountant:
         if chosen:
             hold.max_tokens = chosen[-1]  # the reservation holds exactly this completion
         return hold
+
+    def _admit_unreserved(self, provider: str, model: str, estimate: Usage, key: str | None,
+                          request_id: str | None, price: Price | None) -> Hold:  # fmt: skip
+        """A free on-device call while the disk takes no writes: the rules, read only."""
+        try:
+            decision = self.ledger.check(key=key, provider=provider, model=model, is_local=True)
+        except StorageUnavailable:
+            decision = None  # even reading fails: serve; the usage waits in memory
+        if decision is not None and not decision.allowed:
+            raise decision.error()
+        open_hold = Reservation(-1, request_id, key, provider, model, True, estimate)
+        return Hold(open_hold, price, provider, model, True)
 
     def commit(self, hold: Hold, actual: Usage, *, guessed: bool = False) -> None:
         """Book what the call really used (never raises: a failure is logged loudly).
@@ -180,8 +208,16 @@ class Accountant:
             if self.metrics is not None and hold.cost_micro_usd:
                 self.metrics.inc("hoosh_spend_usd_total", {"provider": hold.provider},
                                  hold.cost_micro_usd / 1_000_000, help="USD spent")  # fmt: skip
+        except StorageUnavailable:
+            # Served already: the books take it when the disk does (StorageState has said why).
+            self.pending.add(PendingEntry(hold.reservation, actual, hold.provider, hold.model))
+            hold.committed = True  # booked in memory: never committed twice
+            return
         except Exception:  # noqa: BLE001 - the answer is already out; keep serving, shout
             log.exception("could not record spend for %s:%s", hold.provider, hold.model)
+            return
+        if len(self.pending):
+            run_blocking(self.pending.flush, self.ledger)  # the disk takes writes again
 
     def _overrun(self, hold: Hold, actual: Usage) -> None:
         """The upstream billed past the reservation: booked as billed; say so loudly."""
@@ -218,13 +254,20 @@ class Accountant:
             return
         try:
             run_blocking(self.ledger.release, hold.reservation)
+        except StorageUnavailable:
+            if hold.reservation.id >= 0:
+                self.pending.add(PendingEntry(hold.reservation, None, hold.provider, hold.model))
         except Exception:  # noqa: BLE001
             log.exception("could not release a reservation")
 
     def remaining_header(self, *, key: str | None, provider: str, model: str,
                          is_local: bool) -> str | None:  # fmt: skip
         """``X-Hoosh-Budget-Remaining``: the tightest rule in scope and what is left."""
-        found = self.ledger.remaining(key=key, provider=provider, model=model, is_local=is_local)
+        try:
+            found = self.ledger.remaining(key=key, provider=provider, model=model,
+                                          is_local=is_local)  # fmt: skip
+        except StorageUnavailable:
+            return None  # a header is not worth failing an answer that is already made
         if found is None:
             return None
         rule, left = found

@@ -44,5 +44,12 @@ def get_model(model_id: str) -> Response:
 def health() -> Response:
     gw = gateway()
     providers = gw.router.health_report()
-    status = "ok" if all(p["state"] in ("ok", "disabled") for p in providers) else "degraded"
-    return jsonify({"status": status, "providers": providers, "local_models": gw.local_status()})
+    storage = gw.storage_report()
+    healthy = all(p["state"] in ("ok", "disabled") for p in providers)
+    if storage is not None and storage["state"] != "ok":
+        healthy = False
+    body = {"status": "ok" if healthy else "degraded", "providers": providers,
+            "local_models": gw.local_status()}  # fmt: skip
+    if storage is not None:
+        body["storage"] = storage
+    return jsonify(body)

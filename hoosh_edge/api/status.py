@@ -218,6 +218,7 @@ def status_snapshot(gw: Any) -> dict[str, Any]:
     cache = getattr(gw, "cache", None)
     metrics = getattr(gw, "metrics", None)
     started = getattr(gw, "started_at", None)
+    storage = getattr(gw, "storage_report", None)
     return {
         "version": __version__,
         "uptime_s": round(time.time() - started, 1) if started else None,
@@ -229,6 +230,7 @@ def status_snapshot(gw: Any) -> dict[str, Any]:
         "orphans": _section("orphans", lambda: orphan_summary(ledger)) if ledger else None,
         "cache": _section("cache", lambda: cache.stats()) if cache is not None else None,
         "requests": _section("requests", lambda: request_totals(metrics)) if metrics else None,
+        "storage": _section("storage", storage) if storage is not None else None,
     }
 
 
