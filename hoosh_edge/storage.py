@@ -193,6 +193,7 @@ def _read_only_mount(directory: Path) -> bool:
 
 
 def _damaged(path: Path, what: str) -> StorageUnavailable:
+    what = " ".join(what.split())  # SQLite's report spans lines; the refusal is one line
     return _refuse(
         f"the database {path} is damaged ({what}); it was left untouched. Run 'hoosh-edge "
         f"doctor' for how to recover it, or move it away to start with an empty one"

@@ -34,7 +34,8 @@ input_usd_per_mtok = {IN_USD_PER_MTOK}
 output_usd_per_mtok = {OUT_USD_PER_MTOK}
 max_output_tokens = {MAX_OUTPUT}
 """
-FAST = '\n[server]\ndurability = "normal"\n'
+# 200 clients at once from one address: above the per-client connection cap's default.
+FAST = '\n[server]\ndurability = "normal"\nmax_connections_per_client = 400\n'
 
 TEXTS = [
     "Tell me about the weather in Paris, and whether I need an umbrella tomorrow. ",
