@@ -344,6 +344,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
 
     from .api.admin import bp as admin_bp
     from .api.audio import bp as audio_bp
+    from .api.bodies import check_headers
     from .api.chat import bp as chat_bp
     from .api.messages import bp as messages_bp
     from .api.models import bp as models_bp
@@ -368,6 +369,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         g.key_name = None
         path = request.path
         if (path.startswith("/v1/") and path != "/v1/health") or path.startswith("/admin"):
+            check_headers(request.headers)
             record = gateway.auth.authenticate_request(request.headers, path=path)
             if record is not None:
                 g.key, g.key_name = record, record.name

@@ -15,6 +15,7 @@ from gevent.pywsgi import WSGIServer
 
 from . import __version__, sdnotify
 from .config import Config, is_loopback
+from .errors import HooshError
 
 log = logging.getLogger("hoosh_edge")
 
@@ -61,7 +62,11 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
 
     for w in config.warnings:
         log.warning("config: %s", w)
-    gevent.get_hub().threadpool.maxsize = 32
+    hub = gevent.get_hub()
+    hub.threadpool.maxsize = 32
+    # A HooshError raised in a pool thread (a budget refusal, a full queue) is an answer the caller
+    # re-raises and turns into a 4xx; without this the hub also prints it as a crash.
+    hub.NOT_ERROR = (*hub.NOT_ERROR, HooshError)
     gateway = build_gateway(config)
     try:
         check_exposure(config, keys_exist=gateway.auth.keys_exist())
