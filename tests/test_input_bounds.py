@@ -245,6 +245,32 @@ def test_json_with_or_without_charset_is_served(gw, ctype):
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Echo: hi"
 
 
+def test_admin_bodies_with_wrong_types_or_huge_amounts_are_400(gw):
+    def admin(path: str, body: dict) -> requests.Response:
+        return post(gw, path, json.dumps(body))
+
+    assert openai_error(admin("/admin/keys", {"name": "k1", "allowed_models": 0}), 400)[
+        "param"
+    ] == ("allowed_models")
+    assert openai_error(admin("/admin/keys", {"name": "k1", "allowed_models": {"gpt-*": 1}}),
+                        400)["param"] == "allowed_models"  # fmt: skip
+    # A cap that cannot be stored is refused before the key exists: no uncapped key is left.
+    for usd in ("1e400", "1e999999999"):
+        err = openai_error(admin("/admin/keys", {"name": "capped", "budget_usd": usd}), 400)
+        assert err["param"] == "budget_usd", err
+    err = openai_error(admin("/admin/keys", {"name": "capped", "budget_usd": 1, "budget_period": 7}),
+                       400)  # fmt: skip
+    assert err["param"] == "budget_period"
+    listed = requests.get(gw.url + "/admin/keys", headers=JSON, timeout=5).json()["data"]
+    assert "capped" not in {k["name"] for k in listed}
+    rule = {"name": "huge", "scope": "all", "metric": "tokens", "period": "day", "action": "warn"}
+    for limit in ("1e400", "1e999999999", 2**63, "9.3e18"):
+        err = openai_error(admin("/admin/budgets", {**rule, "limit": limit}), 400)
+        assert err["param"] == "limit", err
+    r = admin("/admin/budgets", {**rule, "limit": 2**62})
+    assert r.status_code == 201 and r.json()["limit"] == 2**62
+
+
 def test_the_fixture_fails_a_test_on_a_traceback_or_a_500(tmp_path):
     proc = GatewayProcess("", tmp_path)
     proc.stderr_lines = ['{"request_id":"a","status":200}\n', '{"request_id":"b","status":502}\n']

@@ -26,6 +26,7 @@ from ..errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
 MAX_DEPTH = 64
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
 _SURROGATE = re.compile("[\ud800-\udfff]")
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 # What Werkzeug puts in place of bytes of a form field that are not valid UTF-8.
 _REPLACEMENT = "\ufffd"
 # Headers whose value the gateway itself reads; anything but visible ASCII there is garbage.
@@ -64,43 +65,43 @@ def _parts(node: tuple | None) -> list[str | int]:
     return out[::-1]
 
 
-def check_tree(value: Any, *, dotted: bool = False) -> None:
-    """Refuse nesting deeper than MAX_DEPTH, integers outside int64 and lone surrogates."""
-    # Iterative, so depth never costs Python stack; the path is built only for an error.
+def _lone_surrogate(where: str, key: bool = False) -> InvalidRequest:
+    what = f"A key in '{where}'" if key else f"'{where}'"
+    return InvalidRequest(
+        f"{what} holds a lone UTF-16 surrogate (such as \\ud800), which is not text; send "
+        "valid Unicode.",
+        param=where,
+    )
+
+
+def _check_scalar(value: Any, node: tuple | None, dotted: bool, text: bool) -> None:
+    if text and isinstance(value, str) and _SURROGATE.search(value):
+        raise _lone_surrogate(field_path(_parts(node), dotted))
+    if type(value) is int and not INT_MIN <= value <= INT_MAX:  # bool is not checked
+        where = field_path(_parts(node), dotted)
+        raise InvalidRequest(f"'{where}' is an integer outside the 64-bit range.", param=where)
+
+
+def check_tree(value: Any, *, dotted: bool = False, text: bool = True, ints: bool = True) -> None:
+    """Refuse nesting past MAX_DEPTH, and (if asked) lone surrogates and integers past int64."""
+    if not isinstance(value, (dict, list)):
+        _check_scalar(value, None, dotted, text)
+        return
+    # Iterative, so depth never costs Python stack; a path is built only for an error.
     stack: list[tuple[Any, int, tuple | None]] = [(value, 1, None)]
     while stack:
         item, depth, node = stack.pop()
-        if isinstance(item, str):
-            if _SURROGATE.search(item):
-                where = field_path(_parts(node), dotted)
-                raise InvalidRequest(
-                    f"'{where}' holds a lone UTF-16 surrogate (such as \\ud800), which is not "
-                    "text; send valid Unicode.",
-                    param=where,
-                )
-        elif isinstance(item, bool) or item is None or isinstance(item, float):
-            continue
-        elif isinstance(item, int):
-            if not INT_MIN <= item <= INT_MAX:
-                where = field_path(_parts(node), dotted)
-                raise InvalidRequest(
-                    f"'{where}' is an integer outside the 64-bit range.", param=where
-                )
-        elif isinstance(item, (dict, list)):
-            if depth > MAX_DEPTH:
-                raise too_deep()
-            if isinstance(item, dict):
-                for key, child in item.items():
-                    if _SURROGATE.search(key):
-                        where = field_path(_parts(node), dotted)
-                        raise InvalidRequest(
-                            f"A key in '{where}' holds a lone UTF-16 surrogate; send valid "
-                            "Unicode.",
-                            param=where,
-                        )
-                    stack.append((child, depth + 1, (node, key)))
-            else:
-                stack.extend((child, depth + 1, (node, i)) for i, child in enumerate(item))
+        if depth > MAX_DEPTH:
+            raise too_deep()
+        pairs = item.items() if isinstance(item, dict) else enumerate(item)
+        for key, child in pairs:
+            if text and type(key) is str and _SURROGATE.search(key):
+                raise _lone_surrogate(field_path(_parts(node), dotted), key=True)
+            kind = type(child)
+            if kind is dict or kind is list:
+                stack.append((child, depth + 1, (node, key)))
+            elif (ints and kind is int) or (text and kind is str):  # the hot path: kept inline
+                _check_scalar(child, (node, key), dotted, text)
 
 
 def too_deep() -> InvalidRequest:
@@ -119,8 +120,17 @@ def parse_json(data: bytes, *, dotted: bool = False) -> Any:
         raise InvalidRequest(
             f"The request body is not valid UTF-8 (byte {e.start}); JSON must be sent as UTF-8."
         ) from None
+    long_ints: list[str] = []
+
+    def parse_int(digits: str) -> int:
+        if len(digits) > 18:  # may be outside int64: check_tree names the field
+            long_ints.append(digits)
+        return int(digits)
+
     try:
-        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
+        value = json.loads(
+            text, parse_constant=_no_constant, parse_float=_finite_float, parse_int=parse_int
+        )
     except RecursionError:
         raise too_deep() from None
     except ValueError as e:
@@ -128,7 +138,10 @@ def parse_json(data: bytes, *, dotted: bool = False) -> Any:
             f"We could not parse the JSON body of your request ({e}). Send valid JSON with "
             "Content-Type: application/json."
         ) from None
-    check_tree(value, dotted=dotted)
+    # Cheap tests on the text first: most bodies need no walk at all.
+    text_check = _ESCAPED_SURROGATE.search(text) is not None  # strict UTF-8 makes none raw
+    if text_check or long_ints or text.count("[") + text.count("{") > MAX_DEPTH:
+        check_tree(value, dotted=dotted, text=text_check, ints=bool(long_ints))
     return value
 
 
