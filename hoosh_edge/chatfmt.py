@@ -66,8 +66,13 @@ def _object(value: Any, where: str) -> dict:
     return value
 
 
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "an integer", float: "a number"}  # fmt: skip
+
+
 def _kind(value: Any) -> str:
-    return "null" if value is None else type(value).__name__.replace("dict", "object")
+    """What a JSON value is, in JSON's words."""
+    return "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
 
 
 def _part(part: Any, role: str, where: str) -> None:

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # fast; ``pytest --hypothesis-profile=long tests/test_fuzz_input.py`` for a long soak.
 _FUZZ = {"deadline": None, "print_blob": True,
          "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}  # fmt: skip
-settings.register_profile("fast", max_examples=40, **_FUZZ)
+settings.register_profile("fast", max_examples=30, **_FUZZ)
 settings.register_profile("long", max_examples=2000, **_FUZZ)
 
 
