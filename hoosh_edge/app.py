@@ -385,6 +385,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
 
     from .api.admin import bp as admin_bp
     from .api.audio import bp as audio_bp
+    from .api.bodies import check_headers
     from .api.chat import bp as chat_bp
     from .api.messages import bp as messages_bp
     from .api.models import bp as models_bp
@@ -411,6 +412,8 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         preflight = browser.check(server, request)  # Host and Origin, before any key is read
         if preflight is not None:
             return preflight
+        if (path.startswith("/v1/") and path != "/v1/health") or path.startswith("/admin"):
+            check_headers(request.headers)
         gateway.exposure.check(server, gateway.auth.keys_exist, path)
         if needs_key(server, path):
             record = gateway.auth.authenticate_request(request.headers, path=path)

@@ -33,6 +33,182 @@ def _int(body: dict, key: str, lo: int) -> None:
         raise InvalidRequest(f"'{key}' must be at least {lo}, got {v}.", param=key)
 
 
+# Content part types each role may send, from OpenAI's API reference (ChatCompletionRequest*Message).
+PART_TYPES = {
+    "system": ("text",),
+    "developer": ("text",),
+    "user": ("text", "image_url", "input_audio", "file"),
+    "assistant": ("text", "refusal"),
+    "tool": ("text",),
+    "function": (),
+}
+_IMAGE_DETAIL = ("auto", "low", "high")
+_AUDIO_FORMATS = ("wav", "mp3")
+_TOOL_CHOICES = ("none", "auto", "required")
+_RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+
+
+def _fail(where: str, what: str) -> InvalidRequest:
+    return InvalidRequest(f"'{where}' {what}", param=where)
+
+
+def _string(obj: dict, key: str, where: str, *, required: bool = True) -> None:
+    """``obj[key]`` must be a string (or absent / null when not required)."""
+    value = obj.get(key)
+    if value is None and not required:
+        return
+    if not isinstance(value, str):
+        raise _fail(f"{where}.{key}", f"must be a string, got {_kind(value)}.")
+
+
+def _object(value: Any, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise _fail(where, f"must be an object, got {_kind(value)}.")
+    return value
+
+
+_JSON_KINDS = {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+               int: "an integer", float: "a number"}  # fmt: skip
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words."""
+    return "null" if value is None else _JSON_KINDS.get(type(value), type(value).__name__)
+
+
+def _part(part: Any, role: str, where: str) -> None:
+    """One content part: a type this role may send, in the shape OpenAI defines for it."""
+    if not isinstance(part, dict):
+        raise _fail(where, "must be an object with a 'type'.")
+    kind = part.get("type")
+    allowed = PART_TYPES[role]
+    if kind not in allowed:
+        raise _fail(
+            f"{where}.type",
+            f"must be one of {', '.join(allowed)} in a {role} message; got {kind!r}.",
+        )
+    if kind in ("text", "refusal"):
+        _string(part, kind, where)
+    elif kind == "image_url":
+        image = _object(part.get("image_url"), f"{where}.image_url")
+        _string(image, "url", f"{where}.image_url")
+        if image.get("detail") is not None and image["detail"] not in _IMAGE_DETAIL:
+            raise _fail(f"{where}.image_url.detail", f"must be one of {', '.join(_IMAGE_DETAIL)}.")
+    elif kind == "input_audio":
+        audio = _object(part.get("input_audio"), f"{where}.input_audio")
+        _string(audio, "data", f"{where}.input_audio")
+        if audio.get("format") not in _AUDIO_FORMATS:
+            raise _fail(
+                f"{where}.input_audio.format", f"must be one of {', '.join(_AUDIO_FORMATS)}."
+            )
+    elif kind == "file":
+        file = _object(part.get("file"), f"{where}.file")
+        for key in ("file_data", "file_id", "filename"):
+            _string(file, key, f"{where}.file", required=False)
+        if file.get("file_data") is None and file.get("file_id") is None:
+            raise _fail(f"{where}.file", "needs file_data or file_id.")
+
+
+def _tool_calls(calls: Any, where: str) -> None:
+    if not isinstance(calls, list):
+        raise _fail(where, "must be an array.")
+    for k, call in enumerate(calls):
+        at = f"{where}[{k}]"
+        _object(call, at)
+        kind = call.get("type", "function")
+        if kind == "function":
+            fn = _object(call.get("function"), f"{at}.function")
+            _string(fn, "name", f"{at}.function")
+            _string(fn, "arguments", f"{at}.function")
+        elif kind == "custom":
+            custom = _object(call.get("custom"), f"{at}.custom")
+            _string(custom, "name", f"{at}.custom")
+        else:
+            raise _fail(f"{at}.type", f"must be function or custom; got {kind!r}.")
+        _string(call, "id", at)
+
+
+def _message(m: Any, where: str) -> None:
+    if not isinstance(m, dict):
+        raise InvalidRequest(f"'{where}' must be an object.", param=where)
+    role = m.get("role")
+    if not isinstance(role, str) or role not in ROLES:  # a list here is unhashable
+        raise InvalidRequest(
+            f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
+            param=f"{where}.role",
+        )
+    _string(m, "name", where, required=role == "function")
+    if role == "tool":
+        _string(m, "tool_call_id", where)
+    if role == "assistant":
+        if m.get("tool_calls") is not None:
+            _tool_calls(m["tool_calls"], f"{where}.tool_calls")
+        if m.get("function_call") is not None:
+            fn = _object(m["function_call"], f"{where}.function_call")
+            _string(fn, "name", f"{where}.function_call")
+            _string(fn, "arguments", f"{where}.function_call")
+        _string(m, "refusal", where, required=False)
+    content = m.get("content")
+    if content is None:
+        if role == "assistant" and (
+            m.get("tool_calls") or m.get("function_call") or m.get("audio")
+        ):
+            return
+        raise InvalidRequest(f"'{where}.content' is required.", param=f"{where}.content")
+    if isinstance(content, list) and role != "function":
+        for j, part in enumerate(content):
+            _part(part, role, f"{where}.content[{j}]")
+    elif not isinstance(content, str):
+        raise InvalidRequest(
+            f"'{where}.content' must be a string or an array of content parts.",
+            param=f"{where}.content",
+        )
+
+
+def _tools(body: dict) -> None:
+    tools = body.get("tools")
+    if tools is None:
+        return
+    if not isinstance(tools, list):
+        raise InvalidRequest("'tools' must be an array.", param="tools")
+    for i, tool in enumerate(tools):
+        at = f"tools[{i}]"
+        _object(tool, at)
+        kind = tool.get("type", "function")
+        if kind not in ("function", "custom"):
+            raise _fail(f"{at}.type", f"must be function or custom; got {kind!r}.")
+        spec = _object(tool.get(kind), f"{at}.{kind}")
+        _string(spec, "name", f"{at}.{kind}")
+        _string(spec, "description", f"{at}.{kind}", required=False)
+        if kind == "function" and spec.get("parameters") is not None:
+            _object(spec["parameters"], f"{at}.function.parameters")
+    choice = body.get("tool_choice")
+    if choice is None or choice in _TOOL_CHOICES:
+        return
+    if not isinstance(choice, dict) or not isinstance(choice.get("type"), str):
+        raise InvalidRequest(
+            "'tool_choice' must be none, auto, required or an object naming a tool.",
+            param="tool_choice",
+        )
+    if choice["type"] in ("function", "custom"):
+        _string(_object(choice.get(choice["type"]), f"tool_choice.{choice['type']}"), "name",
+                f"tool_choice.{choice['type']}")  # fmt: skip
+
+
+def _response_format(body: dict) -> None:
+    fmt = body.get("response_format")
+    if fmt is None:
+        return
+    _object(fmt, "response_format")
+    if fmt.get("type") not in _RESPONSE_FORMATS:
+        raise _fail("response_format.type", f"must be one of {', '.join(_RESPONSE_FORMATS)}.")
+    if fmt["type"] == "json_schema":
+        spec = _object(fmt.get("json_schema"), "response_format.json_schema")
+        _string(spec, "name", "response_format.json_schema")
+        if spec.get("schema") is not None:
+            _object(spec["schema"], "response_format.json_schema.schema")
+
+
 def validate_chat_request(body: Any) -> dict[str, Any]:
     """Check an OpenAI chat request; return it with ``stop`` as a list. Raises InvalidRequest."""
     if not isinstance(body, dict):
@@ -44,37 +220,7 @@ def validate_chat_request(body: Any) -> dict[str, Any]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")
     for i, m in enumerate(messages):
-        where = f"messages[{i}]"
-        if not isinstance(m, dict):
-            raise InvalidRequest(f"'{where}' must be an object.", param=where)
-        role = m.get("role")
-        if role not in ROLES:
-            raise InvalidRequest(
-                f"'{where}.role' must be one of {', '.join(sorted(ROLES))}; got {role!r}.",
-                param=f"{where}.role",
-            )
-        content = m.get("content")
-        if content is None:
-            if role == "assistant" and (m.get("tool_calls") or m.get("function_call")):
-                continue
-            raise InvalidRequest(f"'{where}.content' is required.", param=f"{where}.content")
-        if isinstance(content, list):
-            for j, part in enumerate(content):
-                if not isinstance(part, dict) or not isinstance(part.get("type"), str):
-                    raise InvalidRequest(
-                        f"'{where}.content[{j}]' must be an object with a 'type'.",
-                        param=f"{where}.content[{j}]",
-                    )
-                if part["type"] == "text" and not isinstance(part.get("text"), str):
-                    raise InvalidRequest(
-                        f"'{where}.content[{j}].text' must be a string.",
-                        param=f"{where}.content[{j}].text",
-                    )
-        elif not isinstance(content, str):
-            raise InvalidRequest(
-                f"'{where}.content' must be a string or an array of content parts.",
-                param=f"{where}.content",
-            )
+        _message(m, f"messages[{i}]")
     _number(body, "temperature", 0, 2)
     _number(body, "top_p", 0, 1)
     _number(body, "presence_penalty", -2, 2)
@@ -91,8 +237,10 @@ def validate_chat_request(body: Any) -> dict[str, Any]:
     if stream is not None and not isinstance(stream, bool):
         raise InvalidRequest("'stream' must be a boolean.", param="stream")
     opts = body.get("stream_options")
-    if opts is not None and not isinstance(opts, dict):
-        raise InvalidRequest("'stream_options' must be an object.", param="stream_options")
+    if opts is not None:
+        _object(opts, "stream_options")
+        if opts.get("include_usage") is not None and not isinstance(opts["include_usage"], bool):
+            raise _fail("stream_options.include_usage", "must be a boolean.")
     stop = body.get("stop")
     if stop is not None:
         if isinstance(stop, str):
@@ -102,12 +250,8 @@ def validate_chat_request(body: Any) -> dict[str, Any]:
         if len(stop) > 4:
             raise InvalidRequest("'stop' may hold at most 4 sequences.", param="stop")
         body = {**body, "stop": stop or None}
-    tools = body.get("tools")
-    if tools is not None and not isinstance(tools, list):
-        raise InvalidRequest("'tools' must be an array.", param="tools")
-    for key in ("response_format",):
-        if body.get(key) is not None and not isinstance(body[key], dict):
-            raise InvalidRequest(f"'{key}' must be an object.", param=key)
+    _tools(body)
+    _response_format(body)
     logprobs = body.get("logprobs")
     if logprobs is not None and not isinstance(logprobs, bool):
         raise InvalidRequest("'logprobs' must be a boolean.", param="logprobs")

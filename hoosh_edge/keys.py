@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -142,9 +142,9 @@ def _budget(value: Any) -> str | None:
         )
     try:
         amount = Decimal(str(value).strip())
-    except InvalidOperation:
+        micro = amount * 1_000_000 if amount.is_finite() else amount
+    except ArithmeticError:  # not a number, or one past Decimal's exponent range
         raise InvalidRequest(f"budget_usd is not a number: {value!r}", param="budget_usd") from None
-    micro = amount * 1_000_000 if amount.is_finite() else amount
     if not amount.is_finite() or amount < 0 or micro != micro.to_integral_value():
         raise InvalidRequest(
             "budget_usd must be >= 0 with at most 6 decimal places", param="budget_usd"
@@ -155,7 +155,7 @@ def _budget(value: Any) -> str | None:
 def _models(value: Any) -> tuple[str, ...] | None:
     if value is None:
         return None
-    if isinstance(value, str) or not all(isinstance(m, str) and m.strip() for m in value):
+    if not isinstance(value, list) or not all(isinstance(m, str) and m.strip() for m in value):
         raise InvalidRequest(
             "allowed_models must be a list of model names or globs", param="allowed_models"
         )

@@ -10,7 +10,7 @@ import fnmatch
 import re
 from dataclasses import dataclass
 from datetime import date, datetime, time, timedelta, timezone
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,6 +23,7 @@ METRICS = ("usd", "tokens", "requests", "audio_seconds", "characters")
 PERIODS = ("hour", "day", "week", "month", "total")
 ACTIONS = ("block", "local_only", "warn")
 RULE_FIELDS = ("name", "scope", "metric", "limit", "period", "action")
+MAX_LIMIT = 2**63 - 1
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _UNITS = {
     "usd": "USD",
@@ -165,18 +166,19 @@ def _limit(metric: str, value: Any) -> int:
     try:
         # str() first: 0.01 given as a float must mean one cent, not its binary neighbour.
         amount = Decimal(str(value).strip())
-    except InvalidOperation:
+        stored = amount * 1_000_000 if metric == "usd" and amount.is_finite() else amount
+    except ArithmeticError:  # not a number, or one past Decimal's exponent range
         raise InvalidRequest(f"limit is not a number: {value!r}", param="limit") from None
     if not amount.is_finite() or amount < 0:
         raise InvalidRequest("limit must be a finite number >= 0", param="limit")
-    if metric == "usd":
-        micro = amount * 1_000_000
-        if micro != micro.to_integral_value():
+    if stored != stored.to_integral_value():
+        if metric == "usd":
             raise InvalidRequest("a usd limit has at most 6 decimal places", param="limit")
-        return int(micro)
-    if amount != amount.to_integral_value():
         raise InvalidRequest(f"a {metric} limit must be a whole number", param="limit")
-    return int(amount)
+    # The ledger stores it in a signed 64-bit SQLite integer (audio limits times 1000).
+    if stored > MAX_LIMIT // (1000 if metric == "audio_seconds" else 1):
+        raise InvalidRequest(f"limit {value!r} is too large", param="limit")
+    return int(stored)
 
 
 def validate_rule(data: dict[str, Any], *, source: str) -> Rule:

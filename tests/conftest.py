@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,14 +14,38 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import HealthCheck, settings
 
 from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# Example budgets for the fuzz tests (test_fuzz_input.py): small by default so the suite stays
+# fast; ``pytest --hypothesis-profile=long tests/test_fuzz_input.py`` for a long soak.
+_FUZZ = {"deadline": None, "print_blob": True,
+         "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}  # fmt: skip
+settings.register_profile("fast", max_examples=30, **_FUZZ)
+settings.register_profile("long", max_examples=2000, **_FUZZ)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.getoption("--hypothesis-profile", None):
+        settings.load_profile("fast")
+    config.addinivalue_line(
+        "markers",
+        "expect_gateway_errors: the test provokes a 500 or a traceback in the gateway on purpose",
+    )
+
 
 class GatewayProcess:
-    """``python hoosh_edge.py`` in a child process, on a free port."""
+    """``python hoosh_edge.py`` in a child process, on a free port.
+
+    When it stops, a traceback or a 500 access line in its log fails the test (see
+    ``log_problems``) unless the test set ``expect_errors`` or carries the
+    ``expect_gateway_errors`` marker: bad input must get a 4xx, never a crash.
+    """
+
+    expect_errors = False
 
     def __init__(self, config_text: str, tmp: Path, env: dict[str, str] | None = None,
                  args: list[str] | None = None, preexec_fn: Any = None) -> None:  # fmt: skip
@@ -35,6 +60,7 @@ class GatewayProcess:
         self.proc: subprocess.Popen | None = None
         self.url = ""
         self.stderr_lines: list[str] = []
+        self._drains: list[threading.Thread] = []
 
     def start(self, timeout: float = 60) -> GatewayProcess:
         cmd = [sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(self.config_path),
@@ -43,7 +69,8 @@ class GatewayProcess:
             cmd, cwd=self.tmp, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, preexec_fn=self.preexec_fn,
         )  # fmt: skip
-        threading.Thread(target=self._drain_stderr, daemon=True).start()
+        self._drains = [threading.Thread(target=self._drain_stderr, daemon=True)]
+        self._drains[0].start()
         deadline = time.monotonic() + timeout
         assert self.proc.stdout is not None
         first = self.proc.stdout.readline()
@@ -52,7 +79,8 @@ class GatewayProcess:
             raise RuntimeError(f"gateway did not start: {first!r}\n{''.join(self.stderr_lines)}")
         self.url = first.strip().rsplit(" ", 1)[-1]
         self.banner = [first]
-        threading.Thread(target=self._drain_stdout, daemon=True).start()
+        self._drains.append(threading.Thread(target=self._drain_stdout, daemon=True))
+        self._drains[-1].start()
         while time.monotonic() < deadline:
             try:
                 if requests.get(self.url + "/health", timeout=2).ok:
@@ -75,6 +103,34 @@ class GatewayProcess:
     def log(self) -> str:
         return "".join(self.stderr_lines)
 
+    def log_problems(self) -> list[str]:
+        """Tracebacks and 500 access lines in the log so far (all of it once stopped)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            for t in self._drains:
+                t.join(5)  # the pipes are closed: read what is left
+        out = []
+        lines = list(self.stderr_lines)
+        for i, line in enumerate(lines):
+            if line.startswith("Traceback (most recent call last)"):
+                out.append("".join(lines[max(0, i - 1) : i + 40]))
+            elif line.startswith("{") and '"status":500' in line:
+                try:
+                    if json.loads(line).get("status") == 500:
+                        out.append(line)
+                except ValueError:
+                    pass
+        return out
+
+    def check_log(self) -> None:
+        """Fail the test if the gateway crashed on something and the test did not expect it."""
+        problems = self.log_problems()
+        if problems and not self.expect_errors:
+            pytest.fail(
+                "the gateway logged a traceback or a 500 (set gw.expect_errors = True or mark "
+                "the test expect_gateway_errors if that is the point):\n" + "\n".join(problems),
+                pytrace=False,
+            )
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -92,8 +148,10 @@ class GatewayProcess:
     def __enter__(self) -> GatewayProcess:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
         self.stop()
+        if exc_type is None:
+            self.check_log()
 
 
 @pytest.fixture
@@ -103,19 +161,23 @@ def fake_openai():
 
 
 @pytest.fixture
-def gateway_factory(tmp_path):
+def gateway_factory(tmp_path, request):
     started: list[GatewayProcess] = []
+    expected = request.node.get_closest_marker("expect_gateway_errors") is not None
 
     def make(config_text: str, env: dict[str, str] | None = None, **kw: Any) -> GatewayProcess:
         sub = tmp_path / f"gw{len(started)}"
         sub.mkdir()
         gw = GatewayProcess(config_text, sub, env, **kw)
+        gw.expect_errors = expected
         started.append(gw)
         return gw.start()
 
     yield make
     for gw in started:
         gw.stop()
+    for gw in started:
+        gw.check_log()
 
 
 def openai_provider_toml(fake: FakeOpenAI, *, name: str = "fake", models: str = '["gpt-*"]',

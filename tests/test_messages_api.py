@@ -308,7 +308,8 @@ def test_missing_max_tokens_is_400_invalid_request(fake_openai, gateway_factory)
     assert "max_tokens" in body["error"]["message"]
     assert fake_openai.chat_requests == []
     # The same for a malformed body and a bad content block.
-    r = requests.post(gw.url + "/v1/messages", data=b"{nope", timeout=10)
+    json_type = {"Content-Type": "application/json"}
+    r = requests.post(gw.url + "/v1/messages", data=b"{nope", headers=json_type, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["type"] == "invalid_request_error"
     r = requests.post(
         gw.url + "/v1/messages",

@@ -107,6 +107,10 @@ def create_key() -> tuple[Response, int]:
     name = body.get("name")
     if not isinstance(name, str):
         raise InvalidRequest("'name' is required.", param="name")
+    cap = None
+    if body.get("budget_usd") is not None:
+        # Checked before the key exists: a refused cap must not leave an uncapped key behind.
+        cap = _key_budget_rule(name, body["budget_usd"], body.get("budget_period", "month"))
     record, secret = _need("keys").create(
         name,
         allowed_models=body.get("allowed_models"),
@@ -114,16 +118,28 @@ def create_key() -> tuple[Response, int]:
         max_concurrent=body.get("max_concurrent"),
         budget_usd=body.get("budget_usd"),
     )
-    if record.budget_usd is not None:
-        _key_budget(record.name, record.budget_usd, body.get("budget_period", "month"))
+    if cap is not None:
+        gateway().ledger.create_rule({**cap, "limit": record.budget_usd})
+        _rules_changed()
     return jsonify({**record.to_dict(), "key": secret}), 201
 
 
-def _key_budget(name: str, usd: str, period: str) -> None:
-    """A key's own spending cap is an ordinary budget rule scoped to it."""
-    gateway().ledger.create_rule({"name": f"key-{name}", "scope": f"key:{name}", "metric": "usd",
-                                  "limit": usd, "period": period, "action": "block"})  # fmt: skip
-    _rules_changed()
+def _key_budget_rule(name: str, usd: Any, period: Any) -> dict[str, Any]:
+    """A key's own spending cap: an ordinary budget rule scoped to it, validated."""
+    from ..rules import validate_rule
+
+    rule = {"name": f"key-{name}", "scope": f"key:{name}", "metric": "usd", "limit": usd,
+            "period": period, "action": "block"}  # fmt: skip
+    try:
+        validate_rule(rule, source="api")
+    except InvalidRequest as e:
+        param = {"limit": "budget_usd", "period": "budget_period"}.get(e.param or "", e.param)
+        raise InvalidRequest(f"The key's budget: {e.message}", param=param) from None
+    ledger = _need("ledger")
+    if any(r.name == rule["name"] for r in ledger.list_rules()):
+        raise InvalidRequest(f"A budget rule named '{rule['name']}' already exists.",
+                             param="name", code="rule_exists")  # fmt: skip
+    return rule
 
 
 def _rules_changed() -> None:

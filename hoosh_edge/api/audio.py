@@ -23,6 +23,7 @@ from ..keys import require_model
 from ..providers.base import CallContext
 from ..router import Target
 from ..threads import run_blocking
+from .bodies import form_text
 from .common import gateway, inference_headers, read_json
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ _LOCAL = _LocalSpeechBackend()
 
 
 def _form_float(name: str, default: float, lo: float, hi: float) -> float:
-    raw = request.form.get(name)
+    raw = form_text(name)
     if raw is None or raw == "":
         return default
     try:
@@ -122,7 +123,7 @@ def _transcribe(translate: bool) -> Response:
 
     gw = gateway()
     speech = gw.speech
-    model_name = request.form.get("model") or ""
+    model_name = form_text("model") or ""
     if not model_name:
         raise InvalidRequest("'model' is required (e.g. whisper-1).", param="model")
     require_model(g.get("key"), model_name)
@@ -144,14 +145,14 @@ def _transcribe(translate: bool) -> Response:
             f"The speech-to-text model '{model_name}' does not exist here. Available: {known}.",
             param="model",
         )
-    fmt = request.form.get("response_format") or "json"
+    fmt = form_text("response_format") or "json"
     if fmt not in FORMATS:
         raise InvalidRequest(
             f"'response_format' must be one of {', '.join(FORMATS)}.", param="response_format"
         )
     temperature = _form_float("temperature", 0.0, 0.0, 1.0)
-    language = request.form.get("language") or None
-    prompt = request.form.get("prompt") or None
+    language = form_text("language") or None
+    prompt = form_text("prompt") or None
     data, filename = _upload()
     audio = run_blocking(decode_audio, data)  # also validates before anything is paid for
 

@@ -46,11 +46,34 @@ _ERROR_TYPES = {
 _OVERLOADED = {"queue_full", "insufficient_memory", "service_unavailable", "provider_disabled"}
 
 
+# Every content block type of Anthropic's Messages API (ContentBlockParam); the ones a turn can
+# carry here are translated, the rest are refused by name rather than dropped or forwarded.
+BLOCK_TYPES = (
+    "text", "image", "document", "search_result", "thinking", "redacted_thinking", "tool_use",
+    "tool_result", "server_tool_use", "web_search_tool_result", "web_fetch_tool_result",
+    "code_execution_tool_result", "bash_code_execution_tool_result",
+    "text_editor_code_execution_tool_result", "tool_search_tool_result", "container_upload",
+    "mid_conv_system",
+)  # fmt: skip
+USER_BLOCKS = ("text", "image", "tool_result")
+ASSISTANT_BLOCKS = ("text", "tool_use", "thinking", "redacted_thinking")
+
+
 # ---- request: Anthropic -> OpenAI ---------------------------------------------------------------
 
 
 def _bad(message: str, param: str | None = None) -> InvalidRequest:
     return InvalidRequest(message, param=param)
+
+
+def _unsupported(kind: Any, at: str, allowed: tuple[str, ...]) -> InvalidRequest:
+    """A block this turn cannot carry: an Anthropic type not translated here, or no type at all."""
+    expected = ", ".join(f"'{t}'" for t in allowed)
+    if isinstance(kind, str) and kind in BLOCK_TYPES:
+        return _bad(f"{at}.type: content block type '{kind}' is not supported here; this turn "
+                    f"takes {expected}", f"{at}.type")  # fmt: skip
+    return _bad(f"{at}.type: Input tag {kind!r} found using 'type' does not match any of the "
+                f"expected tags: {expected}", f"{at}.type")  # fmt: skip
 
 
 def _text_of(block: dict[str, Any], where: str) -> str:
@@ -63,7 +86,11 @@ def _image_part(block: dict[str, Any], where: str) -> dict[str, Any]:
     """An Anthropic image block as an OpenAI image_url part (a data: URL for base64 data)."""
     src = block.get("source")
     kind = src.get("type") if isinstance(src, dict) else None
-    if kind == "base64" and isinstance(src.get("data"), str) and src.get("media_type"):
+    if (
+        kind == "base64"
+        and isinstance(src.get("data"), str)
+        and isinstance(src.get("media_type"), str)
+    ):
         return {
             "type": "image_url",
             "image_url": {"url": f"data:{src['media_type']};base64,{src['data']}"},
@@ -112,7 +139,7 @@ def _user_messages(blocks: list[Any], where: str) -> list[dict[str, Any]]:
         elif kind == "tool_result":
             tools.append(_tool_result(block, at))
         else:
-            raise _bad(f"{at}: content block type {kind!r} is not supported here", at)
+            raise _unsupported(kind, at, USER_BLOCKS)
     if not parts:
         return tools
     if len(parts) == 1 and parts[0]["type"] == "text":
@@ -129,8 +156,10 @@ def _assistant_message(blocks: list[Any], where: str) -> dict[str, Any]:
         if kind == "text":
             texts.append(_text_of(block, at))
         elif kind == "tool_use":
-            if not block.get("id") or not block.get("name"):
-                raise _bad(f"{at}: a tool_use block needs an id and a name", at)
+            if not all(isinstance(block.get(k), str) and block[k] for k in ("id", "name")):
+                raise _bad(f"{at}: a tool_use block needs an id and a name (strings)", at)
+            if not isinstance(block.get("input", {}), dict):
+                raise _bad(f"{at}.input: must be an object", f"{at}.input")
             calls.append(
                 {
                     "id": block["id"],
@@ -144,7 +173,7 @@ def _assistant_message(blocks: list[Any], where: str) -> dict[str, Any]:
         elif kind in ("thinking", "redacted_thinking"):
             continue  # reasoning of an earlier turn: no OpenAI counterpart, and not needed
         else:
-            raise _bad(f"{at}: content block type {kind!r} is not supported here", at)
+            raise _unsupported(kind, at, ASSISTANT_BLOCKS)
     msg: dict[str, Any] = {"role": "assistant", "content": "".join(texts)}
     if calls:
         msg["tool_calls"] = calls
@@ -206,6 +235,8 @@ def _tools(body: dict[str, Any], out: dict[str, Any]) -> None:
         if not isinstance(schema, dict):
             raise _bad(f"tools.{i}.input_schema: Field required (a JSON schema object)", "tools")
         fn: dict[str, Any] = {"name": tool["name"], "parameters": schema}
+        if tool.get("description") is not None and not isinstance(tool["description"], str):
+            raise _bad(f"tools.{i}.description: must be a string", "tools")
         if tool.get("description"):
             fn["description"] = tool["description"]
         converted.append({"type": "function", "function": fn})
@@ -551,7 +582,7 @@ def _unexpected(e: Exception) -> tuple[Response, int]:
 @bp.post("/v1/messages")
 def create_message() -> Response:
     gw = gateway()
-    req = to_chat_request(read_json(gw.config.server.max_body_bytes))
+    req = to_chat_request(read_json(gw.config.server.max_body_bytes, dotted=True))
     call, inner = serve_chat(gw, req, route="/v1/messages")
     ctx = call.ctx
     msg_id = f"msg_{ctx.request_id}"
