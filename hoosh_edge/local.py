@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import gevent
 
 from .app import Gateway
 from .config import Config, LocalEngineConfig
@@ -106,14 +108,38 @@ class LocalSpeech:
         known = ", ".join([*self.tts, *OPENAI_VOICES]) or "none"
         raise InvalidRequest(f"Unknown voice '{voice}'. Voices here: {known}.", param="voice")
 
-    def transcribe(self, model: str, samples: Any, **opts: Any) -> Any:
-        with self.pool.slot(f"stt:{model}").use() as m:
-            return run_blocking(m.transcribe, samples, **opts)
+    def transcribe(self, model: str, samples: Any, *, should_stop: Callable[[], bool] | None = None,
+                   wait_s: float | None = None, **opts: Any) -> Any:  # fmt: skip
+        """Transcribe on the model's slot; it is released only once the native call has returned.
 
-    def synthesize(self, voice: str, text: str, speed: float) -> Iterator[bytes]:
-        """PCM per sentence as it is made; holds the voice until the stream ends."""
+        whisper.cpp polls ``should_stop`` and returns early when it says so; if this greenlet is
+        interrupted instead (a request timeout, a kill), the native call is told to stop and
+        waited for, so the next request never finds the model still busy underneath it.
+        """
+        halt = False
+
+        def stop() -> bool:
+            return halt or (should_stop is not None and should_stop())
+
+        with self.pool.slot(f"stt:{model}").use(timeout=wait_s) as m:
+            job = gevent.spawn(run_blocking, m.transcribe, samples, should_stop=stop, **opts)
+            try:
+                return job.get()
+            except BaseException:
+                halt = True
+                job.join()  # milliseconds: the abort callback sees ``halt`` at the next node
+                raise
+
+    def synthesize(self, voice: str, text: str, speed: float,
+                   should_stop: Callable[[], bool] | None = None) -> Iterator[bytes]:  # fmt: skip
+        """PCM per sentence as it is made; holds the voice until the stream ends.
+
+        Synthesis stops between sentences when ``should_stop`` says so, or when the reader closes
+        this generator (the client went away); the voice is free once the sentence in hand ends.
+        """
         with self.pool.slot(f"tts:{voice}").use() as v:
-            stream = ThreadStream(v.synthesize_stream, text, speed=speed, max_buffer=2)
+            stream = ThreadStream(v.synthesize_stream, text, speed=speed, should_stop=should_stop,
+                                  max_buffer=2)  # fmt: skip
             try:
                 yield from stream
             finally:

@@ -140,7 +140,7 @@ def test_unusable_uploads_are_invalid_requests() -> None:
 
 def test_over_long_audio_is_refused_without_decoding_it_all() -> None:
     data = _encode(_tone(440, 8000, 3.0), 8000, "WAV", "PCM_16")
-    _assert_file_error(data, "longer than the limit of 2 seconds", max_seconds=2)
+    _assert_file_error(data, "longer than the limit of 2 s", max_seconds=2)
     assert decode_audio(data, max_seconds=3).duration_s == pytest.approx(3.0)
 
 
