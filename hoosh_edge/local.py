@@ -121,14 +121,24 @@ class LocalSpeech:
         def stop() -> bool:
             return halt or (should_stop is not None and should_stop())
 
-        with self.pool.slot(f"stt:{model}").use(timeout=wait_s) as m:
-            job = gevent.spawn(run_blocking, m.transcribe, samples, should_stop=stop, **opts)
+        def run(m: Any) -> tuple[bool, Any]:
+            # Outcomes, not exceptions: gevent would print a traceback for a failed greenlet.
             try:
-                return job.get()
+                return True, run_blocking(m.transcribe, samples, should_stop=stop, **opts)
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                return False, exc
+
+        with self.pool.slot(f"stt:{model}").use(timeout=wait_s) as m:
+            job = gevent.spawn(run, m)
+            try:
+                ok, value = job.get()
             except BaseException:
                 halt = True
-                job.join()  # milliseconds: the abort callback sees ``halt`` at the next node
+                job.join()  # soon: whisper.cpp asks its abort callback at every graph it runs
                 raise
+        if not ok:
+            raise value
+        return value
 
     def synthesize(self, voice: str, text: str, speed: float,
                    should_stop: Callable[[], bool] | None = None) -> Iterator[bytes]:  # fmt: skip
