@@ -6,6 +6,7 @@ installed still serves chat, and start-up stays quick.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -112,9 +113,10 @@ class LocalSpeech:
                    wait_s: float | None = None, **opts: Any) -> Any:  # fmt: skip
         """Transcribe on the model's slot; it is released only once the native call has returned.
 
-        whisper.cpp polls ``should_stop`` and returns early when it says so; if this greenlet is
-        interrupted instead (a request timeout, a kill), the native call is told to stop and
-        waited for, so the next request never finds the model still busy underneath it.
+        whisper.cpp polls ``should_stop`` between the graphs it runs and returns early when it
+        says so. If this greenlet is interrupted instead (the request's timeout, a kill), the
+        native call is told to stop and the caller gets its answer now; the slot stays taken
+        until whisper.cpp has returned, so the next request never runs on a model still busy.
         """
         halt = False
 
@@ -128,14 +130,16 @@ class LocalSpeech:
             except Exception as exc:  # noqa: BLE001 - re-raised below
                 return False, exc
 
-        with self.pool.slot(f"stt:{model}").use(timeout=wait_s) as m:
-            job = gevent.spawn(run, m)
-            try:
-                ok, value = job.get()
-            except BaseException:
-                halt = True
-                job.join()  # soon: whisper.cpp asks its abort callback at every graph it runs
-                raise
+        held = contextlib.ExitStack()
+        m = held.enter_context(self.pool.slot(f"stt:{model}").use(timeout=wait_s))
+        job = gevent.spawn(run, m)
+        try:
+            ok, value = job.get()
+        except BaseException:
+            halt = True
+            gevent.spawn(_release_after, job, held)
+            raise
+        held.close()
         if not ok:
             raise value
         return value
@@ -159,6 +163,12 @@ class LocalSpeech:
     def sample_rate(self, voice: str) -> int:
         slot = self.pool.slot(f"tts:{voice}")
         return slot.ensure_loaded().sample_rate
+
+
+def _release_after(job: gevent.Greenlet, held: contextlib.ExitStack) -> None:
+    """Give a model back once the native call in ``job`` has returned."""
+    job.join()
+    held.close()
 
 
 def _resolve(cfg: LocalEngineConfig, found: dict[str, Path]) -> dict[str, str]:

@@ -68,10 +68,11 @@ def wav_claiming_more(seconds: float = 1.0, *, claimed_bytes: int = 4_000_000_00
 
 
 def encode(samples: np.ndarray, rate: int, fmt: str = "FLAC", subtype: str = "PCM_16") -> bytes:
-    """``samples`` written by libsndfile in ``fmt``, a block at a time (big Vorbis writes crash)."""
+    """``samples`` written by libsndfile in ``fmt`` (Ogg a block at a time: big Vorbis writes crash)."""
     buf = io.BytesIO()
     channels = 1 if samples.ndim == 1 else samples.shape[1]
+    step = 8192 if fmt == "OGG" else max(1, len(samples))
     with soundfile.SoundFile(buf, "w", rate, channels, format=fmt, subtype=subtype) as f:
-        for i in range(0, len(samples), 8192):
-            f.write(samples[i : i + 8192])
+        for i in range(0, len(samples), step):
+            f.write(samples[i : i + step])
     return buf.getvalue()

@@ -39,7 +39,7 @@ SF_COUNT_MAX = 2**63 - 1  # libsndfile's "length unknown"
 _FIRST_OUTPUT = 600 * TARGET_RATE
 # Containers whose frame count libsndfile estimates (MP3) or reads from the last page (Ogg):
 # a small difference from what decodes is normal there, not a sign of a lying header.
-_ESTIMATED_LENGTH_FORMATS = frozenset({"MPEG", "OGG"})
+_ESTIMATED_LENGTH_FORMATS = frozenset({"MP3", "OGG"})
 
 
 @dataclass(frozen=True)
