@@ -175,9 +175,10 @@ def decode_audio(
         raise _bad(f"Could not decode the audio file: {exc}") from exc
     if frames == 0:
         raise _bad("The audio file contains no samples.")
+    # libsndfile 1.2 reports most of these as a read error (above); a short read says the same.
     if exact and declared is not None and declared - frames > rate // 20:
         raise _bad(
-            f"The audio file is truncated or its header is wrong: the header declares "
+            f"The audio file is truncated or does not match its header: the header declares "
             f"{declared / rate:.1f} s, but the data ends after {frames / rate:.1f} s.",
             "audio_truncated",
         )
