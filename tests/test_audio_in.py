@@ -297,3 +297,9 @@ def test_should_stop_ends_decoding_with_deadline_exceeded() -> None:
     with pytest.raises(DeadlineExceeded):
         decode_audio(data, should_stop=stop)
     assert len(calls) == 3
+
+
+def test_absurd_rates_and_channel_counts_are_refused_before_decoding() -> None:
+    pcm = b"\x00\x01" * 100 * 64
+    _assert_file_error(_wav_by_hand(pcm, 16000, 100, 16), "100 channels; at most 64")
+    _assert_file_error(_wav_by_hand(pcm, 2_000_000, 1, 16), r"sample rate \(2000000 Hz\)")
