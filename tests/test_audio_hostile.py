@@ -236,10 +236,10 @@ def test_speech_stops_at_the_deadline_and_frees_the_voice(joe_gw):
     took = time.monotonic() - started
     assert r.status_code == 200 and len(r.content) > 0  # headers went out with the first sentence
     rate = int(r.headers["X-Hoosh-Sample-Rate"])
-    assert took < 3 + 1.5, took  # all 60 sentences take about 20 s here
+    assert took < 3 + 3, took  # all 60 sentences take 20 s or more here; one sentence, 0.35 s
     spoken_s = len(r.content) / 2 / rate
     assert spoken_s < 60 * 2.0, spoken_s  # far from the whole text (about 4 s of audio each)
-    assert time_to_speak(gw) < 1.5
+    assert time_to_speak(gw) < 6  # not queued behind the rest of the long text
     assert "speech stopped at server.request_timeout_s" in gw.log
     assert "Traceback" not in gw.log
 
@@ -253,7 +253,7 @@ def test_speech_stops_when_the_client_goes_away(joe_gw):
         next(r.iter_content(4096))
     # The connection is closed now; the next write fails and the stream stops between sentences.
     time.sleep(0.5)
-    assert time_to_speak(gw) < 2.0
+    assert time_to_speak(gw) < 6  # the long text alone needs 20 s or more
     assert "Traceback" not in gw.log
 
 
