@@ -110,7 +110,7 @@ def test_silence_bomb_decodes_in_bounded_memory_when_allowed(gateway_factory, fa
     assert grew < output + 100 * MiB, grew / MiB
 
 
-def test_flac_header_claiming_2_36_samples_is_a_400(gateway_factory, whisper_path, fake_openai):
+def test_flac_header_claiming_2_36_samples_is_a_400(gateway_factory, whisper_path):
     gw = gateway_factory(stt_config(whisper_path))
     data = lying_flac()  # 1 s of tone; STREAMINFO says 2^36 - 1 samples
     assert len(data) < 40_000
