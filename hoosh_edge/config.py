@@ -88,6 +88,8 @@ class LocalEngineConfig:
     preload: tuple[str, ...] = ()
     models: tuple[tuple[str, str], ...] = ()  # (model id, path); empty = discover in models_dir
     default_voice: str | None = None  # tts only
+    max_audio_s: float = 600.0  # stt only: longest upload decoded (header and data both checked)
+    max_input_chars: int = 4096  # tts only: longest text one /v1/audio/speech request may send
 
 
 @dataclass(frozen=True)
@@ -362,8 +364,10 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
     allowed = {"n_threads", "keep_alive_s", "max_queue", "preload", "models"}
     if kind == "llm":
         allowed |= {"n_ctx"}
+    if kind == "stt":
+        allowed |= {"max_audio_s"}
     if kind == "tts":
-        allowed |= {"default_voice", "voices"}
+        allowed |= {"default_voice", "voices", "max_input_chars"}
         allowed.discard("models")
     _check_keys(t, allowed, where, src)
     table_key = "voices" if kind == "tts" else "models"
@@ -382,6 +386,12 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
     n_ctx = _typed(t, "n_ctx", int, where, src, d.n_ctx)
     if n_ctx < 64:
         raise ConfigError(f"{src}: '{where}n_ctx' must be >= 64")
+    max_audio_s = float(_typed(t, "max_audio_s", (int, float), where, src, d.max_audio_s))
+    if not 0 < max_audio_s <= 86400:
+        raise ConfigError(f"{src}: '{where}max_audio_s' must be > 0 and at most 86400 (a day)")
+    max_input_chars = _typed(t, "max_input_chars", int, where, src, d.max_input_chars)
+    if max_input_chars < 1:
+        raise ConfigError(f"{src}: '{where}max_input_chars' must be >= 1")
     return LocalEngineConfig(
         n_threads=n_threads,
         n_ctx=n_ctx,
@@ -390,6 +400,8 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
         preload=tuple(str(p) for p in preload),
         models=tuple(models.items()),
         default_voice=_typed(t, "default_voice", str, where, src, None),
+        max_audio_s=max_audio_s,
+        max_input_chars=max_input_chars,
     )
 
 

@@ -6,11 +6,14 @@ installed still serves chat, and start-up stays quick.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+import gevent
 
 from .app import Gateway
 from .config import Config, LocalEngineConfig
@@ -122,14 +125,51 @@ class LocalSpeech:
         known = ", ".join([*self.tts, *OPENAI_VOICES]) or "none"
         raise InvalidRequest(f"Unknown voice '{voice}'. Voices here: {known}.", param="voice")
 
-    def transcribe(self, model: str, samples: Any, **opts: Any) -> Any:
-        with self.pool.slot(f"stt:{model}").use() as m:
-            return run_blocking(m.transcribe, samples, **opts)
+    def transcribe(self, model: str, samples: Any, *, should_stop: Callable[[], bool] | None = None,
+                   wait_s: float | None = None, **opts: Any) -> Any:  # fmt: skip
+        """Transcribe on the model's slot; it is released only once the native call has returned.
 
-    def synthesize(self, voice: str, text: str, speed: float) -> Iterator[bytes]:
-        """PCM per sentence as it is made; holds the voice until the stream ends."""
+        whisper.cpp polls ``should_stop`` between the graphs it runs and returns early when it
+        says so. If this greenlet is interrupted instead (the request's timeout, a kill), the
+        native call is told to stop and the caller gets its answer now; the slot stays taken
+        until whisper.cpp has returned, so the next request never runs on a model still busy.
+        """
+        halt = False
+
+        def stop() -> bool:
+            return halt or (should_stop is not None and should_stop())
+
+        def run(m: Any) -> tuple[bool, Any]:
+            # Outcomes, not exceptions: gevent would print a traceback for a failed greenlet.
+            try:
+                return True, run_blocking(m.transcribe, samples, should_stop=stop, **opts)
+            except Exception as exc:  # noqa: BLE001 - re-raised below
+                return False, exc
+
+        held = contextlib.ExitStack()
+        m = held.enter_context(self.pool.slot(f"stt:{model}").use(timeout=wait_s))
+        job = gevent.spawn(run, m)
+        try:
+            ok, value = job.get()
+        except BaseException:
+            halt = True
+            gevent.spawn(_release_after, job, held)
+            raise
+        held.close()
+        if not ok:
+            raise value
+        return value
+
+    def synthesize(self, voice: str, text: str, speed: float,
+                   should_stop: Callable[[], bool] | None = None) -> Iterator[bytes]:  # fmt: skip
+        """PCM per sentence as it is made; holds the voice until the stream ends.
+
+        Synthesis stops between sentences when ``should_stop`` says so, or when the reader closes
+        this generator (the client went away); the voice is free once the sentence in hand ends.
+        """
         with self.pool.slot(f"tts:{voice}").use() as v:
-            stream = ThreadStream(v.synthesize_stream, text, speed=speed, max_buffer=2)
+            stream = ThreadStream(v.synthesize_stream, text, speed=speed, should_stop=should_stop,
+                                  max_buffer=2)  # fmt: skip
             try:
                 yield from stream
             finally:
@@ -151,6 +191,12 @@ def whisper_multilingual(path: str) -> bool:
     if len(head) < 8 or int.from_bytes(head[:4], "little") != 0x67676D6C:
         return False
     return int.from_bytes(head[4:8], "little") >= 51865
+
+
+def _release_after(job: gevent.Greenlet, held: contextlib.ExitStack) -> None:
+    """Give a model back once the native call in ``job`` has returned."""
+    job.join()
+    held.close()
 
 
 def _resolve(cfg: LocalEngineConfig, found: dict[str, Path]) -> dict[str, str]:

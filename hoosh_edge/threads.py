@@ -35,7 +35,19 @@ KEEPALIVE = object()  # yielded by pump() when nothing arrived within heartbeat_
 
 def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run ``fn`` in gevent's threadpool and return its result (or raise its exception)."""
-    return gevent.get_hub().threadpool.spawn(fn, *args, **kwargs).get()
+    outcome = gevent.get_hub().threadpool.spawn(_capture, fn, args, kwargs).get()
+    if isinstance(outcome, _Raised):
+        raise outcome.exc
+    return outcome
+
+
+def _capture(fn: Callable[..., T], args: tuple, kwargs: dict) -> T | _Raised:
+    # gevent prints a traceback for any exception a pool task raises; an expected 400 raised in
+    # a thread (a bad upload, a deadline) must reach the caller without one in the log.
+    try:
+        return fn(*args, **kwargs)
+    except BaseException as exc:  # noqa: BLE001 - re-raised in the calling greenlet
+        return _Raised(exc)
 
 
 class Cancelled(Exception):

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 
 import numpy as np
 import pytest
 import soundfile
+import soxr
 
-from hoosh_edge.engines.audio_in import decode_audio, sniff_audio_kind
-from hoosh_edge.errors import InvalidRequest
+from hoosh_edge.engines.audio_in import BLOCK_SAMPLES, decode_audio, sniff_audio_kind
+from hoosh_edge.errors import DeadlineExceeded, InvalidRequest
+from tests.audio_bombs import (
+    encode,
+    lying_flac,
+    silence_flac,
+    wav_claiming_more,
+)
 
 
 def _tone(freq: float, rate: int, seconds: float, amp: float = 0.5) -> np.ndarray:
@@ -140,7 +148,7 @@ def test_unusable_uploads_are_invalid_requests() -> None:
 
 def test_over_long_audio_is_refused_without_decoding_it_all() -> None:
     data = _encode(_tone(440, 8000, 3.0), 8000, "WAV", "PCM_16")
-    _assert_file_error(data, "longer than the limit of 2 seconds", max_seconds=2)
+    _assert_file_error(data, "longer than the limit of 2 s", max_seconds=2)
     assert decode_audio(data, max_seconds=3).duration_s == pytest.approx(3.0)
 
 
@@ -172,3 +180,126 @@ def test_containers_we_cannot_decode_say_so() -> None:
 )
 def test_sniff_audio_kind(head: bytes, kind: str | None) -> None:
     assert sniff_audio_kind(head) == kind
+
+
+# -- the block decoder: same output as decoding whole, bounded memory, hostile headers ---------
+
+
+def _decode_whole(data: bytes) -> np.ndarray:
+    """The reference: read everything, average the channels, resample in one call."""
+    frames, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    mono = frames.mean(axis=1)
+    return mono if rate == 16000 else soxr.resample(mono, rate, 16000, quality="HQ")
+
+
+@pytest.mark.parametrize("rate,channels,fmt,subtype", [
+    (44100, 2, "WAV", "PCM_16"), (48000, 6, "FLAC", "PCM_24"), (16000, 1, "WAV", "FLOAT"),
+    (22050, 1, "OGG", "VORBIS"), (8000, 3, "WAV", "PCM_U8")])  # fmt: skip
+def test_block_decoder_matches_decoding_the_whole_file(rate, channels, fmt, subtype) -> None:
+    # Long enough for several blocks (BLOCK_SAMPLES spans 10.9 s of mono at 48 kHz, 1.8 s of 6 ch).
+    rng = np.random.default_rng(1)
+    seconds = 3 * BLOCK_SAMPLES / (rate * channels) + 0.37
+    mix = _tone(440, rate, seconds, 0.3) + _tone(3100, rate, seconds, 0.2)
+    data = encode(mix[:, None] * rng.uniform(0.3, 1.0, channels), rate, fmt, subtype)
+    audio = decode_audio(data)
+    whole = _decode_whole(data)
+    assert abs(len(audio.samples) - len(whole)) <= 1
+    n = min(len(audio.samples), len(whole))
+    assert float(np.max(np.abs(audio.samples[:n] - whole[:n]))) < 1e-4
+    assert audio.duration_s == pytest.approx(seconds, abs=1.5 / rate)
+
+
+@pytest.fixture(scope="module")
+def five_minutes_of_8ch_silence() -> bytes:
+    return silence_flac(300, channels=8, rate=48000)
+
+
+def test_silence_bomb_is_refused_from_its_header(five_minutes_of_8ch_silence) -> None:
+    data = five_minutes_of_8ch_silence
+    assert len(data) < 200_000  # 300 s x 8 ch x 48 kHz of float32 would be 460 MB
+    tracemalloc.start()
+    try:
+        with pytest.raises(InvalidRequest, match="limit of 120 s") as info:
+            decode_audio(data, max_seconds=120)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.code == "audio_too_long" and "header says 300 s" in info.value.message
+    assert peak < 1 << 20  # nothing was decoded
+
+
+def test_silence_bomb_decodes_in_bounded_memory(five_minutes_of_8ch_silence) -> None:
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        audio = decode_audio(five_minutes_of_8ch_silence, max_seconds=300)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    out = len(audio.samples) * 4
+    assert audio.duration_s == pytest.approx(300) and len(audio.samples) == 300 * 16000
+    # The old decode-whole path held 460 MB of 8-channel float32 at once.
+    assert peak < out + 8 * BLOCK_SAMPLES * 4, (peak, out)
+    assert float(np.abs(audio.samples).max()) == 0.0
+
+
+def test_channels_times_frames_is_bounded_too() -> None:
+    # 16 channels at 48 kHz for 1.5 s is under a 2 s limit, but more work than 2 s of 8 channels.
+    data = encode(np.zeros((72000, 16), np.float32), 48000, "WAV", "PCM_16")
+    with pytest.raises(InvalidRequest, match="16 channels at 48000 Hz") as info:
+        decode_audio(data, max_seconds=2)
+    assert "at most 1 s" in info.value.message and info.value.code == "audio_too_long"
+    assert decode_audio(data[: 44 + 16 * 2 * 48000], max_seconds=2).duration_s == 1.0
+
+
+def test_flac_claiming_2_36_samples_is_refused_without_allocating() -> None:
+    data = lying_flac()
+    assert len(data) < 40_000
+    with pytest.raises(InvalidRequest, match="limit of 600 s") as info:
+        decode_audio(data)
+    assert "header says 4294967 s" in info.value.message
+    # With a limit above the claim, the data runs out long before it: still a 400, not a MemoryError.
+    with pytest.raises(InvalidRequest, match="truncated or does not match its header") as info:
+        decode_audio(data, max_seconds=86400 * 100)
+    assert info.value.code == "audio_truncated"
+
+
+def test_flac_claiming_fewer_samples_stops_at_the_claim() -> None:
+    data = lying_flac(8000, seconds=2.0)  # holds 2 s, says 0.5 s
+    assert decode_audio(data).duration_s == pytest.approx(0.5)
+
+
+def test_wav_claiming_more_data_than_it_holds_decodes_what_is_there() -> None:
+    audio = decode_audio(wav_claiming_more(1.5))
+    assert audio.duration_s == pytest.approx(1.5) and len(audio.samples) == 24000
+
+
+def test_cut_flac_is_a_clear_invalid_request() -> None:
+    whole = encode(_tone(440, 16000, 4.0), 16000)
+    _assert_file_error(whole[: len(whole) // 2], "truncated or does not match its header")
+
+
+def test_over_long_audio_without_a_usable_length_is_stopped_while_decoding() -> None:
+    # The header says 1 s, so the check before decoding passes; the cap while reading still holds.
+    data = lying_flac(16000 * 1, seconds=4.0)
+    assert decode_audio(data, max_seconds=2).duration_s == pytest.approx(1.0)
+    data = encode(_tone(440, 16000, 3.0), 16000, "OGG", "VORBIS")
+    _assert_file_error(data, "limit of 2 s", max_seconds=2)
+
+
+def test_should_stop_ends_decoding_with_deadline_exceeded() -> None:
+    calls = []
+    data = encode(_tone(440, 48000, 30.0), 48000)
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 2
+
+    with pytest.raises(DeadlineExceeded):
+        decode_audio(data, should_stop=stop)
+    assert len(calls) == 3
+
+
+def test_absurd_rates_and_channel_counts_are_refused_before_decoding() -> None:
+    pcm = b"\x00\x01" * 100 * 64
+    _assert_file_error(_wav_by_hand(pcm, 16000, 100, 16), "100 channels; at most 64")
+    _assert_file_error(_wav_by_hand(pcm, 2_000_000, 1, 16), r"sample rate \(2000000 Hz\)")

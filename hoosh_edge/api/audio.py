@@ -14,12 +14,14 @@ import math
 from collections.abc import Iterator
 from typing import Any
 
+import gevent
 from flask import Blueprint, Response, g, request
 
 from ..budget import Usage
 from ..cache import directives, speech_key, transcription_key
-from ..errors import InvalidRequest, ModelNotFound, PayloadTooLarge
+from ..errors import DeadlineExceeded, InvalidRequest, ModelNotFound, PayloadTooLarge
 from ..keys import require_model
+from ..limits import Deadline
 from ..providers.base import CallContext
 from ..router import Target
 from ..threads import run_blocking
@@ -29,7 +31,6 @@ from .common import gateway, inference_headers, read_json
 log = logging.getLogger(__name__)
 bp = Blueprint("audio", __name__)
 
-MAX_SPEECH_CHARS = 4096
 _ACCEPTED_PREFIXES = ("audio/", "video/")
 
 
@@ -41,6 +42,30 @@ class _LocalSpeechBackend:
 
 
 _LOCAL = _LocalSpeechBackend()
+
+
+def _deadline() -> Deadline:
+    """This request's ``server.request_timeout_s``, counted from now."""
+    return Deadline(gateway().config.server.request_timeout_s)
+
+
+def _past_deadline(deadline: Deadline) -> DeadlineExceeded:
+    return DeadlineExceeded(f"The request did not finish within {deadline.seconds:g} s "
+                            "(server.request_timeout_s).")  # fmt: skip
+
+
+def _attempt_by(deadline: Deadline, gw: Any, targets: list[Target], call: Any, usage_for: Any):
+    """``router.attempt`` that ends at the deadline: 504 ``deadline_exceeded``, no fallback after.
+
+    ``usage_for(target)`` is what the target can be billed (its reservation).
+    """
+    ctx = CallContext(request_id=g.request_id)
+    g.call_ctx = ctx  # the access line names the target tried last
+    try:
+        with gevent.Timeout(max(0.001, deadline.remaining()), _past_deadline(deadline)):
+            return gw.router.attempt(targets, ctx, call, _admit(gw, usage_for))
+    except DeadlineExceeded as exc:  # the engines' own stop says it less plainly
+        raise _past_deadline(deadline) from exc
 
 
 def _form_float(name: str, default: float, lo: float, hi: float) -> float:
@@ -121,6 +146,7 @@ def _transcribe(translate: bool) -> Response:
     from ..engines.audio_in import decode_audio
     from ..engines.transcript_formats import FORMATS, render
 
+    deadline = _deadline()
     gw = gateway()
     speech = gw.speech
     model_name = form_text("model") or ""
@@ -154,7 +180,12 @@ def _transcribe(translate: bool) -> Response:
     language = form_text("language") or None
     prompt = form_text("prompt") or None
     data, filename = _upload()
-    audio = run_blocking(decode_audio, data)  # also validates before anything is paid for
+    # Decoding also validates before anything is paid for; it is bounded by max_audio_s.
+    try:
+        audio = run_blocking(decode_audio, data, max_seconds=gw.config.stt.max_audio_s,
+                             should_stop=lambda: deadline.expired)  # fmt: skip
+    except DeadlineExceeded as exc:
+        raise _past_deadline(deadline) from exc
 
     params = {"language": language, "prompt": prompt, "temperature": temperature,
               "response_format": fmt, "translate": translate}  # fmt: skip
@@ -180,7 +211,8 @@ def _transcribe(translate: bool) -> Response:
         if target.backend.is_local:
             transcript = speech.transcribe(target.model, audio.samples, language=language,
                                            prompt=prompt, temperature=temperature,
-                                           translate=translate)  # fmt: skip
+                                           translate=translate, wait_s=deadline.remaining(),
+                                           should_stop=lambda: deadline.expired)  # fmt: skip
             body, mimetype = render(transcript, fmt)
             if isinstance(body, dict):
                 return json.dumps(body, ensure_ascii=False).encode(), "application/json"
@@ -190,10 +222,8 @@ def _transcribe(translate: bool) -> Response:
                 if v is not None}  # fmt: skip
         return target.backend.transcribe(target.model, data, filename, form, translate=translate)
 
-    ctx = CallContext(request_id=g.request_id)
-    g.call_ctx = ctx
-    target, (body, mimetype), _, hold = gw.router.attempt(
-        targets, ctx, call, _admit(gw, lambda t: stt_usage(t, audio.duration_s))
+    target, (body, mimetype), _, hold = _attempt_by(
+        deadline, gw, targets, call, lambda t: stt_usage(t, audio.duration_s)
     )
     gw.metrics.inc("hoosh_audio_seconds_total", {"provider": target.provider, "kind": "stt"},
                    audio.duration_s, help="Seconds of audio transcribed")  # fmt: skip
@@ -227,9 +257,11 @@ def _speech_request() -> dict[str, Any]:
     text = body.get("input")
     if not isinstance(text, str) or not text.strip():
         raise InvalidRequest("'input' is required: the text to speak.", param="input")
-    if len(text) > MAX_SPEECH_CHARS:
+    limit = gw.config.tts.max_input_chars
+    if len(text) > limit:
         raise InvalidRequest(
-            f"'input' is {len(text)} characters; the limit is {MAX_SPEECH_CHARS}.", param="input"
+            f"'input' is {len(text)} characters; the limit is {limit} (local.tts.max_input_chars).",
+            param="input",
         )
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -251,6 +283,7 @@ def _speech_request() -> dict[str, Any]:
 def speech() -> Response:
     from ..engines.audio_out import StreamEncoder, check_format, content_type
 
+    deadline = _deadline()
     gw = gateway()
     req = _speech_request()
     text, model, fmt, speed = req["input"], req["model"], req["response_format"], req["speed"]
@@ -287,7 +320,7 @@ def speech() -> Response:
             body = {k: v for k, v in req.items() if k != "model"}
             chunks, ctype = target.backend.speech(target.model, body)
             return chunks, ctype, None
-        pcm = local.synthesize(target.model, text, speed)
+        pcm = local.synthesize(target.model, text, speed, should_stop=lambda: deadline.expired)
         try:
             first = next(pcm)  # errors (queue full, no memory) still get a JSON answer
         except StopIteration:
@@ -312,11 +345,9 @@ def speech() -> Response:
 
         return encoded(), content_type(fmt), rate
 
-    ctx = CallContext(request_id=g.request_id)
-    g.call_ctx = ctx
     # Providers bill speech per character of the input: known exactly before the call.
-    target, (chunks, ctype, rate), _, hold = gw.router.attempt(
-        targets, ctx, call, _admit(gw, lambda t: Usage(characters=len(text)))
+    target, (chunks, ctype, rate), _, hold = _attempt_by(
+        deadline, gw, targets, call, lambda t: Usage(characters=len(text))
     )
     if hold is not None:
         gw.accountant.commit(hold, Usage(characters=len(text)))  # billed per character, known now
@@ -333,6 +364,9 @@ def speech() -> Response:
                 if keep:
                     parts.append(out)
                 yield out
+        except DeadlineExceeded:  # expected: the text was longer than the time allowed
+            log.warning("request %s: speech stopped at server.request_timeout_s", request_id)
+            return
         except Exception:  # noqa: BLE001 - headers are gone; end the body early and log
             log.exception("request %s: speech failed mid-stream", request_id)
             return

@@ -14,14 +14,14 @@ import os
 import re
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hoosh_edge.errors import InvalidRequest
+from hoosh_edge.errors import DeadlineExceeded, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -233,10 +233,20 @@ class PiperVoice:
         audio = self._session.run(None, feeds)[0]
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
-    def synthesize_stream(self, text: str, *, speed: float = 1.0) -> Iterator[bytes]:
-        """Yield int16 mono little-endian PCM at ``sample_rate``, one sentence at a time."""
+    def synthesize_stream(
+        self, text: str, *, speed: float = 1.0, should_stop: Callable[[], bool] | None = None
+    ) -> Iterator[bytes]:
+        """Yield int16 mono little-endian PCM at ``sample_rate``, one sentence at a time.
+
+        ``should_stop`` is asked before each sentence; once it says so this raises
+        ``DeadlineExceeded`` (a sentence already running in onnxruntime finishes first).
+        """
         speed = _check_speed(speed)
         for sentence in split_sentences(text):
+            if should_stop is not None and should_stop():
+                raise DeadlineExceeded(
+                    "Speech synthesis stopped: the request ran past its deadline."
+                )
             phonemes = self.phonemize(sentence)
             if not any(p.strip() for p in phonemes):
                 continue

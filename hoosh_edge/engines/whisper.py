@@ -6,7 +6,9 @@ only frees its context at garbage collection. Here a model loads from a path or 
 ``close()`` returns its memory at once.
 
 All calls here BLOCK (the native code releases the GIL); the caller runs them in a worker thread.
-One ``WhisperModel`` runs one transcription at a time.
+One ``WhisperModel`` runs one transcription at a time. ``transcribe(..., should_stop=...)`` hands
+whisper.cpp an abort callback (ggml asks it between graph nodes, a few hundred times a second), so
+a transcription past its deadline returns within milliseconds and frees the model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import atexit
 import collections
 import os
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,7 @@ from typing import Any
 import gevent.monkey
 import numpy as np
 
-from hoosh_edge.errors import HooshError, InvalidRequest
+from hoosh_edge.errors import DeadlineExceeded, HooshError, InvalidRequest
 
 GGML_MAGIC = 0x67676D6C
 SAMPLE_RATE = 16000
@@ -151,8 +154,13 @@ class WhisperModel:
         prompt: str | None = None,
         temperature: float = 0.0,
         translate: bool = False,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Transcript:
-        """Transcribe (or translate to English) 16 kHz mono samples. BLOCKS for seconds."""
+        """Transcribe (or translate to English) 16 kHz mono samples. BLOCKS for seconds.
+
+        ``should_stop`` is polled from whisper.cpp's threads; once it returns True the native call
+        returns early and this raises ``DeadlineExceeded``.
+        """
         pw = self._pw
         params = pw.whisper_full_default_params(
             pw.whisper_sampling_strategy.WHISPER_SAMPLING_GREEDY
@@ -169,6 +177,15 @@ class WhisperModel:
         params.language = self._language_code(language, translate)
         if prompt:
             params.initial_prompt = prompt
+        stopped = False
+        if should_stop is not None:
+
+            def abort() -> bool:
+                nonlocal stopped
+                stopped = stopped or bool(should_stop())
+                return stopped
+
+            params.set_abort_callback(abort)
         audio = np.ascontiguousarray(samples, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             raise InvalidRequest("The audio contains no samples.", param="file")
@@ -176,6 +193,10 @@ class WhisperModel:
             if self._ctx is None:
                 raise HooshError("The speech-to-text model was unloaded.")
             rc = pw.whisper_full(self._ctx, params, audio, audio.size)
+            if stopped:
+                raise DeadlineExceeded(
+                    "The transcription was stopped: the request ran past its deadline."
+                )
             if rc != 0:
                 raise HooshError(f"whisper.cpp failed to transcribe (code {rc}).")
             segments = self._segments()
