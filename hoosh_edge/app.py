@@ -383,6 +383,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.json.sort_keys = False
     app.extensions["hoosh"] = gateway
 
+    from .api import count_tokens  # noqa: F401 - adds its route to the messages blueprint
     from .api.admin import bp as admin_bp
     from .api.audio import bp as audio_bp
     from .api.bodies import check_headers
@@ -463,6 +464,10 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
 
     @app.errorhandler(HooshError)
     def _hoosh_error(e: HooshError) -> tuple[Response, int]:
+        if request.path.startswith("/v1/messages"):
+            from .api.messages import _hoosh_error as anthropic_hoosh_error
+
+            return anthropic_hoosh_error(e)  # e.g. a key refused on a path without a route
         resp = jsonify(e.to_dict())
         for k, v in e.headers.items():
             resp.headers[k] = v
@@ -477,6 +482,11 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
             405: f"Method {request.method} is not allowed on {request.path}.",
             413: "The request body is too large.",
         }.get(code, e.description or e.name)
+        if request.path.startswith("/v1/messages"):
+            # Anthropic's clients read Anthropic's error shape, on paths the gateway lacks too.
+            from .api.messages import anthropic_error
+
+            return anthropic_error(code, message)
         body = {"error": {"message": message, "type": "invalid_request_error" if code < 500
                           else "server_error", "param": None, "code": kinds.get(code)}}  # fmt: skip
         return jsonify(body), code

@@ -14,6 +14,7 @@ import requests
 from tests.conftest import openai_provider_toml
 from tests.fake_anthropic import API_KEY as ANTHROPIC_KEY
 from tests.fake_anthropic import FakeAnthropic, reply
+from tests.fake_openai import FakeOpenAI
 from tests.synth_gguf import make_tiny_gguf
 
 WEATHER_TOOL = {
@@ -563,3 +564,55 @@ timeout_s = 5
         assert final.stop_reason == "tool_use"
         assert [(b.name, b.input) for b in final.content] == [("get_weather", {"city": "Oslo"})]
         assert fake.requests[-1].body["tools"][0]["input_schema"] == WEATHER_TOOL["input_schema"]
+
+
+# ---- count_tokens and the error shape on every Anthropic path ------------------------------------
+
+
+def test_count_tokens_is_exact_on_a_local_model(tiny, gateway_factory):
+    """The SDK's messages.count_tokens: the local tokenizer after the chat template."""
+    gw = gateway_factory(local_toml(tiny))
+    client = sdk(gw)
+    msgs = [{"role": "user", "content": "Wie spät ist es? 今何時ですか 🙂"}]
+    counted = client.messages.count_tokens(model="tiny", system="Be brief.", messages=msgs)
+    made = client.messages.create(model="tiny", max_tokens=2, system="Be brief.", messages=msgs)
+    assert counted.input_tokens == made.usage.input_tokens > 0
+    raw = client.messages.with_raw_response.count_tokens(model="tiny", messages=msgs)
+    assert raw.headers["X-Hoosh-Token-Count"] == "exact"
+
+
+def test_count_tokens_of_a_cloud_model_is_the_budget_bound(gateway_factory):
+    """A cloud model gets the gateway's upper bound, never below what the upstream counts."""
+    with FakeOpenAI(billing=True) as fake:
+        gw = gateway_factory(openai_provider_toml(fake))
+        client = sdk(gw)
+        msgs = [{"role": "user", "content": "数え方 " * 20}, {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "again ✓"}]  # fmt: skip
+        raw = client.messages.with_raw_response.count_tokens(model="gpt-4o-mini", messages=msgs,
+                                                             system="System text.")  # fmt: skip
+        bound = raw.parse().input_tokens
+        assert raw.headers["X-Hoosh-Token-Count"] == "upper_bound"
+        assert fake.chat_requests == []  # counting calls nobody
+        made = client.messages.create(model="gpt-4o-mini", max_tokens=5, messages=msgs,
+                                      system="System text.")  # fmt: skip
+        assert 0 < made.usage.input_tokens <= bound
+
+
+def test_every_error_on_an_anthropic_path_has_anthropic_shape(fake_openai, gateway_factory):
+    key = "client-key-for-messages-0123456789"
+    gw = gateway_factory(f'[server]\napi_keys = ["{key}"]\n' + openai_provider_toml(fake_openai))
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        sdk(gw, api_key="wrong-key-0123456789").messages.count_tokens(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.body["error"]["type"] == "authentication_error"
+    for method, path, status, kind in [
+        ("post", "/v1/messages/batches", 404, "not_found_error"),
+        ("get", "/v1/messages", 405, "invalid_request_error"),
+        ("post", "/v1/messages/count_tokens", 400, "invalid_request_error"),  # no model
+    ]:
+        r = getattr(requests, method)(gw.url + path, headers={"x-api-key": key}, json={},
+                                      timeout=10)  # fmt: skip
+        assert r.status_code == status, (path, r.text)
+        doc = r.json()
+        assert doc["type"] == "error" and doc["error"]["type"] == kind, (path, doc)

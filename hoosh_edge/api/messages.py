@@ -556,6 +556,11 @@ def _error_response(
     return resp, status
 
 
+def anthropic_error(status: int, message: str) -> tuple[Response, int]:
+    """An Anthropic-shaped error for ``status`` (for paths outside this blueprint's routes)."""
+    return _error_response(status, error_type(status, None, None), message)
+
+
 @bp.errorhandler(HooshError)
 def _hoosh_error(e: HooshError) -> tuple[Response, int]:
     kind = error_type(e.status, e.type, e.code)
