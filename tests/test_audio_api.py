@@ -229,3 +229,25 @@ joe = "{voice}"
     v = client.audio.transcriptions.create(model="whisper-tiny.en", file=("s.wav", wav),
                                            response_format="verbose_json")  # fmt: skip
     assert v.segments and v.duration > 3
+
+
+def test_speech_streams_openai_sse_events(synth_gw):
+    """`stream_format: "sse"`: speech.audio.delta events with base64 audio, then done."""
+    import base64
+    import json as _json
+
+    client = openai.OpenAI(base_url=synth_gw.url + "/v1", api_key="x", max_retries=0)
+    text = "Streamed speech. In two sentences."
+    with client.audio.speech.with_streaming_response.create(
+        model="tts-1", voice="alloy", input=text, response_format="pcm", stream_format="sse",
+        extra_headers={"Cache-Control": "no-store"},
+    ) as resp:  # fmt: skip
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        events = [_json.loads(line[6:]) for line in resp.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1] == {"type": "speech.audio.done", "usage": {"input_characters": len(text)}}
+    audio = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    plain = speak(synth_gw, input=text, response_format="pcm")
+    assert plain.status_code == 200 and len(audio) == len(plain.content) > 0  # the same audio
+    bad = speak(synth_gw, stream_format="mp4")
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "stream_format"

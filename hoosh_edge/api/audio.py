@@ -27,6 +27,7 @@ from ..router import Target
 from ..threads import run_blocking
 from .bodies import form_text
 from .common import gateway, inference_headers, read_json
+from .speech_sse import sse_frames, stream_format
 
 log = logging.getLogger(__name__)
 bp = Blueprint("audio", __name__)
@@ -276,7 +277,7 @@ def _speech_request() -> dict[str, Any]:
     if not isinstance(fmt, str):
         raise InvalidRequest("'response_format' must be a string.", param="response_format")
     return {**body, "input": text, "model": model, "voice": voice, "speed": float(speed),
-            "response_format": fmt}  # fmt: skip
+            "response_format": fmt, "stream_format": stream_format(body)}  # fmt: skip
 
 
 @bp.post("/v1/audio/speech")
@@ -309,7 +310,11 @@ def speech() -> Response:
         key = speech_key(first.provider, voice_id, model, text, fmt, speed)
         entry = run_blocking(cache.get, key) if lookup else None
         if entry is not None:
-            resp = Response(entry.body, mimetype=entry.meta.get("content_type"))
+            if req["stream_format"] == "sse":
+                body = sse_frames([entry.body], lambda: True, _speech_usage(text))
+                resp = Response(body, mimetype="text/event-stream")
+            else:
+                resp = Response(entry.body, mimetype=entry.meta.get("content_type"))
             if entry.meta.get("sample_rate"):
                 resp.headers["X-Hoosh-Sample-Rate"] = str(entry.meta["sample_rate"])
             resp.headers["X-Hoosh-Cache"] = "HIT"
@@ -317,7 +322,8 @@ def speech() -> Response:
 
     def call(target: Target) -> tuple[Iterator[bytes], str, int | None]:
         if not target.backend.is_local:
-            body = {k: v for k, v in req.items() if k != "model"}
+            # The gateway frames SSE itself: the provider is asked for plain audio.
+            body = {k: v for k, v in req.items() if k not in ("model", "stream_format")}
             chunks, ctype = target.backend.speech(target.model, body)
             return chunks, ctype, None
         pcm = local.synthesize(target.model, text, speed, should_stop=lambda: deadline.expired)
@@ -357,6 +363,8 @@ def speech() -> Response:
     request_id = g.request_id
     keep = key is not None and store and target is targets[0]
 
+    whole = [False]  # set once the audio ran to its end
+
     def frames() -> Iterator[bytes]:
         parts: list[bytes] = []
         try:
@@ -370,18 +378,28 @@ def speech() -> Response:
         except Exception:  # noqa: BLE001 - headers are gone; end the body early and log
             log.exception("request %s: speech failed mid-stream", request_id)
             return
+        whole[0] = True
         if keep:
             meta = {"provider": target.provider, "model": target.model, "content_type": ctype,
                     "sample_rate": rate}  # fmt: skip
             run_blocking(cache.put, key, "speech", b"".join(parts), meta)
 
-    resp = Response(frames(), mimetype=ctype)
+    if req["stream_format"] == "sse":
+        events = sse_frames(frames(), lambda: whole[0], _speech_usage(text))
+        resp = Response(events, mimetype="text/event-stream", headers={"Cache-Control": "no-cache"})
+    else:
+        resp = Response(frames(), mimetype=ctype)
     if rate is not None:
         resp.headers["X-Hoosh-Sample-Rate"] = str(rate if fmt != "opus" else 24000)
     if hold is not None:
         resp.headers["X-Hoosh-Cost-USD"] = hold.cost_usd_text
     resp.headers["X-Hoosh-Cache"] = "MISS" if key and lookup else "BYPASS"
     return inference_headers(resp, target.provider, target.model)
+
+
+def _speech_usage(text: str) -> dict[str, int]:
+    """Usage of a speech answer: its input, in characters (what speech is billed by here)."""
+    return {"input_characters": len(text)}
 
 
 def _prepend(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
