@@ -229,6 +229,19 @@ joe = "{voice}"
     v = client.audio.transcriptions.create(model="whisper-tiny.en", file=("s.wav", wav),
                                            response_format="verbose_json")  # fmt: skip
     assert v.segments and v.duration > 3
+    # Word timestamps from whisper.cpp's token times: in order, inside the clip, the right words.
+    w = client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav),
+                                           response_format="verbose_json",
+                                           timestamp_granularities=["word"])  # fmt: skip
+    assert w.words and word_error_rate(sentence, " ".join(x.word for x in w.words)) < 0.2
+    starts = [x.start for x in w.words]
+    assert starts == sorted(starts) and all(x.start <= x.end <= w.duration + 0.5 for x in w.words)
+    # stream=true: transcript.text.delta events, then transcript.text.done with the whole text.
+    events = list(client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav),
+                                                     stream=True))  # fmt: skip
+    assert [e.type for e in events][-1] == "transcript.text.done"
+    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+    assert deltas.strip() == events[-1].text.strip() and word_error_rate(sentence, deltas) < 0.2
 
 
 def test_speech_streams_openai_sse_events(synth_gw):
@@ -251,3 +264,34 @@ def test_speech_streams_openai_sse_events(synth_gw):
     assert plain.status_code == 200 and len(audio) == len(plain.content) > 0  # the same audio
     bad = speak(synth_gw, stream_format="mp4")
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "stream_format"
+
+
+def test_transcription_options_are_part_of_the_cache_key(synth_gw):
+    """A verbose_json answer stored without words never answers a request asking for them."""
+    audio = wav_bytes(seconds=1.3)
+    first = transcribe(synth_gw, audio, response_format="verbose_json")
+    assert first.status_code == 200 and "words" not in first.json()
+    again = transcribe(synth_gw, audio, response_format="verbose_json")
+    assert again.headers["X-Hoosh-Cache"] == "HIT"
+    worded = transcribe(synth_gw, audio, response_format="verbose_json",
+                        **{"timestamp_granularities[]": "word"})  # fmt: skip
+    assert worded.status_code == 200 and worded.headers["X-Hoosh-Cache"] == "MISS"
+    assert isinstance(worded.json()["words"], list)
+    other = transcribe(synth_gw, audio, response_format="verbose_json", **{"include[]": "logprobs"})
+    assert other.headers["X-Hoosh-Cache"] == "MISS"  # a field the gateway does not read, too
+    bad = transcribe(synth_gw, audio, **{"timestamp_granularities[]": "word"})  # json format
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "timestamp_granularities[]"
+    bad = transcribe(synth_gw, audio, response_format="srt", stream="true")
+    assert bad.status_code == 400
+
+
+def test_transcription_streams_with_the_sdk(synth_gw):
+    """stream=True gives the SDK transcript events instead of a silently empty stream."""
+    client = openai.OpenAI(base_url=synth_gw.url + "/v1", api_key="x", max_retries=0)
+    events = list(client.audio.transcriptions.create(
+        model="whisper-1", file=("a.wav", wav_bytes(seconds=1.1)), stream=True))  # fmt: skip
+    assert events and events[-1].type == "transcript.text.done"
+    assert all(e.type == "transcript.text.delta" for e in events[:-1])
+    deltas = "".join(e.delta for e in events[:-1])
+    assert deltas.strip() == events[-1].text.strip()  # the real model's words: the slow test
+    assert events[-1].usage.seconds == 2  # whole seconds of the 1.1 s clip

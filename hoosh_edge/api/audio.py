@@ -25,6 +25,7 @@ from ..limits import Deadline
 from ..providers.base import CallContext
 from ..router import Target
 from ..threads import run_blocking
+from . import transcript_sse
 from .bodies import form_text
 from .common import gateway, inference_headers, read_json
 from .speech_sse import sse_frames, stream_format
@@ -180,6 +181,10 @@ def _transcribe(translate: bool) -> Response:
     temperature = _form_float("temperature", 0.0, 0.0, 1.0)
     language = form_text("language") or None
     prompt = form_text("prompt") or None
+    timing = transcript_sse.granularities(fmt)
+    stream = transcript_sse.wants_stream(fmt)
+    if stream:  # a stream is made from the full answer: segments where the target has them
+        fmt = "verbose_json" if targets[0].backend.is_local else "json"
     data, filename = _upload()
     # Decoding also validates before anything is paid for; it is bounded by max_audio_s.
     try:
@@ -188,8 +193,11 @@ def _transcribe(translate: bool) -> Response:
     except DeadlineExceeded as exc:
         raise _past_deadline(deadline) from exc
 
+    # Everything that shapes the answer is in its cache key, fields the gateway does not read too.
     params = {"language": language, "prompt": prompt, "temperature": temperature,
-              "response_format": fmt, "translate": translate}  # fmt: skip
+              "response_format": fmt, "translate": translate,
+              "timestamp_granularities": timing or None,
+              "other": transcript_sse.other_fields() or None}  # fmt: skip
     cache = gw.cache
     lookup, store = directives(request.headers.get("Cache-Control"))
     key = None
@@ -204,7 +212,12 @@ def _transcribe(translate: bool) -> Response:
         )
         entry = run_blocking(cache.get, key) if lookup else None
         if entry is not None:
-            resp = Response(entry.body, mimetype=entry.meta.get("content_type", "application/json"))
+            if stream:
+                events = transcript_sse.stream_events(entry.body, audio.duration_s)
+                resp = Response(events, mimetype="text/event-stream")
+            else:
+                ctype = entry.meta.get("content_type", "application/json")
+                resp = Response(entry.body, mimetype=ctype)
             resp.headers["X-Hoosh-Cache"] = "HIT"
             return inference_headers(resp, "cache", entry.meta.get("model"))
 
@@ -213,14 +226,17 @@ def _transcribe(translate: bool) -> Response:
             transcript = speech.transcribe(target.model, audio.samples, language=language,
                                            prompt=prompt, temperature=temperature,
                                            translate=translate, wait_s=deadline.remaining(),
-                                           should_stop=lambda: deadline.expired)  # fmt: skip
+                                           should_stop=lambda: deadline.expired,
+                                           words="word" in timing)  # fmt: skip
             body, mimetype = render(transcript, fmt)
             if isinstance(body, dict):
                 return json.dumps(body, ensure_ascii=False).encode(), "application/json"
             return body.encode(), mimetype
-        form = {k: str(v) for k, v in (("language", language), ("prompt", prompt),
-                                         ("temperature", temperature), ("response_format", fmt))
-                if v is not None}  # fmt: skip
+        form: dict[str, Any] = {k: str(v) for k, v in (
+            ("language", language), ("prompt", prompt), ("temperature", temperature),
+            ("response_format", fmt)) if v is not None}  # fmt: skip
+        if timing:
+            form["timestamp_granularities[]"] = timing
         return target.backend.transcribe(target.model, data, filename, form, translate=translate)
 
     target, (body, mimetype), _, hold = _attempt_by(
@@ -230,7 +246,11 @@ def _transcribe(translate: bool) -> Response:
                    audio.duration_s, help="Seconds of audio transcribed")  # fmt: skip
     g.log_fields = {"provider": target.provider, "model": target.model,
                     "audio_seconds": round(audio.duration_s, 2)}  # fmt: skip
-    resp = Response(body, mimetype=mimetype.split(";")[0])
+    if stream:
+        resp = Response(transcript_sse.stream_events(body, audio.duration_s),
+                        mimetype="text/event-stream")  # fmt: skip
+    else:
+        resp = Response(body, mimetype=mimetype.split(";")[0])
     _settle(gw, hold, stt_usage(target, audio.duration_s), resp)
     if key and store and target is targets[0]:
         run_blocking(cache.put, key, "transcription", body,

@@ -100,13 +100,17 @@ def to_verbose_json(transcript: Any) -> dict[str, Any]:
                 "no_speech_prob": 0.0,
             }
         )
-    return {
+    out = {
         "task": getattr(transcript, "task", "transcribe"),
         "language": language_name(transcript.language),
         "duration": round(float(transcript.duration_s), 3),
         "text": transcript.text,
         "segments": segments,
     }
+    words = getattr(transcript, "words", None)
+    if words is not None:
+        out["words"] = [dict(w) for w in words]  # timestamp_granularities[] = word
+    return out
 
 
 def render(transcript: Any, response_format: str | None) -> tuple[str | dict, str]:

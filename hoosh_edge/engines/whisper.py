@@ -69,6 +69,7 @@ class Transcript:
     segments: list[dict[str, Any]] = field(default_factory=list)
     task: str = "transcribe"
     temperature: float = 0.0
+    words: list[dict[str, Any]] | None = None  # {word, start, end}, when asked for
 
 
 def read_hparams(path: str | os.PathLike) -> dict[str, int]:
@@ -155,6 +156,7 @@ class WhisperModel:
         temperature: float = 0.0,
         translate: bool = False,
         should_stop: Callable[[], bool] | None = None,
+        words: bool = False,
     ) -> Transcript:
         """Transcribe (or translate to English) 16 kHz mono samples. BLOCKS for seconds.
 
@@ -173,6 +175,7 @@ class WhisperModel:
         params.print_timestamps = False
         params.print_special = False
         params.translate = bool(translate)
+        params.token_timestamps = bool(words)  # a start and end time for every token
         params.temperature = float(temperature)
         params.language = self._language_code(language, translate)
         if prompt:
@@ -200,6 +203,7 @@ class WhisperModel:
             if rc != 0:
                 raise HooshError(f"whisper.cpp failed to transcribe (code {rc}).")
             segments = self._segments()
+            timed = self._words() if words else None
             lang = (
                 pw.whisper_lang_str(pw.whisper_full_lang_id(self._ctx))
                 if self.multilingual
@@ -212,6 +216,7 @@ class WhisperModel:
             segments=segments,
             task="translate" if translate else "transcribe",
             temperature=float(temperature),
+            words=timed,
         )
 
     def _language_code(self, language: str | None, translate: bool) -> str:
@@ -232,6 +237,33 @@ class WhisperModel:
         if self._pw.whisper_lang_id(code) < 0:
             raise InvalidRequest(f"Unknown language {language!r}.", param="language")
         return code
+
+    def _words(self) -> list[dict[str, Any]]:
+        """Words with start and end times, from token timestamps (a space starts a word)."""
+        pw, ctx = self._pw, self._ctx
+        eot = pw.whisper_token_eot(ctx)
+        words: list[dict[str, Any]] = []
+        raw, start, end = b"", 0.0, 0.0
+
+        def flush() -> None:
+            text = raw.decode("utf-8", errors="replace").strip()
+            if text:
+                words.append({"word": text, "start": round(start, 2), "end": round(end, 2)})
+
+        for i in range(pw.whisper_full_n_segments(ctx)):
+            for j in range(pw.whisper_full_n_tokens(ctx, i)):
+                data = pw.whisper_full_get_token_data(ctx, i, j)
+                if data.id >= eot:
+                    continue  # timestamps and other special tokens carry no text
+                piece = pw.whisper_token_to_bytes(ctx, data.id)
+                if piece.startswith(b" ") or not raw:
+                    flush()
+                    raw, start, end = b"", data.t0 / 100.0, data.t0 / 100.0  # 10 ms steps
+                raw += piece
+                end = max(end, data.t1 / 100.0)
+            flush()  # a segment ends a word
+            raw = b""
+        return words
 
     def _segments(self) -> list[dict[str, Any]]:
         pw, ctx = self._pw, self._ctx
