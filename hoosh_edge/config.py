@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -42,6 +43,9 @@ class ServerConfig:
     request_timeout_s: float = 600.0
     log_level: str = "info"
     durability: str = "full"  # full: paid spend survives a power cut; normal: a crash only
+    inference_threads: int = 32  # OS threads for models and audio decoding
+    books_threads: int = 2  # OS threads for the ledger and the cache, never shared with models
+    stuck_job_s: float = 120.0  # a pool job this long past its expected time is logged and counted
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,24 @@ def _parse_server(t: dict, src: str, env: dict[str, str], warnings: list[str]) -
         ),
         log_level=_typed(t, "log_level", str, "server.", src, d.log_level),
         durability=_durability(_typed(t, "durability", str, "server.", src, d.durability), src),
+        inference_threads=_at_least(t, "inference_threads", 1, d.inference_threads, src),
+        books_threads=_at_least(t, "books_threads", 1, d.books_threads, src),
+        stuck_job_s=_positive_s(t, "stuck_job_s", d.stuck_job_s, src),
     )
+
+
+def _at_least(t: dict, key: str, low: int, default: int, src: str) -> int:
+    value = _typed(t, key, int, "server.", src, default)
+    if value < low:
+        raise ConfigError(f"{src}: 'server.{key}' must be at least {low}, got {value}")
+    return value
+
+
+def _positive_s(t: dict, key: str, default: float, src: str) -> float:
+    value = float(_typed(t, key, (int, float), "server.", src, default))
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{src}: 'server.{key}' must be a positive number of seconds")
+    return value
 
 
 def _durability(value: str, src: str) -> str:

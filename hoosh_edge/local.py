@@ -107,13 +107,17 @@ class LocalSpeech:
         raise InvalidRequest(f"Unknown voice '{voice}'. Voices here: {known}.", param="voice")
 
     def transcribe(self, model: str, samples: Any, **opts: Any) -> Any:
-        with self.pool.slot(f"stt:{model}").use() as m:
-            return run_blocking(m.transcribe, samples, **opts)
+        key = f"stt:{model}"
+        with self.pool.slot(key).use() as m:
+            # Even a slow box transcribes faster than real time; past that, plus stuck_job_s, it hangs.
+            return run_blocking(m.transcribe, samples, owner=key,
+                                expect_s=len(samples) / 16000, **opts)  # fmt: skip
 
     def synthesize(self, voice: str, text: str, speed: float) -> Iterator[bytes]:
         """PCM per sentence as it is made; holds the voice until the stream ends."""
-        with self.pool.slot(f"tts:{voice}").use() as v:
-            stream = ThreadStream(v.synthesize_stream, text, speed=speed, max_buffer=2)
+        key = f"tts:{voice}"
+        with self.pool.slot(key).use() as v:
+            stream = ThreadStream(v.synthesize_stream, text, speed=speed, max_buffer=2, owner=key)
             try:
                 yield from stream
             finally:

@@ -13,7 +13,7 @@ import gevent
 import gevent.pool
 from gevent.pywsgi import WSGIServer
 
-from . import __version__, sdnotify
+from . import __version__, sdnotify, watchdog, workers
 from .config import Config, is_loopback
 
 log = logging.getLogger("hoosh_edge")
@@ -61,7 +61,10 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
 
     for w in config.warnings:
         log.warning("config: %s", w)
-    gevent.get_hub().threadpool.maxsize = 32
+    s = config.server
+    # Models and the books get pools of their own; the hub's pool stays gevent's (DNS lookups).
+    workers.configure(inference_threads=s.inference_threads, books_threads=s.books_threads,
+                      stuck_job_s=s.stuck_job_s)  # fmt: skip
     gateway = build_gateway(config)
     try:
         check_exposure(config, keys_exist=gateway.auth.keys_exist())
@@ -103,11 +106,13 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         print(f"  config: {config.source}", file=out)
     out.flush()
     sdnotify.notify_ready(f"listening on http://{shown}:{port}")
-    watchdog = sdnotify.start_watchdog(lambda: server.started)
+    systemd_watchdog = sdnotify.start_watchdog(lambda: server.started)
+    stuck_jobs = watchdog.start(gateway.metrics)
     try:
         server.serve_forever()
     finally:
-        if watchdog is not None:
-            watchdog.kill()
+        stuck_jobs.kill()
+        if systemd_watchdog is not None:
+            systemd_watchdog.kill()
         gateway.close()
     return 0

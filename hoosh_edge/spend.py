@@ -17,7 +17,7 @@ from typing import Any
 from .budget import Reservation, SpendLedger, Usage
 from .errors import BudgetExceeded
 from .pricing import Price, PriceTable, cost_micro_usd, format_usd
-from .threads import run_blocking
+from .threads import run_books
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ class Accountant:
             # Nothing to gate: skip the reservation write; the commit still books every call.
             open_hold = Reservation(-1, request_id, key, provider, model, is_local, estimate)
             return Hold(open_hold, price, provider, model, is_local)
-        reservation = run_blocking(
+        reservation = run_books(
             self.ledger.reserve,
             estimate,
             key=key,
@@ -126,7 +126,7 @@ class Accountant:
                 # No fsync in this commit: a few dozen microseconds, cheaper than a thread hop.
                 self.ledger.commit(hold.reservation, actual)
             else:
-                run_blocking(self.ledger.commit, hold.reservation, actual)
+                run_books(self.ledger.commit, hold.reservation, actual)
             hold.committed = True
             if self.metrics is not None and hold.cost_micro_usd:
                 self.metrics.inc("hoosh_spend_usd_total", {"provider": hold.provider},
@@ -139,7 +139,7 @@ class Accountant:
         if hold.committed:
             return
         try:
-            run_blocking(self.ledger.release, hold.reservation)
+            run_books(self.ledger.release, hold.reservation)
         except Exception:  # noqa: BLE001
             log.exception("could not release a reservation")
 

@@ -22,7 +22,7 @@ from ..errors import InvalidRequest, ModelNotFound, PayloadTooLarge
 from ..keys import require_model
 from ..providers.base import CallContext
 from ..router import Target
-from ..threads import run_blocking
+from ..threads import run_blocking, run_books
 from .common import gateway, inference_headers, read_json
 
 log = logging.getLogger(__name__)
@@ -156,7 +156,7 @@ def _transcribe(translate: bool) -> Response:
         key = transcription_key(
             first.provider, first.model, hashlib.sha256(data).hexdigest(), params
         )
-        entry = run_blocking(cache.get, key) if lookup else None
+        entry = run_books(cache.get, key) if lookup else None
         if entry is not None:
             resp = Response(entry.body, mimetype=entry.meta.get("content_type", "application/json"))
             resp.headers["X-Hoosh-Cache"] = "HIT"
@@ -186,7 +186,7 @@ def _transcribe(translate: bool) -> Response:
     resp = Response(body, mimetype=mimetype.split(";")[0])
     _settle(gw, hold, Usage(audio_seconds=audio.duration_s), resp)
     if key and store and target is targets[0]:
-        run_blocking(cache.put, key, "transcription", body,
+        run_books(cache.put, key, "transcription", body,
                      {"provider": target.provider, "model": target.model,
                       "content_type": mimetype})  # fmt: skip
     resp.headers["X-Hoosh-Cache"] = "MISS" if key and lookup else "BYPASS"
@@ -256,7 +256,7 @@ def speech() -> Response:
         first = targets[0]
         voice_id = first.model if first.backend.is_local else req["voice"]
         key = speech_key(first.provider, voice_id, model, text, fmt, speed)
-        entry = run_blocking(cache.get, key) if lookup else None
+        entry = run_books(cache.get, key) if lookup else None
         if entry is not None:
             resp = Response(entry.body, mimetype=entry.meta.get("content_type"))
             if entry.meta.get("sample_rate"):
@@ -319,7 +319,7 @@ def speech() -> Response:
         if keep:
             meta = {"provider": target.provider, "model": target.model, "content_type": ctype,
                     "sample_rate": rate}  # fmt: skip
-            run_blocking(cache.put, key, "speech", b"".join(parts), meta)
+            run_books(cache.put, key, "speech", b"".join(parts), meta)
 
     resp = Response(frames(), mimetype=ctype)
     if rate is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from .. import workers
 from ..errors import ModelNotFound
 from .common import gateway
 
@@ -39,5 +40,8 @@ def get_model(model_id: str) -> Response:
 def health() -> Response:
     gw = gateway()
     providers = gw.router.health_report()
-    status = "ok" if all(p["state"] in ("ok", "disabled") for p in providers) else "degraded"
-    return jsonify({"status": status, "providers": providers, "local_models": gw.local_status()})
+    pools = workers.status()  # counted from the jobs themselves: threads in use, queued, stuck
+    healthy = all(p["state"] in ("ok", "disabled") for p in providers)
+    status = "ok" if healthy and not any(p["stuck"] for p in pools.values()) else "degraded"
+    return jsonify({"status": status, "providers": providers, "local_models": gw.local_status(),
+                    "workers": pools})  # fmt: skip

@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, send_from_directory
 from werkzeug.exceptions import NotFound
 
-from .. import __version__
+from .. import __version__, workers
 from ..budget import period_bounds, scope_matches
 from ..pricing import format_usd
 from .common import gateway
@@ -227,6 +227,7 @@ def status_snapshot(gw: Any) -> dict[str, Any]:
         "spend": _section("spend", lambda: spend_status(ledger)) if ledger else None,
         "cache": _section("cache", lambda: cache.stats()) if cache is not None else None,
         "requests": _section("requests", lambda: request_totals(metrics)) if metrics else None,
+        "workers": _section("workers", workers.status),
     }
 
 
