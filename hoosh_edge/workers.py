@@ -143,15 +143,15 @@ class WorkerPool:
         """Threads in use, jobs waiting for a thread, stuck jobs: counted from the jobs."""
         now = time.monotonic()
         jobs = self.jobs()
-        running = [j for j in jobs if j.started_at is not None]
-        stuck = [j for j in running if self.is_stuck(j, now)]
+        started = [j.started_at for j in jobs if j.started_at is not None]
+        stuck = [j for j in jobs if self.is_stuck(j, now)]
         return {
             "threads": self.maxsize,
-            "busy": len(running),
-            "queued": len(jobs) - len(running),
+            "busy": len(started),
+            "queued": len(jobs) - len(started),
             "stuck": len(stuck),
             "stuck_jobs": [j.to_dict(now) for j in stuck],
-            "longest_s": round(max((now - j.started_at for j in running), default=0.0), 1),  # type: ignore[operator]
+            "longest_s": round(max((now - t for t in started), default=0.0), 1),
         }
 
     def running_for(self, owner: str) -> int:
