@@ -25,3 +25,14 @@ def patch_gevent() -> None:
 
     if not monkey.is_module_patched("socket"):
         monkey.patch_all(**UNPATCHED)
+
+
+def threading_warning() -> str | None:
+    """Why this process may deadlock, if something patched threading before we could say no."""
+    from gevent import monkey
+
+    if monkey.is_module_patched("threading"):
+        return ("threading was monkey-patched by gevent before hoosh-edge started: locks taken in "
+                "inference threads are gevent locks and can deadlock; start the gateway with "
+                "'python hoosh_edge.py' or 'hoosh-edge serve'")  # fmt: skip
+    return None

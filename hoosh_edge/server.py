@@ -13,7 +13,7 @@ import gevent
 import gevent.pool
 from gevent.pywsgi import WSGIServer
 
-from . import __version__, sdnotify, watchdog, workers
+from . import __version__, boot, sdnotify, watchdog, workers
 from .config import Config, is_loopback
 
 log = logging.getLogger("hoosh_edge")
@@ -61,6 +61,9 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
 
     for w in config.warnings:
         log.warning("config: %s", w)
+    patched = boot.threading_warning()
+    if patched:
+        log.warning("%s", patched)
     s = config.server
     # Models and the books get pools of their own; the hub's pool stays gevent's (DNS lookups).
     workers.configure(inference_threads=s.inference_threads, books_threads=s.books_threads,

@@ -161,3 +161,19 @@ def test_pool_threads_only_ever_take_os_locks(entry, models, tmp_path):
     assert report["hubs"] == 1
     for name, pool in report["pools"].items():
         assert pool["busy"] == 0 and pool["queued"] == 0, (name, pool)
+
+
+def test_a_gateway_started_after_a_full_monkey_patch_says_it_may_deadlock(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        cfg = tmp_path / "hoosh-edge.toml"
+        cfg.write_text(f'[server]\nport = {taken.getsockname()[1]}\ndata_dir = "{tmp_path}"\n'
+                       f'models_dir = "{tmp_path / "none"}"\n')  # fmt: skip
+        code = ("from gevent import monkey; monkey.patch_all()\n"
+                "from hoosh_edge.cli import main\n"
+                f"raise SystemExit(main(['serve', '--config', {str(cfg)!r}]))\n")  # fmt: skip
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 2  # the port is taken: it got as far as listening
+    assert "threading was monkey-patched by gevent" in proc.stderr, proc.stderr
