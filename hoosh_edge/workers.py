@@ -111,19 +111,25 @@ class WorkerPool:
         job = Job(label or _name_of(fn), owner=owner, expect_s=expect_s)
         result = self.submit(job, fn, *args, **kwargs)
         try:
-            return result.get()
+            ok, value = result.get()
         except BaseException:
             if not result.ready():
                 # Killed while the thread still runs: whoever holds a model until we return
                 # must keep holding it, or the next request would enter the same native context.
                 _wait_out(result)
             raise
+        if ok:
+            return value
+        raise value
 
-    def _run(self, job: Job, fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    def _run(self, job: Job, fn: Callable[..., T], args: tuple, kwargs: dict) -> tuple[bool, Any]:
         job.ident = _get_ident()
         job.started_at = job.progress_at = time.monotonic()
         try:
-            return fn(*args, **kwargs)
+            return True, fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - raised again in the waiting greenlet
+            # Returned, not raised: gevent would print a traceback for every refused request.
+            return False, exc
         finally:
             self._forget(job)
 

@@ -169,3 +169,28 @@ def test_stuck_books_job_is_logged_once_with_its_stack_counted_and_shown(stuck_g
     stack = gw.log.split("stuck job in the books pool", 1)[1]
     assert "in reserve" in stack and "hoosh_edge/db.py" in stack and "in write" in stack
     assert "Traceback" not in gw.log
+
+
+def test_errors_raised_in_pool_threads_reach_the_client_and_leave_no_traceback(
+    gateway_factory, fake_openai, tmp_path
+):
+    whisper = make_synthetic_whisper(tmp_path / "ears.bin")
+    gw = gateway_factory(f"""
+[local.stt.models]
+ears = "{whisper}"
+[[budgets]]
+name = "nothing"
+scope = "cloud"
+metric = "usd"
+limit = 0.000001
+period = "day"
+action = "block"
+""" + openai_provider_toml(fake_openai))  # fmt: skip
+    refused = chat(gw)  # the reservation, in a books thread, raises BudgetExceeded
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "budget_exceeded"
+    garbage = requests.post(gw.url + "/v1/audio/transcriptions", data={"model": "ears"},
+                            files={"file": ("a.wav", b"RIFF\x00\x00\x00\x00WAVEjunk" * 9,
+                                            "audio/wav")}, timeout=30)  # fmt: skip
+    assert garbage.status_code == 400 and garbage.json()["error"]["param"] == "file"
+    assert requests.get(gw.url + "/health", timeout=5).ok
+    assert "Traceback" not in gw.log and "failed with" not in gw.log, gw.log
