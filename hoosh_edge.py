@@ -1,8 +1,8 @@
 """Quick start: ``python hoosh_edge.py [--config FILE] [--host H] [--port P]``."""
 
-from gevent import monkey
+from hoosh_edge.boot import patch_gevent
 
-monkey.patch_all()  # before anything else imports socket, ssl or threading
+patch_gevent()  # before anything else imports socket or ssl; threading stays native (see boot.py)
 
 import sys  # noqa: E402
 

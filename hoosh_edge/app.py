@@ -65,6 +65,9 @@ class Gateway:
         self.inflight = 0  # requests whose response has not finished (a stream counts to its end)
         self.router = Router(config, self.local_backends + build_providers(config))
         self.metrics.gauge_callback(self._gauges)
+        from .watchdog import gauges as pool_gauges
+
+        self.metrics.gauge_callback(pool_gauges)
 
     def _gauges(self) -> list[tuple[str, str, list[tuple[dict[str, str], float]]]]:
         """Gauges read at scrape time: models, queues, budgets, cache, device."""

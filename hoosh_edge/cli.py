@@ -6,13 +6,7 @@ import argparse
 import logging
 import sys
 
-
-def _patch_gevent() -> None:
-    """Cooperative sockets before anything opens one; must run before requests is imported."""
-    from gevent import monkey
-
-    if not monkey.is_module_patched("socket"):
-        monkey.patch_all()
+from .boot import patch_gevent
 
 
 def _setup_logging(level: str) -> None:
@@ -30,7 +24,7 @@ def _setup_logging(level: str) -> None:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    _patch_gevent()
+    patch_gevent()
     from .config import ConfigError, load_config
     from .server import StartupError, serve
 
@@ -184,12 +178,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     if argv and argv[0] in ("-h", "--help"):
-        parser.print_help()  # every subcommand, a line each; `hoosh-edge serve -h` for serve's
+        build_parser().print_help()  # every subcommand, a line each; `serve -h` for serve's
         return 0
     if not argv or argv[0].startswith("-"):
         argv = ["serve", *argv]  # bare `hoosh-edge` (or only flags) starts the server
+    if argv[0] == "serve":
+        patch_gevent()  # before the parser imports anything that may import socket or ssl
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.command != "serve":
         import signal

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class ServerConfig:
     allowed_hosts: tuple[str, ...] = ()
     cors_origins: tuple[str, ...] = ()
     public_paths: tuple[str, ...] | None = None  # None: by listener (see PUBLIC_PATHS)
+    inference_threads: int = 32  # OS threads for models and audio decoding
+    books_threads: int = 2  # OS threads for the ledger and the cache, never shared with models
+    stuck_job_s: float = 120.0  # a pool job this long past its expected time is logged and counted
 
 
 @dataclass(frozen=True)
@@ -204,6 +208,9 @@ def _parse_server(t: dict, src: str, env: dict[str, str], warnings: list[str]) -
         allowed_hosts=_strings(t, "allowed_hosts", src),
         cors_origins=tuple(_origin(o, src) for o in _strings(t, "cors_origins", src)),
         public_paths=_public_paths(t, src),
+        inference_threads=_at_least(t, "inference_threads", 1, d.inference_threads, src),
+        books_threads=_at_least(t, "books_threads", 1, d.books_threads, src),
+        stuck_job_s=_positive_s(t, "stuck_job_s", d.stuck_job_s, src),
     )
 
 
@@ -255,6 +262,20 @@ def _public_paths(t: dict, src: str) -> tuple[str, ...] | None:
                 f"{', '.join(PUBLIC_PATHS)} (every other path needs a key once keys exist)"
             )
     return paths
+
+
+def _at_least(t: dict, key: str, low: int, default: int, src: str) -> int:
+    value = _typed(t, key, int, "server.", src, default)
+    if value < low:
+        raise ConfigError(f"{src}: 'server.{key}' must be at least {low}, got {value}")
+    return value
+
+
+def _positive_s(t: dict, key: str, default: float, src: str) -> float:
+    value = float(_typed(t, key, (int, float), "server.", src, default))
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{src}: 'server.{key}' must be a positive number of seconds")
+    return value
 
 
 def _durability(value: str, src: str) -> str:

@@ -49,6 +49,7 @@ from .errors import (
     PermissionDenied,
     ServiceUnavailable,
 )
+from .threads import run_books
 
 if TYPE_CHECKING:
     from .db import Database
@@ -305,27 +306,32 @@ class KeyStore:
         now = self.clock()
         self._pending[name] = now
         if now - self._written.get(name, float("-inf")) >= self.last_used_interval:
-            self.flush_last_used([name])
+            # A durable write: in the books pool, so neither the hub nor a model waits for it.
+            self._flush({name: now}, run_books)
 
     def flush_last_used(self, names: list[str] | None = None) -> None:
         """Write pending last-use times (all of them by default; call at shutdown)."""
         todo = {n: t for n, t in self._pending.items() if names is None or n in names}
-        if not todo:
-            return
+        if todo:
+            self._flush(todo, lambda fn, *args: fn(*args))
+
+    def _flush(self, todo: dict[str, float], run: Callable[..., Any]) -> None:
+        """Write ``todo`` (name -> time) with ``run``; the bookkeeping stays on the caller's side."""
         try:
-            with self.db.write() as db:
-                for name, ts in todo.items():
-                    db.execute(
-                        "UPDATE api_keys SET last_used_at = ? WHERE name = ?", [_utc(ts), name]
-                    )
+            run(self._write_last_used, todo)
         except (ServiceUnavailable, sqlite3.OperationalError) as e:
             # Bookkeeping only: a busy database must never turn into a refused request.
             log.warning("could not record key use: %s", e)
             return
         for name, ts in todo.items():
-            self._written[name] = ts
+            self._written[name] = max(ts, self._written.get(name, ts))
             if self._pending.get(name) == ts:
                 del self._pending[name]
+
+    def _write_last_used(self, todo: dict[str, float]) -> None:
+        with self.db.write() as db:
+            for name, ts in todo.items():
+                db.execute("UPDATE api_keys SET last_used_at = ? WHERE name = ?", [_utc(ts), name])
 
     def _with_pending(self, record: KeyRecord) -> KeyRecord:
         ts = self._pending.get(record.name)

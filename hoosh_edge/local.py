@@ -142,12 +142,16 @@ class LocalSpeech:
         def run(m: Any) -> tuple[bool, Any]:
             # Outcomes, not exceptions: gevent would print a traceback for a failed greenlet.
             try:
-                return True, run_blocking(m.transcribe, samples, should_stop=stop, **opts)
+                # Even a slow box transcribes faster than real time; past that (plus
+                # server.stuck_job_s) the watchdog calls it stuck.
+                return True, run_blocking(m.transcribe, samples, should_stop=stop, owner=key,
+                                          expect_s=len(samples) / 16000, **opts)  # fmt: skip
             except Exception as exc:  # noqa: BLE001 - re-raised below
                 return False, exc
 
+        key = f"stt:{model}"
         held = contextlib.ExitStack()
-        m = held.enter_context(self.pool.slot(f"stt:{model}").use(timeout=wait_s))
+        m = held.enter_context(self.pool.slot(key).use(timeout=wait_s))
         job = gevent.spawn(run, m)
         try:
             ok, value = job.get()
@@ -167,9 +171,10 @@ class LocalSpeech:
         Synthesis stops between sentences when ``should_stop`` says so, or when the reader closes
         this generator (the client went away); the voice is free once the sentence in hand ends.
         """
-        with self.pool.slot(f"tts:{voice}").use() as v:
+        key = f"tts:{voice}"
+        with self.pool.slot(key).use() as v:
             stream = ThreadStream(v.synthesize_stream, text, speed=speed, should_stop=should_stop,
-                                  max_buffer=2)  # fmt: skip
+                                  max_buffer=2, owner=key)  # fmt: skip
             try:
                 yield from stream
             finally:

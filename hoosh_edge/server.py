@@ -12,7 +12,7 @@ from typing import TextIO
 import gevent
 import gevent.pool
 
-from . import __version__, sdnotify
+from . import __version__, boot, sdnotify, watchdog, workers
 from .config import Config
 from .connections import ConnectionLimits, GatewayServer, raise_open_file_limit
 from .exposure import StartupError, check_exposure
@@ -48,13 +48,19 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
 
     for w in config.warnings:
         log.warning("config: %s", w)
-    hub = gevent.get_hub()
-    hub.threadpool.maxsize = 32
     from .errors import HooshError
 
-    # A HooshError raised in a pool thread (a refused budget, a full disk) is an answer the
+    # A HooshError raised in a thread of gevent's own pool (DNS and the like) is an answer the
     # calling greenlet handles, not a crash: the hub must not print its traceback too.
+    hub = gevent.get_hub()
     hub.NOT_ERROR = (*hub.NOT_ERROR, HooshError)
+    patched = boot.threading_warning()
+    if patched:
+        log.warning("%s", patched)
+    s = config.server
+    # Models and the books get pools of their own; the hub's pool stays gevent's (DNS lookups).
+    workers.configure(inference_threads=s.inference_threads, books_threads=s.books_threads,
+                      stuck_job_s=s.stuck_job_s)  # fmt: skip
     gateway = build_gateway(config)
     try:
         check_exposure(config, keys_exist=gateway.auth.keys_exist())
@@ -102,11 +108,13 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
           f"{limits.open_file_limit}", file=out)  # fmt: skip
     out.flush()
     sdnotify.notify_ready(f"listening on http://{shown}:{port}")
-    watchdog = sdnotify.start_watchdog(lambda: server.started)
+    systemd_watchdog = sdnotify.start_watchdog(lambda: server.started)
+    stuck_jobs = watchdog.start(gateway.metrics)
     try:
         server.serve_forever()
     finally:
-        if watchdog is not None:
-            watchdog.kill()
+        stuck_jobs.kill()
+        if systemd_watchdog is not None:
+            systemd_watchdog.kill()
         gateway.close()
     return 0

@@ -26,7 +26,7 @@ from .errors import BudgetExceeded, StorageUnavailable
 from .estimate import MIN_ANSWER_TOKENS
 from .pending import PendingBooks, PendingEntry
 from .pricing import Price, PriceTable, cost_micro_usd, format_usd
-from .threads import run_blocking
+from .threads import run_books
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class Accountant:
             return shrunk
 
         try:
-            reservation = run_blocking(
+            reservation = run_books(
                 _refusal_returned,
                 self.ledger.reserve,
                 estimate,
@@ -201,7 +201,7 @@ class Accountant:
                 # No fsync in this commit: a few dozen microseconds, cheaper than a thread hop.
                 self.ledger.commit(hold.reservation, actual)
             else:
-                run_blocking(self.ledger.commit, hold.reservation, actual)
+                run_books(self.ledger.commit, hold.reservation, actual)
             hold.committed = True
             if hold.reservation.overrun:
                 self._overrun(hold, actual)
@@ -217,7 +217,7 @@ class Accountant:
             log.exception("could not record spend for %s:%s", hold.provider, hold.model)
             return
         if len(self.pending):
-            run_blocking(self.pending.flush, self.ledger)  # the disk takes writes again
+            run_books(self.pending.flush, self.ledger)  # the disk takes writes again
 
     def _overrun(self, hold: Hold, actual: Usage) -> None:
         """The upstream billed past the reservation: booked as billed; say so loudly."""
@@ -253,7 +253,7 @@ class Accountant:
             self.commit(hold, replace(held, cost_micro_usd=0), guessed=True)
             return
         try:
-            run_blocking(self.ledger.release, hold.reservation)
+            run_books(self.ledger.release, hold.reservation)
         except StorageUnavailable:
             if hold.reservation.id >= 0:
                 self.pending.add(PendingEntry(hold.reservation, None, hold.provider, hold.model))

@@ -1,10 +1,12 @@
 """Bridges between the gevent hub and real OS threads.
 
 llama.cpp, whisper.cpp and onnxruntime block for seconds inside C code. Run on the hub they would
-freeze every other request, so they run in gevent's threadpool and their results travel back to
-greenlets through the helpers here:
+freeze every other request, so they run in OS threads (``workers``: an inference pool, and a
+separate pool for the books) and their results travel back to greenlets through the helpers here:
 
-- ``run_blocking(fn, ...)``: call ``fn`` in a pool thread; the calling greenlet waits, the hub runs.
+- ``run_blocking(fn, ...)``: call ``fn`` in an inference thread; the calling greenlet waits.
+- ``run_books(fn, ...)``: the same in the books pool (ledger and cache reads and writes), which
+  no model can fill up.
 - ``ThreadStream(gen_fn, ...)``: run a generator in a pool thread and iterate its items in a greenlet,
   with a bounded buffer (the thread pauses when the reader is slow) and cancellation (``close()``
   makes the thread stop at its next item).
@@ -23,6 +25,8 @@ import gevent.event
 import gevent.monkey
 import gevent.queue
 
+from . import workers
+
 T = TypeVar("T")
 
 # Real OS primitives even after monkey.patch_all(): pool threads must not touch the hub's locks.
@@ -33,21 +37,19 @@ _DONE = object()
 KEEPALIVE = object()  # yielded by pump() when nothing arrived within heartbeat_s
 
 
-def run_blocking(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run ``fn`` in gevent's threadpool and return its result (or raise its exception)."""
-    outcome = gevent.get_hub().threadpool.spawn(_capture, fn, args, kwargs).get()
-    if isinstance(outcome, _Raised):
-        raise outcome.exc
-    return outcome
+def run_blocking(fn: Callable[..., T], *args: Any, owner: str | None = None,
+                 expect_s: float = 0.0, **kwargs: Any) -> T:  # fmt: skip
+    """Run ``fn`` in an inference thread and return its result (or raise its exception).
+
+    ``owner`` names the model slot the job works for; ``expect_s`` is how long it may
+    legitimately take (on top of ``server.stuck_job_s``) before the watchdog calls it stuck.
+    """
+    return workers.inference.run(fn, *args, owner=owner, expect_s=expect_s, **kwargs)
 
 
-def _capture(fn: Callable[..., T], args: tuple, kwargs: dict) -> T | _Raised:
-    # gevent prints a traceback for any exception a pool task raises; an expected 400 raised in
-    # a thread (a bad upload, a deadline) must reach the caller without one in the log.
-    try:
-        return fn(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - re-raised in the calling greenlet
-        return _Raised(exc)
+def run_books(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a ledger or cache call in the books pool, never behind a model."""
+    return workers.books.run(fn, *args, **kwargs)
 
 
 class Cancelled(Exception):
@@ -62,6 +64,8 @@ class ThreadStream(Iterator[T]):
         gen_fn: Callable[..., Iterable[T]],
         *args: Any,
         max_buffer: int = 64,
+        owner: str | None = None,
+        expect_s: float = 0.0,
         **kwargs: Any,
     ) -> None:
         self._items: collections.deque = collections.deque()
@@ -71,7 +75,10 @@ class ThreadStream(Iterator[T]):
         self._finished = False
         self._hub = gevent.get_hub()
         self._wake = gevent.event.Event()
-        self._result = self._hub.threadpool.spawn(self._produce, gen_fn, args, kwargs)
+        # Progress is per item: a long generation that keeps producing is never "stuck".
+        self._job = workers.Job(getattr(gen_fn, "__qualname__", "stream"), owner=owner,
+                                expect_s=expect_s)  # fmt: skip
+        self._result = workers.inference.submit(self._job, self._produce, gen_fn, args, kwargs)
 
     @property
     def cancelled(self) -> bool:
@@ -85,6 +92,7 @@ class ThreadStream(Iterator[T]):
         try:
             gen = iter(gen_fn(*args, **kwargs))
             for item in gen:
+                self._job.touch()
                 while True:
                     with self._lock:
                         if self._cancelled:

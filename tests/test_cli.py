@@ -275,6 +275,8 @@ def test_doctor_reports_in_readable_lines(gw):
     ("[server]\nport = \"eighty\"\n", "server.port"),
     ("[server]\nprot = 8080\n", "server.prot"),
     ("[server\nport = 1\n", None),
+    ("[server]\ninference_threads = 0\n", "server.inference_threads"),
+    ("[server]\nstuck_job_s = -5\n", "server.stuck_job_s"),
 ])  # fmt: skip
 def test_an_invalid_config_exits_2_naming_the_key_and_the_file(tmp_path, text, named):
     cfg = tmp_path / "broken.toml"

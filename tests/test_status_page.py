@@ -103,7 +103,7 @@ def test_status_json_reports_models_providers_and_device(gateway, client):
     assert 0 <= data["uptime_s"] < 60
     models = {m["id"]: m for m in data["models"]}
     assert models["smol"] == {"id": "smol", "kind": "llm", "loaded": True, "busy": True,
-                              "queue_depth": 0, "estimate_bytes": 300 * MiB,
+                              "threads": 0, "queue_depth": 0, "estimate_bytes": 300 * MiB,
                               "idle_s": models["smol"]["idle_s"]}  # fmt: skip
     assert models["stt:tiny"]["loaded"] is False and models["stt:tiny"]["busy"] is False
     providers = {p["name"]: p for p in data["providers"]}

@@ -24,7 +24,7 @@ from ..keys import require_model
 from ..limits import Deadline
 from ..providers.base import CallContext
 from ..router import Target
-from ..threads import run_blocking
+from ..threads import run_blocking, run_books
 from . import transcript_sse
 from .bodies import form_text
 from .common import gateway, inference_headers, read_json
@@ -210,7 +210,7 @@ def _transcribe(translate: bool) -> Response:
         key = transcription_key(
             first.provider, first.model, hashlib.sha256(data).hexdigest(), params
         )
-        entry = run_blocking(cache.get, key) if lookup else None
+        entry = run_books(cache.get, key) if lookup else None
         if entry is not None:
             if stream:
                 events = transcript_sse.stream_events(entry.body, audio.duration_s)
@@ -253,7 +253,7 @@ def _transcribe(translate: bool) -> Response:
         resp = Response(body, mimetype=mimetype.split(";")[0])
     _settle(gw, hold, stt_usage(target, audio.duration_s), resp)
     if key and store and target is targets[0]:
-        run_blocking(cache.put, key, "transcription", body,
+        run_books(cache.put, key, "transcription", body,
                      {"provider": target.provider, "model": target.model,
                       "content_type": mimetype})  # fmt: skip
     resp.headers["X-Hoosh-Cache"] = "MISS" if key and lookup else "BYPASS"
@@ -328,7 +328,7 @@ def speech() -> Response:
         first = targets[0]
         voice_id = first.model if first.backend.is_local else req["voice"]
         key = speech_key(first.provider, voice_id, model, text, fmt, speed)
-        entry = run_blocking(cache.get, key) if lookup else None
+        entry = run_books(cache.get, key) if lookup else None
         if entry is not None:
             if req["stream_format"] == "sse":
                 body = sse_frames([entry.body], lambda: True, _speech_usage(text))
@@ -402,7 +402,7 @@ def speech() -> Response:
         if keep:
             meta = {"provider": target.provider, "model": target.model, "content_type": ctype,
                     "sample_rate": rate}  # fmt: skip
-            run_blocking(cache.put, key, "speech", b"".join(parts), meta)
+            run_books(cache.put, key, "speech", b"".join(parts), meta)
 
     if req["stream_format"] == "sse":
         events = sse_frames(frames(), lambda: whole[0], _speech_usage(text))

@@ -19,7 +19,7 @@ from ..keys import require_model
 from ..providers.base import CallContext
 from ..router import Selected, Target
 from ..spend import Hold, chat_usage
-from ..threads import KEEPALIVE, pump, run_blocking
+from ..threads import KEEPALIVE, pump, run_books
 from .common import gateway, inference_headers, read_json
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def serve_chat(
     call.cache_store = store
     flight = cache.inflight(call.cache_key).acquire()  # identical requests wait, then hit
     try:
-        doc = run_blocking(cache.get_chat, call.cache_key) if lookup else None
+        doc = run_books(cache.get_chat, call.cache_key) if lookup else None
         if doc is not None:
             gw.metrics.inc("hoosh_cache_total", {"result": "hit"}, help="Response cache lookups")
             flight.release()
@@ -102,7 +102,7 @@ class ChatCall:
             return
         stored = {**doc, "usage": {k: v for k, v in (doc.get("usage") or {}).items()
                                    if k != "cost_usd"}}  # fmt: skip
-        run_blocking(self.gw.cache.put_chat, self.cache_key, stored,
+        run_books(self.gw.cache.put_chat, self.cache_key, stored,
                      provider=target.provider, model=target.model)  # fmt: skip
 
     def replay(self, doc: dict[str, Any]) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify
 
+from .. import workers
 from ..errors import ModelNotFound
 from .common import gateway
 
@@ -45,11 +46,14 @@ def health() -> Response:
     gw = gateway()
     providers = gw.router.health_report()
     storage = gw.storage_report()
+    pools = workers.status()  # counted from the jobs themselves: threads in use, queued, stuck
     healthy = all(p["state"] in ("ok", "disabled") for p in providers)
     if storage is not None and storage["state"] != "ok":
         healthy = False
+    if any(p["stuck"] for p in pools.values()):
+        healthy = False
     body = {"status": "ok" if healthy else "degraded", "providers": providers,
-            "local_models": gw.local_status()}  # fmt: skip
+            "local_models": gw.local_status(), "workers": pools}  # fmt: skip
     if storage is not None:
         body["storage"] = storage
     return jsonify(body)

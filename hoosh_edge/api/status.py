@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, send_from_directory
 from werkzeug.exceptions import NotFound
 
-from .. import __version__
+from .. import __version__, workers
 from ..budget import period_bounds, scope_matches
 from ..orphans import orphan_summary
 from ..pricing import format_usd
@@ -231,6 +231,7 @@ def status_snapshot(gw: Any) -> dict[str, Any]:
         "cache": _section("cache", lambda: cache.stats()) if cache is not None else None,
         "requests": _section("requests", lambda: request_totals(metrics)) if metrics else None,
         "storage": _section("storage", storage) if storage is not None else None,
+        "workers": _section("workers", workers.status),
     }
 
 

@@ -196,7 +196,7 @@ class LlamaEngine:
         """Prompt tokens of ``messages`` after the chat template (loads the model; waits its turn)."""
         msgs = _messages({"messages": messages})
         with self._slot(model_id).use() as m:
-            return len(run_blocking(_prompt_tokens, m, msgs))
+            return len(run_blocking(_prompt_tokens, m, msgs, owner=model_id))
 
     def chat_stream(self, model_id: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Generate a chat reply as OpenAI chunk dicts, then a usage chunk. Call from a greenlet."""
@@ -204,10 +204,16 @@ class LlamaEngine:
         messages = _messages(req)
         _check_tools(req)
         with slot.use() as m:
-            prep = run_blocking(self._prepare, m, messages, req)
-            # A small buffer bounds the tokens made in vain when the client goes away.
+            prep = run_blocking(self._prepare, m, messages, req, owner=model_id)
+            # A small buffer bounds the tokens made in vain when the client goes away. The first
+            # token waits for the whole prompt: allow 20 prompt tokens a second before "stuck".
             stream: ThreadStream[dict[str, Any]] = ThreadStream(
-                self._generate, m, prep, max_buffer=STREAM_BUFFER
+                self._generate,
+                m,
+                prep,
+                max_buffer=STREAM_BUFFER,
+                owner=model_id,
+                expect_s=len(prep.prompt) / 20,
             )
             try:
                 yield from stream

@@ -23,12 +23,15 @@ from typing import Any
 import gevent
 import gevent.lock
 
+from .. import workers
 from ..errors import InsufficientMemory, QueueFull
 from ..threads import run_blocking
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+# Slowest model-file read expected (an SD card): how long a load may take before it is "stuck".
+LOAD_BYTES_PER_S = 10 * MiB
 
 
 def mem_available_bytes(path: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
@@ -131,7 +134,8 @@ class ModelSlot:
                 if self.pool is not None:
                     self.pool.make_room(self)
                 started = time.monotonic()
-                self.model = run_blocking(self.loader)
+                self.model = run_blocking(self.loader, owner=self.key,
+                                          expect_s=self.estimate_bytes / LOAD_BYTES_PER_S)  # fmt: skip
                 self.loaded_at = time.monotonic()
                 log.info(
                     "loaded %s model %s in %.2fs", self.kind, self.key, self.loaded_at - started
@@ -240,16 +244,22 @@ class ModelPool:
             s.unload()
 
     def status(self) -> list[dict[str, Any]]:
-        """What /metrics and the status page show about each model."""
+        """What /metrics and the status page show about each model.
+
+        ``threads`` counts the model's jobs really running in an OS thread; ``busy`` is true while
+        a request holds the model or a thread still works for it.
+        """
         return [
             {
                 "id": s.key,
                 "kind": s.kind,
                 "loaded": s.loaded,
-                "busy": s.busy,
+                "busy": s.busy or threads > 0,
+                "threads": threads,
                 "queue_depth": s.waiting,
                 "estimate_bytes": s.estimate_bytes,
                 "idle_s": round(time.monotonic() - s.last_used, 1) if s.loaded else None,
             }
             for s in self.slots.values()
+            for threads in (workers.inference.running_for(s.key),)
         ]
