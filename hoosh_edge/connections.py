@@ -35,6 +35,8 @@ from .config import ServerConfig
 from .errors import RequestTimeout
 
 log = logging.getLogger("hoosh_edge")
+wsgi_log = logging.getLogger("hoosh_edge.wsgi")
+_MALFORMED_SEEN: dict[str, float] = {}  # peer -> when its last non-HTTP bytes were logged at INFO
 
 FD_HEADROOM = 128  # descriptors never given to client connections
 RESERVED_CLIENTS = frozenset({"127.0.0.1", "::1"})  # the box itself: the operator, the CLI
@@ -245,6 +247,29 @@ class GatewayHandler(WSGIHandler):
         if self._header_timer is not None:
             self._header_timer.cancel()  # the headers are in; the body has its own clock
         return ok
+
+    def log_error(self, msg: str, *args: Any) -> None:
+        """A peer that does not speak HTTP (a TLS hello, a Wyoming client, a scanner).
+
+        Not the gateway's error: one INFO line per peer a minute (DEBUG in between), counted
+        in ``hoosh_malformed_requests_total``; never the socket's repr, never at ERROR.
+        """
+        try:
+            text = msg % args if args else msg
+        except (TypeError, ValueError):
+            text = f"{msg!r} {args!r}"
+        peer = self.client_address[0] if isinstance(self.client_address, tuple) else "?"
+        self.server.metrics.inc("hoosh_malformed_requests_total", {},
+                                help="Connections that did not speak HTTP")  # fmt: skip
+        now = time.monotonic()
+        seen = _MALFORMED_SEEN
+        level = logging.DEBUG if now - seen.get(peer, -1e9) < 60 else logging.INFO
+        if level == logging.INFO:
+            if len(seen) > 1024:
+                seen.clear()  # a bound, not a history: a flood of peers costs no memory
+            seen[peer] = now
+        text = text.replace(f"(from {self.client_address}) ", "")
+        wsgi_log.log(level, "not HTTP from %s: %.200s", peer, text)
 
     def _handle_client_error(self, ex: BaseException) -> Any:
         if isinstance(ex, _Expired):

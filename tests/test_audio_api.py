@@ -295,3 +295,15 @@ def test_transcription_streams_with_the_sdk(synth_gw):
     deltas = "".join(e.delta for e in events[:-1])
     assert deltas.strip() == events[-1].text.strip()  # the real model's words: the slow test
     assert events[-1].usage.seconds == 2  # whole seconds of the 1.1 s clip
+
+
+def test_an_undecodable_upload_is_explained_in_words(synth_gw):
+    """No Python repr reaches the client: say what was wrong and what to send."""
+    r = transcribe(synth_gw, b"this is plain text, not audio " * 20, ctype="audio/wav")
+    msg = r.json()["error"]["message"]
+    assert r.status_code == 400 and "not one this gateway reads" in msg and "wav" in msg
+    assert "0x" not in msg and "BytesIO" not in msg and "<" not in msg
+    cut = wav_bytes()[:40]  # a header cut short inside its format chunk
+    r = transcribe(synth_gw, cut)
+    msg = r.json()["error"]["message"]
+    assert r.status_code == 400 and "0x" not in msg and "BytesIO" not in msg, msg

@@ -258,3 +258,22 @@ def test_the_unit_file_limit_fits_the_default_caps():
 def test_bad_connection_and_browser_keys_name_themselves(server, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_config({"server": server}, src="t.toml", env={})
+
+
+def test_bytes_that_are_not_http_are_logged_quietly_once_a_minute(gateway_factory):
+    """A TLS hello or a Wyoming client on the HTTP port is the peer's mistake, not an ERROR."""
+    gw = gateway_factory('[server]\nheader_timeout_s = 1\nlog_level = "debug"\n')
+    for payload in (b'{"type": "describe"}\n', b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n",
+                    b"GARBAGE\r\n\r\n", b'{"type": "describe"}\n'):  # fmt: skip
+        sock = connect(gw, "127.0.0.5")
+        sock.sendall(payload)
+        ok, got = closed_within(sock, 5)
+        sock.close()
+        assert ok and (got == b"" or got.startswith(b"HTTP/1.1 400")), got
+    assert health_ms(gw) < 2000  # and everyone else is served
+    time.sleep(0.3)
+    lines = [x for x in gw.log.splitlines() if "not HTTP from 127.0.0.5" in x]
+    assert len(lines) == 4 and " ERROR " not in gw.log and "socket at 0x" not in gw.log
+    assert [(" INFO " in x) for x in lines] == [True, False, False, False]  # once per peer a minute
+    assert metric(gw, "hoosh_malformed_requests_total") == 4
+    assert_clean_log(gw)

@@ -18,6 +18,7 @@ file name is wrong or missing.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -131,6 +132,15 @@ def _declared_frames(sf: soundfile.SoundFile) -> int | None:
     return frames if 0 < frames < SF_COUNT_MAX else None
 
 
+def decode_problem(exc: BaseException) -> str:
+    """What was wrong with an upload, in words (libsndfile's own, never a Python repr)."""
+    detail = str(getattr(exc, "error_string", "") or exc).strip().rstrip(".")
+    detail = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>:?", "", detail).strip(" :")
+    if not detail or "format not recognised" in detail.lower():
+        return "its format is not one this gateway reads (send wav, flac, ogg or mp3)."
+    return f"{detail[0].lower()}{detail[1:]} (the file may be cut short or damaged)."
+
+
 def decode_audio(
     data: bytes,
     *,
@@ -172,7 +182,7 @@ def decode_audio(
         raise
     except (RuntimeError, ValueError, TypeError, EOFError, OSError) as exc:
         # soundfile raises LibsndfileError (a RuntimeError) for unknown or corrupt data.
-        raise _bad(f"Could not decode the audio file: {exc}") from exc
+        raise _bad(f"Could not decode the audio file: {decode_problem(exc)}") from exc
     if frames == 0:
         raise _bad("The audio file contains no samples.")
     # libsndfile 1.2 reports most of these as a read error (above); a short read says the same.
