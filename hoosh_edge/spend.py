@@ -141,7 +141,6 @@ class Accountant:
 
         try:
             reservation = run_books(
-                _refusal_returned,
                 self.ledger.reserve,
                 estimate,
                 key=key,
@@ -157,8 +156,6 @@ class Accountant:
             if not is_local:
                 raise  # never admitted unbooked
             return self._admit_unreserved(provider, model, estimate, key, request_id, price)
-        if isinstance(reservation, BudgetExceeded):
-            raise reservation
         for message in reservation.warnings:
             log.warning("request %s: %s", request_id, message)
         hold = Hold(reservation, price, provider, model, is_local)
@@ -272,18 +269,6 @@ class Accountant:
             return None
         rule, left = found
         return f"{rule.format_amount(left)} {rule.unit} ({rule.name})"
-
-
-def _refusal_returned(reserve: Any, *args: Any, **kw: Any) -> Reservation | BudgetExceeded:
-    """``reserve`` in a pool thread: a refusal comes back as a value, raised on the hub.
-
-    gevent's pool prints a traceback for every exception that leaves a worker; a refusal is an
-    ordinary answer, not an error to log.
-    """
-    try:
-        return reserve(*args, **kw)
-    except BudgetExceeded as e:
-        return e
 
 
 def chat_usage(usage: dict[str, Any]) -> Usage:

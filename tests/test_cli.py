@@ -186,10 +186,13 @@ def test_budget_usage_shows_the_spend_of_the_gateway(gw):
     out = hoosh("budget", "usage", "--period", "day", config=gw.config_path)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert lines[0].split()[:2] == ["provider", "requests"]
-    row = next(line.split() for line in lines[1:] if line.startswith("fake"))
-    assert int(row[1]) >= 2
-    assert float(row[-1]) > 0  # what it cost, from the price table
+    header = lines[0].split()
+    assert header[:2] == ["provider", "requests"] and "cost_usd" in header and "orphaned" in header
+    row = dict(zip(header, next(line.split() for line in lines[1:] if line.startswith("fake")),
+                   strict=True))  # fmt: skip
+    assert int(row["requests"]) >= 2
+    assert float(row["cost_usd"]) > 0  # what it cost, from the price table
+    assert int(row["orphaned"]) == 0  # nothing was left in flight by a crash
     by_key = hoosh("budget", "usage", "--group-by", "key", config=gw.config_path)
     assert by_key.returncode == 0 and "admin" in by_key.stdout
 
