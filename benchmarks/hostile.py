@@ -17,9 +17,14 @@ row per case; nothing is asserted. Sections so far:
   stops at its next graph, but the log-mel of the whole clip, computed first, cannot be
   interrupted), and the time a 1 s clip takes right after.
 
-A section is a function ``(args) -> None`` listed in ``SECTIONS``; add a new one there (for
-example ``/health`` latency under 1,000 idle connections, or how many of 50 concurrent
-transcriptions complete) with the helpers below.
+- ``idle_connections``: ``/health`` latency from another LAN client (127.0.0.3) and from the box
+  (127.0.0.1) with no load, then while one client (127.0.0.2) holds 1,000 idle connections.
+- ``concurrent_transcriptions``: 50 transcriptions at once of 1-4 s clips in wav, flac, ogg and
+  mp3 at varied rates and channel counts, queued for one model (``max_queue = 64``): how many
+  answer 200 within 120 s, and how fast.
+
+A section is a function ``(args) -> None`` listed in ``SECTIONS``; add a new one there with the
+helpers below.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -195,9 +201,93 @@ def audio_deadline(args: argparse.Namespace) -> None:
                   f"then a 1 s clip: {r2.status_code} in {after:.2f} s")  # fmt: skip
 
 
+def idle_connections(args: argparse.Namespace) -> None:
+    import resource
+    import socket
+
+    from idle_flood import one_health, report
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 1300)), hard))
+    print("idle connections: /health while 127.0.0.2 holds 1,000 idle sockets")
+    with gateway("") as (_proc, url):
+        port = int(url.rsplit(":", 1)[1])
+        for source in ("127.0.0.3", "127.0.0.1"):
+            report(
+                f"no flood, /health from {source}", [one_health(port, source) for _ in range(20)]
+            )
+        flood = []
+        try:
+            for _ in range(1000):
+                try:
+                    flood.append(socket.create_connection(("127.0.0.1", port), 3,
+                                                          ("127.0.0.2", 0)))  # fmt: skip
+                except OSError:
+                    break
+            time.sleep(1)
+            closed = sum(1 for s in flood if _closed_by_peer(s))
+            print(f"  {len(flood)} opened from 127.0.0.2, {closed} closed by the gateway at accept")
+            for source in ("127.0.0.3", "127.0.0.1"):
+                report(
+                    f"flood, /health from {source}", [one_health(port, source) for _ in range(20)]
+                )
+        finally:
+            for s in flood:
+                s.close()
+
+
+def _closed_by_peer(sock: Any) -> bool:
+    """Whether the gateway closed this idle socket (EOF, or the short 503 it sends first)."""
+    sock.setblocking(False)
+    try:
+        sock.recv(4096)
+    except BlockingIOError:
+        return False  # nothing to read and still open: an idle connection the gateway holds
+    except OSError:
+        pass
+    return True
+
+
+def concurrent_transcriptions(args: argparse.Namespace) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    clips = []
+    for i in range(50):
+        rate = (8000, 16000, 22050, 44100, 48000)[i % 5]
+        fmt, sub, ext = (("WAV", "PCM_16", "wav"), ("FLAC", "PCM_16", "flac"),
+                         ("OGG", "VORBIS", "ogg"), ("MP3", "MPEG_LAYER_III", "mp3"))[i % 4]  # fmt: skip
+        mono = tone(1 + i % 4, rate)
+        samples = mono if i % 2 == 0 else np.stack([mono, mono], axis=1)
+        clips.append((encode(samples, rate, fmt, sub), ext))
+    print(f"concurrent transcriptions: 50 at once (max_queue 64, so none is refused), "
+          f"{args.runs} round(s)")  # fmt: skip
+    with gateway("[local.stt]\nmax_queue = 64\n" + whisper_toml()) as (_proc, url):
+        post_audio(url, clips[0][0], "warm.wav")  # the model loaded once, first
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            with ThreadPoolExecutor(50) as pool:
+                done = list(pool.map(lambda c: _timed_post(url, *c), clips))
+            ok = sorted(t for status, t in done if status == 200)
+            print(f"  {len(ok)}/50 answered 200 in {time.perf_counter() - t0:.1f} s; "
+                  f"p50 {statistics.median(ok) if ok else 0:.2f} s, max {ok[-1] if ok else 0:.2f} s; "
+                  f"others: {sorted(status for status, _ in done if status != 200)}")  # fmt: skip
+
+
+def _timed_post(url: str, data: bytes, ext: str) -> tuple[int, float]:
+    try:
+        r = requests.post(url + "/v1/audio/transcriptions", headers=NO_CACHE, timeout=120,
+                          data={"model": "whisper-1"},
+                          files={"file": (f"clip.{ext}", data, "application/octet-stream")})  # fmt: skip
+    except requests.RequestException:
+        return 0, 120.0
+    return r.status_code, r.elapsed.total_seconds()
+
+
 SECTIONS: dict[str, Callable[[argparse.Namespace], None]] = {
     "audio_bombs": audio_bombs,
     "audio_deadline": audio_deadline,
+    "idle_connections": idle_connections,
+    "concurrent_transcriptions": concurrent_transcriptions,
 }
 
 
