@@ -17,8 +17,8 @@ from werkzeug.exceptions import NotFound
 
 from .. import __version__, device, workers
 from ..budget import period_bounds, scope_matches
+from ..money import format_usd
 from ..orphans import orphan_summary
-from ..pricing import format_usd
 from .common import gateway
 
 log = logging.getLogger("hoosh_edge")
