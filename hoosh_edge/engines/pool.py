@@ -7,8 +7,9 @@ Every on-device model (LLM, whisper, Piper voice) lives in a ``ModelSlot`` regis
         ...                                      # this request owns the model until it leaves
 
 Loading runs in a pool thread (it reads hundreds of MB). Before a load the pool compares the
-model's estimated footprint with ``MemAvailable``: idle models are unloaded first (least recently
-used first); if it still does not fit the load is refused with ``InsufficientMemory``.
+model's estimated footprint with free memory (``device.mem_available_bytes``: ``MemAvailable`` or
+the cgroup headroom, whichever is less): idle models are unloaded first (least recently used
+first); if it still does not fit the load is refused with ``InsufficientMemory``.
 """
 
 from __future__ import annotations
