@@ -71,7 +71,7 @@ class Gateway:
 
     def _gauges(self) -> list[tuple[str, str, list[tuple[dict[str, str], float]]]]:
         """Gauges read at scrape time: models, queues, budgets, cache, device."""
-        from .device import cpu_temperature_c, mem_info
+        from .device import cpu_temperature_c, mem_available_bytes
 
         out: list[tuple[str, str, list[tuple[dict[str, str], float]]]] = []
         if self.pool is not None:
@@ -140,11 +140,11 @@ class Gateway:
             out.append(
                 ("hoosh_device_cpu_temperature_celsius", "Hottest thermal zone", [({}, temp)])
             )
-        mem = mem_info()
-        if mem.get("MemAvailable") is not None:
-            out.append(
-                ("hoosh_device_memory_available_bytes", "MemAvailable", [({}, mem["MemAvailable"])])
-            )
+        avail = mem_available_bytes()
+        if avail is not None:
+            out.append(("hoosh_device_memory_available_bytes",
+                        "MemAvailable, or less when a cgroup memory limit is nearer",
+                        [({}, avail)]))  # fmt: skip
         return out  # fmt: skip
 
     def attach_database(self, db: Any, ledger: Any, accountant: Any, cache: Any) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 from .db import Database
 from .errors import BudgetExceeded, InvalidRequest, NotFound
-from .pricing import format_usd
+from .money import format_usd
 from .rules import (
     METRICS,
     PERIODS,

@@ -389,7 +389,7 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
         found = importlib.util.find_spec(mod) is not None
         report(found, f"package {pkg}", f"pip install '{pkg}' (or scripts/setup)")
     from . import modelstore
-    from .engines.pool import mem_available_bytes
+    from .device import mem_available_bytes
 
     models_dir = Path(config.server.models_dir)
     try:

@@ -39,7 +39,6 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .errors import (
@@ -49,6 +48,7 @@ from .errors import (
     PermissionDenied,
     ServiceUnavailable,
 )
+from .money import parse_decimal, to_micro
 from .threads import run_books
 
 if TYPE_CHECKING:
@@ -137,20 +137,10 @@ def _budget(value: Any) -> str | None:
     """A usd amount as an exact decimal string: >= 0, at most 6 decimals (micro-dollars)."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (str, int, Decimal)):
-        raise InvalidRequest(
-            "budget_usd must be a decimal string such as '5.00'", param="budget_usd"
-        )
-    try:
-        amount = Decimal(str(value).strip())
-        micro = amount * 1_000_000 if amount.is_finite() else amount
-    except ArithmeticError:  # not a number, or one past Decimal's exponent range
-        raise InvalidRequest(f"budget_usd is not a number: {value!r}", param="budget_usd") from None
-    if not amount.is_finite() or amount < 0 or micro != micro.to_integral_value():
-        raise InvalidRequest(
-            "budget_usd must be >= 0 with at most 6 decimal places", param="budget_usd"
-        )
-    return format(amount, "f")  # as given ('5.00' stays '5.00'), only validated
+    # No JSON floats: the amount is kept as written, and a float has no "as written".
+    amount = parse_decimal(value, "budget_usd", floats=False)
+    to_micro(amount, "budget_usd")  # only validated: fits the ledger, at most 6 decimals
+    return format(amount, "f")  # as given ('5.00' stays '5.00')
 
 
 def _models(value: Any) -> tuple[str, ...] | None:

@@ -10,11 +10,10 @@ no ledger row is ever changed or deleted.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequest, NotFound
-from .pricing import format_usd
+from .money import format_usd, parse_usd
 
 if TYPE_CHECKING:
     from .budget import SpendLedger
@@ -49,21 +48,9 @@ def settle_orphans(ledger: SpendLedger) -> int:
     return settled
 
 
-def parse_usd(text: Any) -> int:
-    """A non-negative USD amount with at most 6 decimals, as micro-dollars."""
-    try:
-        amount = Decimal(str(text).strip())
-    except InvalidOperation:
-        raise InvalidRequest(f"not a USD amount: {text!r}", param="usd") from None
-    micro = amount * 1_000_000
-    if not amount.is_finite() or amount < 0 or micro != micro.to_integral_value():
-        raise InvalidRequest("usd must be >= 0 with at most 6 decimals", param="usd")
-    return int(micro)
-
-
 def correct(ledger: SpendLedger, request_id: str, usd: Any, reason: str) -> dict[str, Any]:
     """Append a row that makes ``request_id`` cost ``usd`` in total; return what was recorded."""
-    target_micro = parse_usd(usd)
+    target_micro = parse_usd(usd, "usd")
     if not reason or not reason.strip():
         raise InvalidRequest("a correction needs a reason", param="reason")
     with ledger.db.write() as db:
@@ -88,7 +75,7 @@ def correct(ledger: SpendLedger, request_id: str, usd: Any, reason: str) -> dict
         "request_id": request_id,
         "was_usd": format_usd(before),
         "now_usd": format_usd(target_micro),
-        "delta_usd": format_usd(delta) if delta >= 0 else "-" + format_usd(-delta),
+        "delta_usd": format_usd(delta),
         "reason": reason.strip(),
     }
 
@@ -111,7 +98,7 @@ def orphan_summary(ledger: SpendLedger) -> dict[str, Any]:
         "orphaned": n,
         "orphaned_usd": format_usd(micro),
         "corrections": fixes,
-        "corrections_usd": format_usd(fixed) if fixed >= 0 else "-" + format_usd(-fixed),
+        "corrections_usd": format_usd(fixed),
         "recent_orphans": [
             {
                 "request_id": r["request_id"],

@@ -22,10 +22,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, replace
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidRequest
+from .money import parse_decimal
 
 if TYPE_CHECKING:
     from .budget import Usage
@@ -166,20 +167,6 @@ BUNDLED: dict[str, dict[str, Price]] = {
 _SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4}|latest)$")
 
 
-def _decimal(value: Any, param: str) -> Decimal:
-    """A non-negative price from a number or a decimal string."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise InvalidRequest(f"{param} must be a number or a decimal string", param=param)
-    try:
-        # str() first: a float such as 0.15 must mean 0.15, not its binary neighbour.
-        result = Decimal(str(value).strip())
-    except InvalidOperation:
-        raise InvalidRequest(f"{param} is not a number: {value!r}", param=param) from None
-    if not result.is_finite() or result < 0:
-        raise InvalidRequest(f"{param} must be a finite number >= 0", param=param)
-    return result
-
-
 def _whole(value: Any, param: str) -> int:
     """A token limit: a whole number >= 1."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -223,7 +210,9 @@ class PriceTable:
             if not fields:
                 raise InvalidRequest(f"{where} sets no price", param=where)
             self.overrides[model] = {
-                k: _whole(v, f"{where}.{k}") if k in LIMIT_FIELDS else _decimal(v, f"{where}.{k}")
+                k: _whole(v, f"{where}.{k}")
+                if k in LIMIT_FIELDS
+                else parse_decimal(v, f"{where}.{k}")
                 for k, v in fields.items()
             }
 
@@ -279,9 +268,3 @@ def cost_micro_usd(price: Price, usage: Usage) -> int:
     if usage.characters:
         total += usage.characters * _need(price.usd_per_mchars, "character", price)
     return int(math.ceil(total))
-
-
-def format_usd(micro_usd: int) -> str:
-    """Micro-dollars as an exact decimal string, e.g. 1500 -> '0.0015'."""
-    text = str((Decimal(micro_usd) / 1_000_000).quantize(Decimal("0.000001")))
-    return text.rstrip("0").rstrip(".") if "." in text else text

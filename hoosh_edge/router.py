@@ -211,7 +211,7 @@ class Router:
             if temp is not None and temp >= r.prefer_cloud_cpu_temp_c:
                 return True
         if r.prefer_cloud_free_ram_mb is not None:
-            from .engines.pool import mem_available_bytes
+            from .device import mem_available_bytes
 
             avail = mem_available_bytes()
             if avail is not None and avail < r.prefer_cloud_free_ram_mb * 1024 * 1024:

@@ -15,7 +15,7 @@ from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import InvalidRequest
-from .pricing import format_usd
+from .money import MAX_MICRO_USD, format_usd, parse_decimal, parse_usd
 
 UTC = timezone.utc
 SCOPES = ("all", "cloud", "provider:NAME", "model:GLOB", "key:NAME")
@@ -23,7 +23,7 @@ METRICS = ("usd", "tokens", "requests", "audio_seconds", "characters")
 PERIODS = ("hour", "day", "week", "month", "total")
 ACTIONS = ("block", "local_only", "warn")
 RULE_FIELDS = ("name", "scope", "metric", "limit", "period", "action")
-MAX_LIMIT = 2**63 - 1
+MAX_LIMIT = MAX_MICRO_USD  # every limit lives in a signed 64-bit SQLite integer
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 _UNITS = {
     "usd": "USD",
@@ -161,24 +161,15 @@ def scope_matches(
 
 def _limit(metric: str, value: Any) -> int:
     """The stored limit: micro-dollars for usd (exact, at most 6 decimals), else an integer."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str, Decimal)):
-        raise InvalidRequest("limit must be a number or a decimal string", param="limit")
-    try:
-        # str() first: 0.01 given as a float must mean one cent, not its binary neighbour.
-        amount = Decimal(str(value).strip())
-        stored = amount * 1_000_000 if metric == "usd" and amount.is_finite() else amount
-    except ArithmeticError:  # not a number, or one past Decimal's exponent range
-        raise InvalidRequest(f"limit is not a number: {value!r}", param="limit") from None
-    if not amount.is_finite() or amount < 0:
-        raise InvalidRequest("limit must be a finite number >= 0", param="limit")
-    if stored != stored.to_integral_value():
-        if metric == "usd":
-            raise InvalidRequest("a usd limit has at most 6 decimal places", param="limit")
+    if metric == "usd":
+        return parse_usd(value, "limit")
+    amount = parse_decimal(value, "limit")
+    if amount != amount.to_integral_value():
         raise InvalidRequest(f"a {metric} limit must be a whole number", param="limit")
     # The ledger stores it in a signed 64-bit SQLite integer (audio limits times 1000).
-    if stored > MAX_LIMIT // (1000 if metric == "audio_seconds" else 1):
-        raise InvalidRequest(f"limit {value!r} is too large", param="limit")
-    return int(stored)
+    if amount > MAX_LIMIT // (1000 if metric == "audio_seconds" else 1):
+        raise InvalidRequest(f"limit {value!r:.40} is too large", param="limit")
+    return int(amount)
 
 
 def validate_rule(data: dict[str, Any], *, source: str) -> Rule:

@@ -24,8 +24,9 @@ from typing import Any
 from .budget import Reservation, Rule, SpendLedger, Usage
 from .errors import BudgetExceeded, StorageUnavailable
 from .estimate import MIN_ANSWER_TOKENS
+from .money import format_usd
 from .pending import PendingBooks, PendingEntry
-from .pricing import Price, PriceTable, cost_micro_usd, format_usd
+from .pricing import Price, PriceTable, cost_micro_usd
 from .threads import run_books
 
 log = logging.getLogger(__name__)

@@ -180,6 +180,27 @@ def test_budget_rm_of_an_unknown_rule_fails_cleanly(gw):
     assert "nosuchrule" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_budget_correct_books_exact_usd_and_refuses_what_it_cannot(gw):
+    """``budget correct --usd`` parses like every other USD amount: exact, or a clean refusal."""
+    resp = chat(gw, ADMIN_KEY, content="to be corrected")
+    assert resp.status_code == 200
+    rid = resp.headers["X-Request-Id"]
+    for usd, says in (("0.0000001", "6 decimal places"), ("-1", ">= 0"), ("sNaN", "finite"),
+                      ("1e999999999", "too large"), ("9223372036854.775808", "too large"),
+                      ("1_000", "not a number")):  # fmt: skip
+        out = hoosh("budget", "correct", rid, "--usd", usd, "--reason", "r", config=gw.config_path)
+        assert out.returncode == 1, (usd, out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr and "usd" in out.stderr and says in out.stderr, usd
+    out = hoosh("budget", "correct", rid, "--usd", "0.123456", "--reason", "invoice",
+                config=gw.config_path)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "-> 0.123456 USD" in out.stdout and "invoice" in out.stdout
+    again = hoosh(
+        "budget", "correct", rid, "--usd", "0", "--reason", "refund", config=gw.config_path
+    )
+    assert "0.123456 -> 0 USD" in again.stdout and "-0.123456" in again.stdout  # a negative delta
+
+
 def test_budget_usage_shows_the_spend_of_the_gateway(gw):
     for i in range(2):
         assert chat(gw, ADMIN_KEY, content=f"paid {i}").status_code == 200

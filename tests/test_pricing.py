@@ -8,7 +8,8 @@ import pytest
 
 from hoosh_edge.budget import Usage
 from hoosh_edge.errors import InvalidRequest
-from hoosh_edge.pricing import BUNDLED, Price, PriceTable, cost_micro_usd, format_usd
+from hoosh_edge.money import format_usd
+from hoosh_edge.pricing import BUNDLED, Price, PriceTable, cost_micro_usd
 
 
 @pytest.fixture

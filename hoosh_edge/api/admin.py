@@ -79,7 +79,7 @@ def usage() -> Response:
     group_by = request.args.get("group_by", "provider")
     rows = ledger.usage_summary(period, group_by)
     total = sum(r.get("cost_micro_usd", 0) for r in rows)
-    from ..pricing import format_usd
+    from ..money import format_usd
 
     return jsonify({"object": "list", "period": period, "group_by": group_by,
                     "total_cost_usd": format_usd(total), "data": rows})  # fmt: skip

@@ -7,9 +7,7 @@ as an ``error`` string in its own section instead of breaking the whole page.
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,10 +15,10 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, send_from_directory
 from werkzeug.exceptions import NotFound
 
-from .. import __version__, workers
+from .. import __version__, device, workers
 from ..budget import period_bounds, scope_matches
+from ..money import format_usd
 from ..orphans import orphan_summary
-from ..pricing import format_usd
 from .common import gateway
 
 log = logging.getLogger("hoosh_edge")
@@ -29,53 +27,6 @@ STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
 _ASSETS = {"status.css": "text/css", "status.js": "text/javascript"}
 
 bp = Blueprint("status", __name__)
-
-
-# ---- device ------------------------------------------------------------------------------------
-
-
-def cpu_temperature_c(pattern: str = "/sys/class/thermal/thermal_zone*/temp") -> float | None:
-    """The hottest thermal zone in degrees Celsius, or None where the kernel exposes none."""
-    hottest = None
-    for path in glob.glob(pattern):
-        try:
-            with open(path) as f:
-                milli = int(f.read().strip())
-        except (OSError, ValueError):
-            continue  # some zones refuse reads (e.g. a sensor that is powered off)
-        celsius = milli / 1000
-        hottest = celsius if hottest is None else max(hottest, celsius)
-    return hottest
-
-
-def memory_bytes(path: str = "/proc/meminfo") -> tuple[int | None, int | None]:
-    """(MemAvailable, MemTotal) in bytes from /proc/meminfo; None for what is not there."""
-    found: dict[str, int] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                name, _, rest = line.partition(":")
-                if name in ("MemAvailable", "MemTotal"):
-                    found[name] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return found.get("MemAvailable"), found.get("MemTotal")
-
-
-def device_status() -> dict[str, Any]:
-    """Temperature, memory and load of the box."""
-    available, total = memory_bytes()
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "cpu_temp_c": cpu_temperature_c(),
-        "mem_available_bytes": available,
-        "mem_total_bytes": total,
-        "load_avg": load,
-        "cpu_count": os.cpu_count(),
-    }
 
 
 # ---- providers ---------------------------------------------------------------------------------
@@ -222,7 +173,7 @@ def status_snapshot(gw: Any) -> dict[str, Any]:
     return {
         "version": __version__,
         "uptime_s": round(time.time() - started, 1) if started else None,
-        "device": _section("device", device_status),
+        "device": _section("device", device.snapshot),
         "models": _section("models", lambda: pool.status() if pool is not None else []),
         "providers": _section("providers", lambda: provider_health(gw)),
         "budgets": _section("budgets", lambda: budget_status(gw)) if ledger else None,

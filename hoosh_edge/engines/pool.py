@@ -7,8 +7,9 @@ Every on-device model (LLM, whisper, Piper voice) lives in a ``ModelSlot`` regis
         ...                                      # this request owns the model until it leaves
 
 Loading runs in a pool thread (it reads hundreds of MB). Before a load the pool compares the
-model's estimated footprint with ``MemAvailable``: idle models are unloaded first (least recently
-used first); if it still does not fit the load is refused with ``InsufficientMemory``.
+model's estimated footprint with free memory (``device.mem_available_bytes``: ``MemAvailable`` or
+the cgroup headroom, whichever is less): idle models are unloaded first (least recently used
+first); if it still does not fit the load is refused with ``InsufficientMemory``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import gevent
 import gevent.lock
 
 from .. import workers
+from ..device import mem_available_bytes
 from ..errors import InsufficientMemory, QueueFull
 from ..threads import run_blocking
 
@@ -32,44 +34,6 @@ log = logging.getLogger(__name__)
 MiB = 1024 * 1024
 # Slowest model-file read expected (an SD card): how long a load may take before it is "stuck".
 LOAD_BYTES_PER_S = 10 * MiB
-
-
-def mem_available_bytes(path: str = "/proc/meminfo", cgroup: str = "/sys/fs/cgroup") -> int | None:
-    """Free memory for us: MemAvailable, or less when a cgroup limit (systemd MemoryMax) is nearer."""
-    avail = None
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        pass
-    left = _cgroup_headroom(cgroup)
-    if left is not None:
-        avail = left if avail is None else min(avail, left)
-    return avail
-
-
-def _cgroup_headroom(root: str) -> int | None:
-    """memory.max - memory.current of our cgroup (v2), or None when unlimited or unknown."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            rel = next(
-                (line.split("::", 1)[1].strip() for line in f if line.startswith("0::")), None
-            )
-        if rel is None:
-            return None
-        base = f"{root}{rel}".rstrip("/")
-        with open(f"{base}/memory.max") as f:
-            limit = f.read().strip()
-        if limit == "max":
-            return None
-        with open(f"{base}/memory.current") as f:
-            current = int(f.read().strip())
-        return max(0, int(limit) - current)
-    except (OSError, ValueError):
-        return None
 
 
 @dataclass
@@ -187,7 +151,7 @@ class ModelPool:
         """Unload idle models until ``slot`` fits in free memory, or refuse."""
         avail = self._mem_available()
         if avail is None:
-            return  # no /proc/meminfo: nothing to judge by
+            return  # neither /proc/meminfo nor a cgroup limit: nothing to judge by
         need = slot.estimate_bytes + self.reserve_bytes
         if need <= avail:
             return
