@@ -33,27 +33,27 @@ seeding, unless the config later defines a rule of the same name, which then tak
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from .db import Database
 from .errors import BudgetExceeded, InvalidRequest, NotFound
 from .money import format_usd
+from .orphans import owner, settle_orphans
+from .pricing import Usage
 from .rules import (
     METRICS,
     PERIODS,
     UTC,
     Rule,
-    _to_us,
-    _zone,
     period_bounds,
     rule_from_row,
     scope_matches,
+    to_us,
     validate_rule,
+    zone,
 )
 
 __all__ = [
@@ -65,23 +65,6 @@ __all__ = [
     "SpendLedger",
     "METRICS",
 ]
-
-
-@dataclass
-class Usage:
-    """What one call used (or may use, for an estimate)."""
-
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    audio_seconds: float = 0.0
-    characters: int = 0
-    requests: int = 1
-    cost_micro_usd: int = 0
-
-    @property
-    def audio_ms(self) -> int:
-        """Audio length in whole milliseconds, rounded up so nothing is undercounted."""
-        return -int(-self.audio_seconds * 1000 // 1)
 
 
 @dataclass(frozen=True)
@@ -195,36 +178,6 @@ def _insert_row(db: Any, table: str, values: dict[str, Any]) -> int:
     return db.execute(sql, list(values.values())).lastrowid
 
 
-def _boot_id() -> str:
-    """This boot of the machine (Linux), so reservations from before a power cut are known dead."""
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        return "unknown"
-
-
-# Who owns a reservation: this boot, this pid, and this process (a reused pid is someone else).
-_OWNER = f"{_boot_id()}:{os.getpid()}:{secrets.token_hex(8)}"
-
-
-def _owner() -> str:
-    # Recomputed after fork(): a child is not its parent.
-    global _OWNER
-    if _OWNER.split(":")[1] != str(os.getpid()):
-        _OWNER = f"{_boot_id()}:{os.getpid()}:{secrets.token_hex(8)}"
-    return _OWNER
-
-
-def _orphaned(pid: int, owner: str) -> bool:
-    """Whether the process that made a reservation is gone."""
-    mine = _owner()
-    if owner == mine:
-        return False
-    if owner.split(":")[0] != mine.split(":")[0] or pid == os.getpid():
-        return True  # another boot, or a dead namesake of this process
-    return not _pid_alive(pid)
-
-
 def _sum_in_scope(rule: Rule, rows: list[Any]) -> int:
     """The rule's metric summed over the rows of totals that fall in its scope."""
     return sum(
@@ -245,16 +198,6 @@ def _stops(rule: Rule, is_local: bool) -> bool:
     return rule.action == "block" or (rule.action == "local_only" and not is_local)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # someone else's process: alive
-    return True
-
-
 class SpendLedger:
     """Budget rules, reservations and the committed spend ledger in the gateway database."""
 
@@ -262,10 +205,8 @@ class SpendLedger:
         self, db: Database, *, timezone: str = "UTC", clock: Callable[[], datetime] | None = None
     ) -> None:
         self.db = db
-        self.tz = _zone(timezone)
+        self.tz = zone(timezone)
         self._clock = clock or (lambda: datetime.now(tz=UTC))
-        from .orphans import settle_orphans
-
         self.orphans_settled = settle_orphans(self)
 
     def now(self) -> datetime:
@@ -405,7 +346,7 @@ class SpendLedger:
         need_row = _usage_row(needed, target["is_local"]) if needed else None
         for rule in rules:
             start, _ = period_bounds(rule.period, now, self.tz)
-            key = 0 if start is None else _to_us(start)
+            key = 0 if start is None else to_us(start)
             row = db.execute(
                 "SELECT used FROM budget_usage WHERE rule = ? AND period_start = ?",
                 [rule.name, key],
@@ -452,7 +393,7 @@ class SpendLedger:
     @staticmethod
     def _grouped(db: Any, table: str, since: datetime | None) -> list[Any]:
         """Totals per (key, provider, model, locality): few groups, matched to scopes in Python."""
-        where, params = ("", []) if since is None else ("WHERE ts >= ?", [_to_us(since)])
+        where, params = ("", []) if since is None else ("WHERE ts >= ?", [to_us(since)])
         return db.execute(
             f"SELECT api_key, provider, model, is_local, {_TOTALS} FROM {table} {where} "
             "GROUP BY api_key, provider, model, is_local",
@@ -525,9 +466,9 @@ class SpendLedger:
                     raise BudgetExceeded(hit.message, retry_after=hit.retry_after)
                 fired.append(hit)
             fixed = {
-                "ts": _to_us(self.now()),
+                "ts": to_us(self.now()),
                 "pid": os.getpid(),
-                "owner": _owner(),
+                "owner": owner(),
                 "request_id": request_id,
                 "api_key": key,
                 "provider": provider,
@@ -554,7 +495,7 @@ class SpendLedger:
         with self.db.write(durable=not reservation.is_local) as db:
             # Written even if the reservation vanished: the money was spent all the same.
             fixed = {
-                "ts": _to_us(now),
+                "ts": to_us(now),
                 "request_id": r.request_id,
                 "api_key": r.key,
                 "provider": r.provider,
@@ -569,7 +510,7 @@ class SpendLedger:
                 rule = rule_from_row(found)
                 if scope_matches(rule.scope, **target):
                     start, _ = period_bounds(rule.period, now, self.tz)
-                    period_key = 0 if start is None else _to_us(start)
+                    period_key = 0 if start is None else to_us(start)
                     db.execute(
                         "UPDATE budget_usage SET used = used + ? WHERE rule = ? AND period_start = ?",
                         [_amount(rule.metric, row), rule.name, period_key],
@@ -584,7 +525,7 @@ class SpendLedger:
                         db.execute(
                             "INSERT OR IGNORE INTO budget_closures "
                             "(rule, period_start, ts, request_id, reason) VALUES (?, ?, ?, ?, ?)",
-                            [rule.name, period_key, _to_us(now), r.request_id, reason],
+                            [rule.name, period_key, to_us(now), r.request_id, reason],
                         )
                         reservation.overrun.append(rule.name)
         reservation.closed = True
@@ -646,7 +587,7 @@ class SpendLedger:
         if group_by not in columns:
             raise InvalidRequest("group_by must be provider, model or key", param="group_by")
         start, end = period_bounds(period, self.now(), self.tz)
-        where, params = ("", []) if start is None else ("WHERE ts >= ?", [_to_us(start)])
+        where, params = ("", []) if start is None else ("WHERE ts >= ?", [to_us(start)])
         column = columns[group_by]
         with self.db.read() as db:
             rows = db.execute(

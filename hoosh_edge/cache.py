@@ -29,10 +29,9 @@ from typing import Any
 
 import gevent.lock
 import gevent.monkey
-import sqlite_utils
 
 from .chatfmt import join_chunks, max_tokens_of
-from .db import Database, _execute_script
+from .db import Database
 from .errors import HooshError
 
 __all__ = [
@@ -55,45 +54,6 @@ KINDS = ("chat", "speech", "transcription")
 KEY_VERSION = 1  # part of every key: bump it when the stored form changes
 MIB = 1024 * 1024
 _allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
-
-# Totals kept by triggers, so bounds cost one row read per put whoever deleted what.
-SCHEMA_SQL = """
-    CREATE TABLE response_cache (
-        key TEXT NOT NULL PRIMARY KEY,
-        kind TEXT NOT NULL,
-        provider TEXT NOT NULL,
-        model TEXT NOT NULL,
-        body BLOB NOT NULL,
-        meta TEXT NOT NULL,
-        size INTEGER NOT NULL,  -- bytes of body + meta
-        checksum TEXT NOT NULL,  -- blake2b of body and meta
-        created REAL NOT NULL,  -- seconds since the epoch
-        last_used REAL NOT NULL
-    );
-    CREATE INDEX response_cache_lru ON response_cache (last_used);
-    CREATE INDEX response_cache_created ON response_cache (created);
-    CREATE TABLE response_cache_totals (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        entries INTEGER NOT NULL,
-        bytes INTEGER NOT NULL
-    );
-    INSERT INTO response_cache_totals (id, entries, bytes) VALUES (1, 0, 0);
-    CREATE TRIGGER response_cache_added AFTER INSERT ON response_cache BEGIN
-        UPDATE response_cache_totals SET entries = entries + 1, bytes = bytes + NEW.size;
-    END;
-    CREATE TRIGGER response_cache_removed AFTER DELETE ON response_cache BEGIN
-        UPDATE response_cache_totals SET entries = entries - 1, bytes = bytes - OLD.size;
-    END;
-    CREATE TRIGGER response_cache_resized AFTER UPDATE OF size ON response_cache BEGIN
-        UPDATE response_cache_totals SET bytes = bytes - OLD.size + NEW.size;
-    END;
-"""
-
-
-def create_tables(db: sqlite_utils.Database) -> None:
-    """Migration step ``0005_response_cache`` (run by ``Database.migrate`` in its transaction)."""
-    _execute_script(db.conn, SCHEMA_SQL)
-
 
 # ---- keys --------------------------------------------------------------------------------------
 

@@ -147,7 +147,39 @@ MIGRATIONS: list[Migration] = [
     ),
     Migration(
         "0006_response_cache",
-        lambda db: __import__("hoosh_edge.cache", fromlist=["_"]).create_tables(db),
+        # The response cache (cache.py); totals kept by triggers, so bounds cost one row read per
+        # put whoever deleted what.
+        """
+        CREATE TABLE response_cache (
+            key TEXT NOT NULL PRIMARY KEY,
+            kind TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            body BLOB NOT NULL,
+            meta TEXT NOT NULL,
+            size INTEGER NOT NULL,  -- bytes of body + meta
+            checksum TEXT NOT NULL,  -- blake2b of body and meta
+            created REAL NOT NULL,  -- seconds since the epoch
+            last_used REAL NOT NULL
+        );
+        CREATE INDEX response_cache_lru ON response_cache (last_used);
+        CREATE INDEX response_cache_created ON response_cache (created);
+        CREATE TABLE response_cache_totals (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            entries INTEGER NOT NULL,
+            bytes INTEGER NOT NULL
+        );
+        INSERT INTO response_cache_totals (id, entries, bytes) VALUES (1, 0, 0);
+        CREATE TRIGGER response_cache_added AFTER INSERT ON response_cache BEGIN
+            UPDATE response_cache_totals SET entries = entries + 1, bytes = bytes + NEW.size;
+        END;
+        CREATE TRIGGER response_cache_removed AFTER DELETE ON response_cache BEGIN
+            UPDATE response_cache_totals SET entries = entries - 1, bytes = bytes - OLD.size;
+        END;
+        CREATE TRIGGER response_cache_resized AFTER UPDATE OF size ON response_cache BEGIN
+            UPDATE response_cache_totals SET bytes = bytes - OLD.size + NEW.size;
+        END;
+        """,
     ),
     Migration(
         "0007_ledger_kinds_and_budget_closures",

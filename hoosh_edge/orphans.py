@@ -10,29 +10,82 @@ no ledger row is ever changed or deleted.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Protocol
 
+from .db import Database
 from .errors import InvalidRequest, NotFound
 from .money import format_usd, parse_usd
 
-if TYPE_CHECKING:
-    from .budget import SpendLedger
+
+class Ledger(Protocol):
+    """What these functions need of a ``budget.SpendLedger`` (which calls them): its database."""
+
+    db: Database
+
 
 _USAGE = ("prompt_tokens", "completion_tokens", "audio_ms", "characters", "requests",
           "cost_micro_usd")  # fmt: skip
 _TARGET = ("request_id", "api_key", "provider", "model", "is_local")
 
 
-def settle_orphans(ledger: SpendLedger) -> int:
-    """Book every reservation of a dead process at its reserved amount; return how many."""
-    from .budget import _orphaned
+# ---- who owns a reservation ------------------------------------------------------------------
 
+
+def _boot_id() -> str:
+    """This boot of the machine (Linux), so reservations from before a power cut are known dead."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+# Who owns a reservation: this boot, this pid, and this process (a reused pid is someone else).
+_OWNER = f"{_boot_id()}:{os.getpid()}:{secrets.token_hex(8)}"
+
+
+def owner() -> str:
+    """Who owns this process's reservations: boot id, pid, and a random tag."""
+    # Recomputed after fork(): a child is not its parent.
+    global _OWNER
+    if _OWNER.split(":")[1] != str(os.getpid()):
+        _OWNER = f"{_boot_id()}:{os.getpid()}:{secrets.token_hex(8)}"
+    return _OWNER
+
+
+def orphaned(pid: int, owner_id: str) -> bool:
+    """Whether the process that made a reservation is gone."""
+    mine = owner()
+    if owner_id == mine:
+        return False
+    if owner_id.split(":")[0] != mine.split(":")[0] or pid == os.getpid():
+        return True  # another boot, or a dead namesake of this process
+    return not _pid_alive(pid)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process: alive
+    return True
+
+
+# ---- settling and correcting --------------------------------------------------------------------
+
+
+def settle_orphans(ledger: Ledger) -> int:
+    """Book every reservation of a dead process at its reserved amount; return how many."""
     with ledger.db.write() as db:
         owners = db.execute("SELECT DISTINCT pid, owner FROM reservations").fetchall()
-        dead = [owner for pid, owner in owners if _orphaned(pid, owner)]
+        dead = [who for pid, who in owners if orphaned(pid, who)]
         settled = 0
-        for owner in dead:
-            rows = db.execute("SELECT * FROM reservations WHERE owner = ?", [owner]).fetchall()
+        for who in dead:
+            rows = db.execute("SELECT * FROM reservations WHERE owner = ?", [who]).fetchall()
             for row in rows:
                 columns = ("ts", *_TARGET, *_USAGE)
                 db.execute(
@@ -40,7 +93,7 @@ def settle_orphans(ledger: SpendLedger) -> int:
                     f"VALUES ({', '.join('?' * len(columns))}, 'orphaned')",
                     [row[c] for c in columns],
                 )
-            db.execute("DELETE FROM reservations WHERE owner = ?", [owner])
+            db.execute("DELETE FROM reservations WHERE owner = ?", [who])
             settled += len(rows)
         if settled:
             # Booked at their start time, maybe in a period whose running total exists: re-sum.
@@ -48,7 +101,7 @@ def settle_orphans(ledger: SpendLedger) -> int:
     return settled
 
 
-def correct(ledger: SpendLedger, request_id: str, usd: Any, reason: str) -> dict[str, Any]:
+def correct(ledger: Ledger, request_id: str, usd: Any, reason: str) -> dict[str, Any]:
     """Append a row that makes ``request_id`` cost ``usd`` in total; return what was recorded."""
     target_micro = parse_usd(usd, "usd")
     if not reason or not reason.strip():
@@ -80,7 +133,7 @@ def correct(ledger: SpendLedger, request_id: str, usd: Any, reason: str) -> dict
     }
 
 
-def orphan_summary(ledger: SpendLedger) -> dict[str, Any]:
+def orphan_summary(ledger: Ledger) -> dict[str, Any]:
     """Orphaned entries and corrections in the ledger, for the status page."""
     with ledger.db.read() as db:
         rows = db.execute(

@@ -23,13 +23,10 @@ import math
 import re
 from dataclasses import dataclass, replace
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import InvalidRequest
 from .money import parse_decimal
-
-if TYPE_CHECKING:
-    from .budget import Usage
 
 PRICE_FIELDS = (
     "input_usd_per_mtok",
@@ -40,6 +37,23 @@ PRICE_FIELDS = (
 # Whole-number limits in the same table: the longest answer the model can write, and the most
 # prompt tokens one image can cost (the provider's documented maximum; unknown -> refused).
 LIMIT_FIELDS = ("max_output_tokens", "max_image_tokens")
+
+
+@dataclass
+class Usage:
+    """What one call used (or may use, for an estimate); priced here, budgeted in budget.py."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    audio_seconds: float = 0.0
+    characters: int = 0
+    requests: int = 1
+    cost_micro_usd: int = 0
+
+    @property
+    def audio_ms(self) -> int:
+        """Audio length in whole milliseconds, rounded up so nothing is undercounted."""
+        return -int(-self.audio_seconds * 1000 // 1)
 
 
 @dataclass(frozen=True)

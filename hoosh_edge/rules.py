@@ -37,7 +37,8 @@ _UNITS = {
 # ---- periods -----------------------------------------------------------------------------------
 
 
-def _zone(name: str) -> ZoneInfo:
+def zone(name: str) -> ZoneInfo:
+    """The IANA timezone ``name``, or a 400 naming the bad value."""
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
@@ -47,7 +48,7 @@ def _zone(name: str) -> ZoneInfo:
         ) from None
 
 
-def _to_us(moment: datetime) -> int:
+def to_us(moment: datetime) -> int:
     """Microseconds since the Unix epoch, exact (no float on the way)."""
     delta = moment.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from hoosh_edge import budget
+from hoosh_edge import orphans
 from hoosh_edge.budget import SpendLedger, Usage, period_bounds
 from hoosh_edge.db import DB_FILENAME, Database
 from hoosh_edge.errors import BudgetExceeded, InvalidRequest, NotFound
@@ -234,7 +234,7 @@ def test_release_gives_the_budget_back(ledger: SpendLedger) -> None:
 def test_reservations_of_dead_processes_are_booked_at_start(database: Database) -> None:
     ledger = SpendLedger(database)
     live = ledger.reserve(Usage(cost_micro_usd=5), **CLOUD, request_id="live")
-    boot = budget._owner().split(":")[0]
+    boot = orphans.owner().split(":")[0]
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     parent = os.getppid()

@@ -16,10 +16,10 @@ from typing import Any
 
 from ..config import ProviderConfig
 from ..errors import InvalidRequest, UpstreamError
+from ..presets import ANTHROPIC_API_VERSION
 from .base import CallContext, ChatBackend
 from .catalog import ProviderModels, listed_ids
 from .http import HttpClient
-from .presets import ANTHROPIC_API_VERSION
 
 # Anthropic requires max_tokens; OpenAI clients usually leave it out.
 DEFAULT_MAX_TOKENS = 4096
