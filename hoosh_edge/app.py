@@ -513,6 +513,6 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
 
     @app.get("/metrics")
     def metrics() -> Response:
-        return Response(gateway.metrics.render(), mimetype="text/plain; version=0.0.4")
+        return Response(gateway.metrics.render(), content_type=gateway.metrics.content_type)
 
     return app

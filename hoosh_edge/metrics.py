@@ -1,102 +1,160 @@
-"""Counters and histograms in memory, rendered in Prometheus text format at /metrics."""
+"""Counters, latency histograms and scrape-time gauges in a per-gateway prometheus_client registry.
+
+Callers name a metric where they count it (``metrics.inc("hoosh_requests_total", {...})``); the
+facade creates the prometheus_client metric on first use with that call's label names. Each
+Gateway has its own ``CollectorRegistry``: tests and reloads build several in one process, and
+the library's global registry would refuse the second set of names.
+"""
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_PLAIN_0_0_4,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+log = logging.getLogger("hoosh_edge")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
+# What /metrics serves: generate_latest writes the Prometheus text format 0.0.4.
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+
+# A ``*_created`` series per counter and histogram doubles the page and no dashboard here reads
+# them; the switch is process-wide and read at scrape time, so it holds for every registry.
+disable_created_metrics()
+
 Labels = tuple[tuple[str, str], ...]
+GaugeSamples = list[tuple[str, str, list[tuple[dict[str, str], float]]]]
+GaugeFn = Callable[[], GaugeSamples]
 
 
-def _labels(labels: dict[str, str] | None) -> Labels:
-    return tuple(sorted((labels or {}).items()))
+def _key(labels: dict[str, str] | None) -> Labels:
+    return tuple(sorted((k, str(v)) for k, v in (labels or {}).items()))
 
 
-def _fmt_labels(labels: Labels, extra: Iterable[tuple[str, str]] = ()) -> str:
-    items = list(labels) + list(extra)
-    if not items:
-        return ""
-
-    def esc(v):
-        return str(v).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')  # noqa: E731
-
-    return "{" + ",".join(f'{k}="{esc(v)}"' for k, v in items) + "}"
-
-
-class Metrics:
-    """A small registry: counters, gauges (callbacks) and histograms."""
+class ScrapeGauges(Collector):
+    """Gauges computed at scrape time by callbacks, one family per gauge name."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
-        self._help: dict[str, tuple[str, str]] = {}
-        self._hist: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
-        self._gauges: list = []
+        self._fns: list[GaugeFn] = []
+
+    def add(self, fn: GaugeFn) -> None:
+        """Call ``fn`` at every scrape."""
+        with self._lock:
+            self._fns.append(fn)
+
+    def collect(self) -> Iterable[Metric]:
+        """Every callback's gauges; a callback that fails is left out of this scrape only."""
+        with self._lock:
+            fns = list(self._fns)
+        for fn in fns:
+            try:
+                families = [self._family(*gauge) for gauge in fn()]
+            except Exception as e:  # noqa: BLE001 - a broken gauge must not break the scrape
+                log.warning("metrics: gauge %s failed: %s: %s",
+                            getattr(fn, "__qualname__", fn), type(e).__name__, e)  # fmt: skip
+                continue
+            yield from families
+
+    @staticmethod
+    def _family(name: str, help_: str, samples: list[tuple[dict[str, str], float]]) -> Metric:
+        family = Metric(name, help_ or name, "gauge")
+        for labels, value in samples:
+            family.add_sample(name, dict(_key(labels)), float(value))
+        return family
+
+
+class Metrics:
+    """The gateway's metrics: a small facade over one prometheus_client registry."""
+
+    content_type = CONTENT_TYPE
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self._lock = threading.Lock()  # guards creating metrics and children, not counting
+        self._metrics: dict[str, Counter | Histogram] = {}
+        self._children: dict[tuple[str, Labels], Any] = {}
+        self._gauges = ScrapeGauges()
+        self.registry.register(self._gauges)
+
+    def _child(self, kind: type, name: str, labels: dict[str, str] | None, help_: str) -> Any:
+        """The labelled child of metric ``name``, created on first use."""
+        key = (name, _key(labels))
+        child = self._children.get(key)
+        if child is not None:
+            return child
+        with self._lock:
+            child = self._children.get(key)
+            if child is not None:
+                return child
+            metric = self._metrics.get(name)
+            names = [k for k, _ in key[1]]
+            if metric is None:
+                metric = self._metrics[name] = self._new(kind, name, names, help_)
+            elif not isinstance(metric, kind):
+                raise ValueError(
+                    f"metric {name} is a {type(metric).__name__}, not a {kind.__name__}"
+                )
+            child = metric.labels(**dict(key[1])) if names else metric
+            self._children[key] = child
+            return child
+
+    def _new(self, kind: type, name: str, labelnames: list[str], help_: str) -> Any:
+        if kind is Counter:
+            if not name.endswith("_total"):
+                # prometheus_client would expose it as NAME_total: a different name than asked.
+                raise ValueError(f"counter {name} must end in _total")
+            return Counter(name, help_ or name, labelnames, registry=self.registry)
+        return Histogram(name, help_ or name, labelnames, buckets=LATENCY_BUCKETS,
+                         registry=self.registry)  # fmt: skip
 
     def inc(self, name: str, labels: dict[str, str] | None = None, value: float = 1.0,
             help: str = "") -> None:  # fmt: skip
-        with self._lock:
-            self._help.setdefault(name, ("counter", help))
-            self._counters[name][_labels(labels)] += value
+        """Add ``value`` to counter ``name`` (which ends in ``_total``)."""
+        self._child(Counter, name, labels, help).inc(value)
 
     def observe(self, name: str, value: float, labels: dict[str, str] | None = None,
                 help: str = "") -> None:  # fmt: skip
-        key = _labels(labels)
-        with self._lock:
-            self._help.setdefault(name, ("histogram", help))
-            series = self._hist[name].get(key)
-            if series is None:
-                series = self._hist[name][key] = [0.0] * (len(LATENCY_BUCKETS) + 2)
-            for i, bound in enumerate(LATENCY_BUCKETS):
-                if value <= bound:
-                    series[i] += 1
-            series[-2] += 1  # count
-            series[-1] += value  # sum
+        """Record ``value`` (seconds) in histogram ``name`` with the latency buckets."""
+        self._child(Histogram, name, labels, help).observe(value)
 
-    def gauge_callback(self, fn) -> None:
+    def gauge_callback(self, fn: GaugeFn) -> None:
         """``fn()`` returns [(name, help, [(labels dict, value), ...]), ...] at scrape time."""
-        self._gauges.append(fn)
+        self._gauges.add(fn)
+
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """Every series of counter ``name`` with its value, read from the registry."""
+        metric = self._metrics.get(name)
+        if not isinstance(metric, Counter):
+            return []
+        return [(s.labels, s.value) for fam in metric.collect() for s in fam.samples
+                if s.name == name]  # fmt: skip
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
-        with self._lock:
-            return self._counters.get(name, {}).get(_labels(labels), 0.0)
+        """The value of one counter series (0 when it was never counted)."""
+        child = self._children.get((name, _key(labels)))
+        if not isinstance(child, Counter):
+            return 0.0
+        # A labelled child collects only its own series, so this does not walk the others.
+        return next(s.value for fam in child.collect() for s in fam.samples if s.name == name)
 
     def malformed_chunk(self, provider: str) -> None:
         self.inc("hoosh_upstream_malformed_chunks_total", {"provider": provider},
                  help="Stream chunks from upstreams that were not valid JSON and were skipped")  # fmt: skip
 
     def render(self) -> str:
-        out: list[str] = []
-        with self._lock:
-            for name, series in sorted(self._counters.items()):
-                kind, help_ = self._help.get(name, ("counter", ""))
-                out.append(f"# HELP {name} {help_ or name}")
-                out.append(f"# TYPE {name} {kind}")
-                for labels, v in sorted(series.items()):
-                    out.append(f"{name}{_fmt_labels(labels)} {v:g}")
-            for name, series in sorted(self._hist.items()):
-                _, help_ = self._help.get(name, ("histogram", ""))
-                out.append(f"# HELP {name} {help_ or name}")
-                out.append(f"# TYPE {name} histogram")
-                for labels, s in sorted(series.items()):
-                    for i, bound in enumerate(LATENCY_BUCKETS):
-                        out.append(
-                            f"{name}_bucket{_fmt_labels(labels, [('le', f'{bound:g}')])} {s[i]:g}"
-                        )
-                    out.append(f"{name}_bucket{_fmt_labels(labels, [('le', '+Inf')])} {s[-2]:g}")
-                    out.append(f"{name}_count{_fmt_labels(labels)} {s[-2]:g}")
-                    out.append(f"{name}_sum{_fmt_labels(labels)} {s[-1]:g}")
-        for fn in self._gauges:
-            try:
-                gauges = fn()
-            except Exception:  # noqa: BLE001 - a broken gauge must not break the scrape
-                continue
-            for name, help_, samples in gauges:
-                out.append(f"# HELP {name} {help_ or name}")
-                out.append(f"# TYPE {name} gauge")
-                for labels, v in samples:
-                    out.append(f"{name}{_fmt_labels(_labels(labels))} {v:g}")
-        return "\n".join(out) + "\n"
+        """The registry in the Prometheus text format (``CONTENT_TYPE``)."""
+        return generate_latest(self.registry).decode()

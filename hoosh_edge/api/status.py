@@ -135,16 +135,12 @@ def request_totals(metrics: Any) -> dict[str, Any]:
     """
     by_class = {"2xx": 0, "4xx": 0, "5xx": 0}
     total = 0
-    for line in metrics.render().splitlines():
-        if not line.startswith("hoosh_requests_total{"):
+    for labels, value in metrics.samples("hoosh_requests_total"):
+        if not labels.get("route", "").startswith("/v1/"):
             continue
-        labels, _, value = line.rpartition(" ")
-        if 'route="/v1/' not in labels:
-            continue
-        n = int(float(value))
+        n = int(value)
         total += n
-        status = labels.partition('status="')[2][:1]
-        key = f"{status}xx"
+        key = f"{labels.get('status', '')[:1]}xx"
         if key in by_class:
             by_class[key] += n
     return {"total": total, "by_class": by_class}
