@@ -1,14 +1,15 @@
 """Gateway overhead: the same chat request straight to a fake upstream vs through hoosh-edge.
 
     .venv/bin/python benchmarks/overhead.py [--requests 400] [--concurrency 1,8,32]
-        [--durability full,normal] [--stream]
+        [--durability full,normal] [--stream] [--gateway-root OTHER_CHECKOUT]
 
 The fake OpenAI upstream and one gateway per durability setting each run in their own process on
 loopback; the load comes from threads here, each with its own keep-alive session (as an SDK client
 would). Prints requests per second and p50/p99 latency straight to the upstream and through each
 gateway, what the gateway adds to p50, and the CPU time a process spent per call (user + system
 time from /proc/PID/stat before and after the run, divided by the calls): the gateway's on its
-rows, the fake upstream's on the direct row.
+rows, the fake upstream's on the direct row. ``--gateway-root`` runs the gateway of another
+checkout (an older commit, say) under the same load script, for before/after figures.
 """
 
 from __future__ import annotations
@@ -42,7 +43,9 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime: fields 14 and 15
 
 
-def start_gateway(upstream: str, tmp: Path, durability: str) -> tuple[subprocess.Popen, str]:
+def start_gateway(
+    upstream: str, tmp: Path, durability: str, root: Path = ROOT
+) -> tuple[subprocess.Popen, str]:
     proc, url = spawn_gateway(
         f"""
 [server]
@@ -56,6 +59,7 @@ api_key = "sk-bench"
 models = ["gpt-*"]
 """,
         tmp,
+        root,
     )
     return proc, url + "/v1"
 
@@ -117,6 +121,8 @@ def main() -> None:
                     help="server.durability values to compare (comma-separated): full fsyncs "
                          "each paid call's ledger entry")  # fmt: skip
     ap.add_argument("--stream", action="store_true", help="stream=true chat (SSE)")
+    ap.add_argument("--gateway-root", type=Path, default=ROOT,
+                    help="the checkout whose hoosh_edge.py to run (default: this one)")  # fmt: skip
     args = ap.parse_args()
     modes = [m.strip() for m in args.durability.split(",") if m.strip()]
     if not modes or any(m not in ("full", "normal") for m in modes):
@@ -124,14 +130,15 @@ def main() -> None:
     body = STREAM_BODY if args.stream else BODY
     fake, upstream = spawn_fake_openai()
     print(f"chat {'stream=true' if args.stream else 'JSON'}, {args.requests} requests per row "
-          "(every request here is a priced cloud call)")  # fmt: skip
+          "(every request here is a priced cloud call); gateway: "
+          f"{args.gateway_root}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         gateways: list[tuple[str, subprocess.Popen, str]] = []
         try:
             for mode in modes:
                 folder = Path(tmp) / mode
                 folder.mkdir()
-                gw, url = start_gateway(upstream, folder, mode)
+                gw, url = start_gateway(upstream, folder, mode, args.gateway_root)
                 gateways.append((mode, gw, url))
                 wait_healthy(url)
             auth = {"Authorization": "Bearer sk-bench"}
