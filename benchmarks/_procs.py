@@ -28,13 +28,13 @@ def spawn_fake_openai() -> tuple[subprocess.Popen, str]:
     return proc, proc.stdout.readline().strip()
 
 
-def spawn_gateway(config_text: str, tmp: Path) -> tuple[subprocess.Popen, str]:
-    """``python hoosh_edge.py`` on a free port with this config; its ``http://host:port``."""
+def spawn_gateway(config_text: str, tmp: Path, root: Path = ROOT) -> tuple[subprocess.Popen, str]:
+    """``python hoosh_edge.py`` (of the checkout ``root``) on a free port with this config."""
     cfg = Path(tmp) / "bench.toml"
     cfg.write_text(config_text)
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen([sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(cfg),
+    proc = subprocess.Popen([sys.executable, str(Path(root) / "hoosh_edge.py"), "--config", str(cfg),
                              "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
                             env=env)  # fmt: skip
     assert proc.stdout is not None

@@ -1,15 +1,21 @@
 """Gateway overhead: the same chat request straight to a fake upstream vs through hoosh-edge.
 
     .venv/bin/python benchmarks/overhead.py [--requests 400] [--concurrency 1,8,32]
+        [--durability full,normal] [--stream] [--gateway-root OTHER_CHECKOUT]
 
-The fake OpenAI upstream and the gateway each run in their own process on loopback; the load comes
-from threads here, each with its own keep-alive session (as an SDK client would). Prints requests
-per second and p50/p99 latency for both paths, and what the gateway adds.
+The fake OpenAI upstream and one gateway per durability setting each run in their own process on
+loopback; the load comes from threads here, each with its own keep-alive session (as an SDK client
+would). Prints requests per second and p50/p99 latency straight to the upstream and through each
+gateway, what the gateway adds to p50, and the CPU time a process spent per call (user + system
+time from /proc/PID/stat before and after the run, divided by the calls): the gateway's on its
+rows, the fake upstream's on the direct row. ``--gateway-root`` runs the gateway of another
+checkout (an older commit, say) under the same load script, for before/after figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -23,12 +29,23 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _procs import spawn_fake_openai, spawn_gateway  # noqa: E402
+from _procs import spawn_fake_openai, spawn_gateway, stop  # noqa: E402
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello gateway"}]}
+STREAM_BODY = {**BODY, "stream": True}
+_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
 
 
-def start_gateway(upstream: str, tmp: Path, durability: str) -> tuple[subprocess.Popen, str]:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()  # the name may hold spaces
+    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime: fields 14 and 15
+
+
+def start_gateway(
+    upstream: str, tmp: Path, durability: str, root: Path = ROOT
+) -> tuple[subprocess.Popen, str]:
     proc, url = spawn_gateway(
         f"""
 [server]
@@ -42,14 +59,15 @@ api_key = "sk-bench"
 models = ["gpt-*"]
 """,
         tmp,
+        root,
     )
     return proc, url + "/v1"
 
 
 def run(
-    url: str, headers: dict[str, str], total: int, concurrency: int
-) -> tuple[float, list[float]]:
-    """(requests per second, latencies in seconds)."""
+    url: str, headers: dict[str, str], total: int, concurrency: int, body: dict
+) -> tuple[float, list[float], int]:
+    """(requests per second, latencies in seconds, calls made including warm-ups)."""
     per = max(1, total // concurrency)
     lat: list[float] = []
     lock = threading.Lock()
@@ -57,11 +75,12 @@ def run(
 
     def worker() -> None:
         s = requests.Session()
-        s.post(url + "/chat/completions", json=BODY, headers=headers).raise_for_status()  # warm
+        s.post(url + "/chat/completions", json=body, headers=headers).raise_for_status()  # warm
         mine = []
         for _ in range(per):
             t0 = time.perf_counter()
-            r = s.post(url + "/chat/completions", json=BODY, headers=headers)
+            r = s.post(url + "/chat/completions", json=body, headers=headers)
+            _ = r.content  # a stream is timed to its last byte
             mine.append(time.perf_counter() - t0)
             if r.status_code != 200:
                 errors.append(r.status_code)
@@ -77,7 +96,16 @@ def run(
     elapsed = time.perf_counter() - t0
     if errors:
         raise SystemExit(f"{len(errors)} requests failed: {errors[:5]}")
-    return len(lat) / elapsed, lat
+    return len(lat) / elapsed, lat, len(lat) + concurrency
+
+
+def measure(
+    pid: int, url: str, headers: dict[str, str], total: int, concurrency: int, body: dict
+) -> tuple[float, list[float], float]:
+    """``run`` plus the CPU seconds process ``pid`` spent per call during it."""
+    before = cpu_seconds(pid)
+    rps, lat, calls = run(url, headers, total, concurrency, body)
+    return rps, lat, (cpu_seconds(pid) - before) / calls
 
 
 def pct(values: list[float], p: float) -> float:
@@ -89,43 +117,59 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=400)
     ap.add_argument("--concurrency", default="1,8,32")
-    ap.add_argument("--durability", default="full", choices=["full", "normal"],
-                    help="server.durability: full fsyncs each paid call's ledger entry")  # fmt: skip
+    ap.add_argument("--durability", default="full,normal",
+                    help="server.durability values to compare (comma-separated): full fsyncs "
+                         "each paid call's ledger entry")  # fmt: skip
+    ap.add_argument("--stream", action="store_true", help="stream=true chat (SSE)")
+    ap.add_argument("--gateway-root", type=Path, default=ROOT,
+                    help="the checkout whose hoosh_edge.py to run (default: this one)")  # fmt: skip
     args = ap.parse_args()
+    modes = [m.strip() for m in args.durability.split(",") if m.strip()]
+    if not modes or any(m not in ("full", "normal") for m in modes):
+        raise SystemExit("--durability takes full, normal or full,normal")
+    body = STREAM_BODY if args.stream else BODY
     fake, upstream = spawn_fake_openai()
-    print(f"server.durability = {args.durability} (every request here is a priced cloud call)")
+    print(f"chat {'stream=true' if args.stream else 'JSON'}, {args.requests} requests per row "
+          "(every request here is a priced cloud call); gateway: "
+          f"{args.gateway_root}")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        gw, gateway = start_gateway(upstream, Path(tmp), args.durability)
+        gateways: list[tuple[str, subprocess.Popen, str]] = []
         try:
-            for _ in range(50):
-                try:
-                    requests.get(gateway.removesuffix("/v1") + "/health", timeout=1)
-                    break
-                except requests.ConnectionError:
-                    time.sleep(0.1)
+            for mode in modes:
+                folder = Path(tmp) / mode
+                folder.mkdir()
+                gw, url = start_gateway(upstream, folder, mode, args.gateway_root)
+                gateways.append((mode, gw, url))
+                wait_healthy(url)
             auth = {"Authorization": "Bearer sk-bench"}
-            print(f"{'conc':>4} | {'direct rps':>10} {'p50 ms':>7} {'p99 ms':>7} | "
-                  f"{'gateway rps':>11} {'p50 ms':>7} {'p99 ms':>7} | {'rps ratio':>9} "
-                  f"{'added p50 ms':>12}")  # fmt: skip
+            print(f"{'conc':>4} {'path':<17} | {'rps':>6} {'p50 ms':>7} {'p99 ms':>7} | "
+                  f"{'added p50 ms':>12} {'CPU ms/call':>11}")  # fmt: skip
             for c in [int(x) for x in args.concurrency.split(",")]:
-                d_rps, d_lat = run(upstream, auth, args.requests, c)
-                g_rps, g_lat = run(gateway, {}, args.requests, c)
-                d50, d99, g50, g99 = (
-                    pct(d_lat, 50),
-                    pct(d_lat, 99),
-                    pct(g_lat, 50),
-                    pct(g_lat, 99),
-                )
-                print(f"{c:>4} | {d_rps:>10.0f} {d50 * 1e3:>7.2f} {d99 * 1e3:>7.2f} | "
-                      f"{g_rps:>11.0f} {g50 * 1e3:>7.2f} {g99 * 1e3:>7.2f} | "
-                      f"{g_rps / d_rps:>9.2f} {(g50 - d50) * 1e3:>12.2f}")  # fmt: skip
-            print(f"(mean of gateway latencies at the last level: "
-                  f"{statistics.mean(g_lat) * 1e3:.2f} ms)")  # fmt: skip
+                d_rps, d_lat, d_cpu = measure(fake.pid, upstream, auth, args.requests, c, body)
+                d50 = pct(d_lat, 50)
+                print(f"{c:>4} {'direct (upstream)':<17} | {d_rps:>6.0f} {d50 * 1e3:>7.2f} "
+                      f"{pct(d_lat, 99) * 1e3:>7.2f} | {'':>12} {d_cpu * 1e3:>11.2f}")  # fmt: skip
+                for mode, gw, url in gateways:
+                    g_rps, g_lat, g_cpu = measure(gw.pid, url, {}, args.requests, c, body)
+                    g50 = pct(g_lat, 50)
+                    print(f"{c:>4} {'gateway ' + mode:<17} | {g_rps:>6.0f} {g50 * 1e3:>7.2f} "
+                          f"{pct(g_lat, 99) * 1e3:>7.2f} | {(g50 - d50) * 1e3:>12.2f} "
+                          f"{g_cpu * 1e3:>11.2f}")  # fmt: skip
+                print(f"     (mean gateway latency at {c}: {statistics.mean(g_lat) * 1e3:.2f} ms)")
         finally:
-            gw.terminate()
-            fake.terminate()
-            gw.wait(10)
-            fake.wait(10)
+            for _, gw, _ in gateways:
+                stop(gw)
+            stop(fake)
+
+
+def wait_healthy(url: str) -> None:
+    """Wait until the gateway at ``url`` (its /v1 base) answers /health."""
+    for _ in range(50):
+        try:
+            requests.get(url.removesuffix("/v1") + "/health", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
 
 
 if __name__ == "__main__":

@@ -367,6 +367,8 @@ class Gateway:
 
 def _log_access(rid: str, method: str, path: str, status: int, duration_s: float,
                 fields: dict[str, Any] | None) -> None:  # fmt: skip
+    if not access_log.isEnabledFor(logging.INFO):
+        return  # log_level above info: no line is written, so none is built
     line = {"ts": round(time.time(), 3), "request_id": rid, "method": method, "path": path,
             "status": status, "duration_ms": round(duration_s * 1000, 2)}  # fmt: skip
     if fields:

@@ -15,14 +15,21 @@ lock, whichever thread takes it. Greenlets wait with gevent's own primitives (``
 
 from __future__ import annotations
 
+import os
+
 # What patch_all() must leave alone: OS threads stay OS threads, their locks OS locks.
 UNPATCHED = {"thread": False, "queue": False}
+# gevent's thread resolver, minus the thread hop for IP literals (see resolver.py).
+RESOLVER = "hoosh_edge.resolver.NumericFirstResolver"
 
 
 def patch_gevent() -> None:
     """Patch sockets, ssl, DNS, select, time, os, subprocess and signals; never threading."""
+    import gevent
     from gevent import monkey
 
+    if "GEVENT_RESOLVER" not in os.environ:  # an operator's choice of resolver wins
+        gevent.config.resolver = RESOLVER
     if not monkey.is_module_patched("socket"):
         monkey.patch_all(**UNPATCHED)
 

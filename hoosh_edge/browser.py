@@ -131,7 +131,10 @@ def check(server: ServerConfig, request: Request) -> Response | None:
 
 def add_cors_headers(server: ServerConfig, request: Request, resp: Response) -> None:
     """CORS headers on every answer to a listed origin, preflight and errors included."""
-    resp.vary.add("Origin")
+    if "Vary" in resp.headers:
+        resp.vary.add("Origin")
+    else:
+        resp.headers["Vary"] = "Origin"  # what vary.add gives, without parsing a header set
     origin = cors_origin(server, request)
     if origin is None:
         return

@@ -262,6 +262,8 @@ class Accountant:
                          is_local: bool) -> str | None:  # fmt: skip
         """``X-Hoosh-Budget-Remaining``: the tightest rule in scope and what is left."""
         try:
+            if not self.has_rules():
+                return None  # no rule, no header: as current as admission's view of the rules
             found = self.ledger.remaining(key=key, provider=provider, model=model,
                                           is_local=is_local)  # fmt: skip
         except StorageUnavailable:

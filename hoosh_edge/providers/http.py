@@ -66,6 +66,8 @@ class HttpClient:
         if ca:
             self.session.verify = ca
         self.session.trust_env = False
+        # (url, headers) -> a request prepared once the way the session would, and its adapter.
+        self._templates: dict[tuple[str, tuple[tuple[str, str], ...]], tuple[Any, Any]] = {}
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -115,15 +117,13 @@ class HttpClient:
             data = form or {}
         while True:
             attempt += 1
+            timeout = (cfg.connect_timeout_s, cfg.timeout_s)
             try:
-                resp = self.session.post(
-                    url,
-                    data=data,
-                    files=files,
-                    headers=headers,
-                    timeout=(cfg.connect_timeout_s, cfg.timeout_s),
-                    stream=stream,
-                )
+                if files is None and not self.session.cookies:
+                    resp = self._send_json(url, data, headers, timeout=timeout, stream=stream)
+                else:
+                    resp = self.session.post(url, data=data, files=files, headers=headers,
+                                             timeout=timeout, stream=stream)  # fmt: skip
             except requests.exceptions.ConnectTimeout as e:
                 err: UpstreamError = UpstreamTimeout(
                     f"{cfg.name}: connection timed out ({self.clean(str(e))})"
@@ -154,6 +154,46 @@ class HttpClient:
                 raise err
             log.info("%s: retrying in %.2fs after: %s", cfg.name, delay, err.message)
             gevent.sleep(delay)
+
+    def _send_json(
+        self, url: str, data: bytes, headers: dict[str, str], *, timeout: Any, stream: bool
+    ) -> requests.Response:
+        """``session.post(url, data=data, headers=headers)``, without re-merging settings per call.
+
+        ``Session.request`` merges headers, cookies, proxies and hooks and re-parses the URL on
+        every call; for the same URL and headers that work always gives the same request, so it
+        is done once. Only the body differs. Redirects and cookies are handled as the session
+        would (a cookie, once set, sends later calls the ordinary way).
+        """
+        key = (url, tuple(headers.items()))
+        template = self._templates.get(key)
+        if template is None:
+            prepared = self.session.prepare_request(requests.Request("POST", url, headers=headers))
+            template = (prepared, self.session.get_adapter(url))
+            if len(self._templates) >= 64:
+                self._templates.clear()  # a bound, though URLs and headers are few per provider
+            self._templates[key] = template
+        base, adapter = template
+        prep = requests.PreparedRequest()
+        prep.method, prep.url, prep.hooks = base.method, base.url, base.hooks
+        prep.headers = base.headers.copy()
+        prep._cookies = base._cookies
+        prep.prepare_body(data, None)
+        session = self.session
+        settings = {"timeout": timeout, "verify": session.verify, "cert": session.cert,
+                    "proxies": session.proxies}  # fmt: skip
+        resp = requests.hooks.dispatch_hook(
+            "response", prep.hooks, adapter.send(prep, stream=stream, **settings), **settings
+        )
+        if "Set-Cookie" in resp.headers:
+            requests.cookies.extract_cookies_to_jar(session.cookies, prep, resp.raw)
+        if resp.is_redirect:
+            history = [resp, *session.resolve_redirects(resp, prep, stream=stream, **settings)]
+            resp = history.pop()
+            resp.history = history
+        if not stream:
+            resp.content  # noqa: B018 - read it all now, as Session.send does
+        return resp
 
     def status_error(self, resp: requests.Response) -> UpstreamStatus:
         """Turn an upstream error answer into an error whose message the client may see."""

@@ -1,0 +1,117 @@
+"""The lean upstream path: a JSON post sent like requests.Session would, IP literals resolved inline."""
+
+from __future__ import annotations
+
+import _socket
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from hoosh_edge.config import ProviderConfig
+from hoosh_edge.providers.http import HttpClient
+from hoosh_edge.resolver import NumericFirstResolver, is_ip_literal
+
+
+class _Upstream(BaseHTTPRequestHandler):
+    """POST /old answers 307 to /new and sets a cookie; /new echoes what it got."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.seen.append({"path": self.path, "cookie": self.headers.get("Cookie"),
+                          "auth": self.headers.get("Authorization"), "body": body})  # fmt: skip
+        if self.path == "/old":
+            self.send_response(307)
+            self.send_header("Location", "/new")
+            self.send_header("Set-Cookie", "route=b; Path=/")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        out = json.dumps({"path": self.path, "body": json.loads(body)}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def upstream():
+    _Upstream.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Upstream)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_json_post_follows_a_redirect_and_keeps_its_cookie_as_a_session_would(upstream):
+    cfg = ProviderConfig(name="up", type="openai", base_url=upstream, headers=(("X-Org", "o1"),))
+    http = HttpClient(cfg)
+    headers = {"Authorization": "Bearer sk-up"}
+    first = http.post(f"{upstream}/new", body={"n": 1}, headers=headers)
+    assert first.json() == {"path": "/new", "body": {"n": 1}}
+    again = http.post(f"{upstream}/new", body={"n": 2, "s": "é"}, headers=headers)
+    assert again.json() == {"path": "/new", "body": {"n": 2, "s": "é"}}  # the body is per call
+    moved = http.post(f"{upstream}/old", body={"n": 3}, headers=headers)
+    assert moved.status_code == 200 and moved.json() == {"path": "/new", "body": {"n": 3}}
+    assert [r.status_code for r in moved.history] == [307]
+    after = http.post(f"{upstream}/new", body={"n": 4}, headers=headers)
+    assert after.json()["body"] == {"n": 4}
+    paths = [(s["path"], s["cookie"], s["auth"]) for s in _Upstream.seen]
+    assert paths == [
+        ("/new", None, "Bearer sk-up"),
+        ("/new", None, "Bearer sk-up"),
+        ("/old", None, "Bearer sk-up"),
+        ("/new", "route=b", "Bearer sk-up"),  # the 307 kept the method, body and cookie
+        ("/new", "route=b", "Bearer sk-up"),  # and the session remembers the cookie
+    ]
+    assert _Upstream.seen[3]["body"] == b'{"n":3}'
+
+
+def test_a_streamed_json_post_is_read_as_it_arrives(upstream):
+    http = HttpClient(ProviderConfig(name="up", type="openai", base_url=upstream))
+    resp = http.post(f"{upstream}/new", body={"n": 5}, headers={}, stream=True)
+    assert not resp.raw.isclosed()  # not read ahead: the caller reads it
+    assert json.loads(resp.raw.read()) == {"path": "/new", "body": {"n": 5}}
+    resp.close()
+
+
+class _NoThreads:
+    """A thread pool that fails the test if a lookup is sent to it."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def apply(self, fn: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        self.calls.append(args)
+        return fn(*args, **(kwargs or {}))
+
+
+def test_an_ip_literal_is_resolved_without_a_thread_and_a_name_still_uses_one():
+    resolver = NumericFirstResolver.__new__(NumericFirstResolver)
+    resolver.pool = pool = _NoThreads()
+    for host in ("127.0.0.1", "::1", "192.168.1.20"):
+        got = resolver.getaddrinfo(host, 8080, 0, _socket.SOCK_STREAM)
+        assert got == _socket.getaddrinfo(host, 8080, 0, _socket.SOCK_STREAM)
+    assert pool.calls == []
+    named = resolver.getaddrinfo("localhost", 8080, 0, _socket.SOCK_STREAM)
+    assert named and len(pool.calls) == 1 and pool.calls[0][0] == "localhost"
+
+
+@pytest.mark.parametrize(
+    ("host", "literal"),
+    [("127.0.0.1", True), ("::1", True), (b"10.0.0.1", True), ("localhost", False),
+     ("api.openai.com", False), ("", False), (None, False), ("1.2.3", False)],
+)  # fmt: skip
+def test_is_ip_literal(host: Any, literal: bool):
+    assert is_ip_literal(host) is literal
