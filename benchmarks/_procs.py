@@ -45,6 +45,21 @@ def spawn_gateway(config_text: str, tmp: Path, root: Path = ROOT) -> tuple[subpr
     return proc, first.strip().rsplit(" ", 1)[-1]
 
 
+def wait_healthy(url: str, tries: int = 100) -> None:
+    """Wait until ``url``/health answers 200 (the gateway has opened its port when it prints)."""
+    import time
+
+    import requests
+
+    for _ in range(tries):
+        try:
+            if requests.get(url + "/health", timeout=1).ok:
+                return
+        except requests.ConnectionError:
+            pass
+        time.sleep(0.1)
+
+
 def stop(proc: subprocess.Popen) -> None:
     """Terminate a child, then kill it if it will not go."""
     if proc.poll() is None:

@@ -28,7 +28,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _procs import spawn_fake_openai, spawn_gateway  # noqa: E402
+from _procs import spawn_fake_openai, spawn_gateway, wait_healthy  # noqa: E402
 
 from hoosh_edge.cache import CachePolicy, ResponseCache, chat_key  # noqa: E402
 from hoosh_edge.db import Database  # noqa: E402
@@ -132,12 +132,7 @@ def over_http(n: int, base: Path | None) -> None:
     with tempfile.TemporaryDirectory(dir=base) as tmp:
         gw, gateway = start_gateway(upstream, Path(tmp))
         try:
-            for _ in range(100):
-                try:
-                    requests.get(gateway.removesuffix("/v1") + "/health", timeout=1)
-                    break
-                except requests.ConnectionError:
-                    time.sleep(0.1)
+            wait_healthy(gateway.removesuffix("/v1"))
             s = requests.Session()
             stream_body = {**HIT_BODY, "stream": True}
             # Store one answer per shape, then warm the connection and the code paths.

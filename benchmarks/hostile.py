@@ -46,7 +46,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _procs import spawn_fake_openai, spawn_gateway, stop  # noqa: E402
+from _procs import spawn_fake_openai, spawn_gateway, stop, wait_healthy  # noqa: E402
 
 from tests.audio_bombs import (  # noqa: E402
     encode,
@@ -91,12 +91,7 @@ def gateway(config_text: str):
         text = f'[server]\nlog_level = "warning"\ndata_dir = "{tmp}/data"\n' + config_text
         proc, url = spawn_gateway(text, Path(tmp))
         try:
-            for _ in range(100):
-                try:
-                    if requests.get(url + "/health", timeout=1).ok:
-                        break
-                except requests.ConnectionError:
-                    time.sleep(0.1)
+            wait_healthy(url)
             yield proc, url
         finally:
             stop(proc)

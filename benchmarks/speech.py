@@ -38,7 +38,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _procs import spawn_gateway, stop  # noqa: E402
+from _procs import spawn_gateway, stop, wait_healthy  # noqa: E402
 
 from hoosh_edge.engines.audio_in import decode_audio  # noqa: E402
 from hoosh_edge.engines.piper import PiperVoice  # noqa: E402
@@ -100,12 +100,7 @@ joe = "{VOICE}"
 """,
         tmp,
     )
-    for _ in range(100):
-        try:
-            if requests.get(url + "/health", timeout=1).ok:
-                break
-        except requests.ConnectionError:
-            time.sleep(0.1)
+    wait_healthy(url)
     return proc, url
 
 

@@ -567,7 +567,7 @@ def test_a_glob_provider_lists_the_models_anthropic_has(fake):
         assert listed == {"claude-test-1": "config", "claude-3-5-haiku-latest": "provider",
                           "claude-sonnet-4-5": "provider"}  # fmt: skip
         asked = [r for r in fake.requests if r.method == "GET"]
-        assert asked[0].path == "/v1/models"
+        assert asked[0].path == "/v1/models?limit=1000"  # one page: the API pages 20 by default
         assert asked[0].headers["x-api-key"] == API_KEY
         assert asked[0].headers["anthropic-version"] == "2023-06-01"
     finally:

@@ -18,7 +18,7 @@ from ..config import ProviderConfig
 from ..errors import InvalidRequest, UpstreamError
 from ..presets import ANTHROPIC_API_VERSION
 from .base import CallContext, ChatBackend
-from .catalog import ProviderModels, listed_ids
+from .catalog import ListsItsModels, ProviderModels, listed_ids
 from .http import HttpClient
 
 # Anthropic requires max_tokens; OpenAI clients usually leave it out.
@@ -368,7 +368,7 @@ class StreamTranslator:
         return []  # ping, and event types added to the API after this code was written
 
 
-class AnthropicProvider(ChatBackend):
+class AnthropicProvider(ListsItsModels, ChatBackend):
     """Serves OpenAI chat requests from Anthropic's Messages API."""
 
     def __init__(self, cfg: ProviderConfig) -> None:
@@ -381,15 +381,9 @@ class AnthropicProvider(ChatBackend):
     def serves(self, model: str) -> bool:
         return self.cfg.serves(model)
 
-    def model_ids(self) -> list[str]:
-        return self.catalog.named()
-
-    def listing(self) -> list[tuple[str, str]]:
-        return self.catalog.listing()
-
     def _list_models(self) -> list[str]:
         return listed_ids(
-            self.http.get_json(f"{self.cfg.base_url}/models", headers=self._headers())
+            self.http.get_json(f"{self.cfg.base_url}/models?limit=1000", headers=self._headers())
         )
 
     def _headers(self) -> dict[str, str]:

@@ -72,6 +72,18 @@ def listed_ids(doc: object) -> list[str]:
     return [m["id"] for m in data if isinstance(m, dict) and isinstance(m.get("id"), str)]
 
 
+class ListsItsModels:
+    """``model_ids`` and ``listing`` for a provider whose ``catalog`` is a ProviderModels."""
+
+    catalog: ProviderModels
+
+    def model_ids(self) -> list[str]:
+        return self.catalog.named()
+
+    def listing(self) -> list[tuple[str, str]]:
+        return self.catalog.listing()
+
+
 def is_glob(name: str) -> bool:
     return any(c in name for c in "*?[")
 

@@ -10,11 +10,11 @@ from typing import Any
 from ..config import ProviderConfig
 from ..errors import UpstreamError
 from .base import CallContext, ChatBackend
-from .catalog import ProviderModels, listed_ids
+from .catalog import ListsItsModels, ProviderModels, listed_ids
 from .http import HttpClient
 
 
-class OpenAICompatProvider(ChatBackend):
+class OpenAICompatProvider(ListsItsModels, ChatBackend):
     """Forwards OpenAI chat requests nearly as they are."""
 
     def __init__(self, cfg: ProviderConfig) -> None:
@@ -25,12 +25,6 @@ class OpenAICompatProvider(ChatBackend):
 
     def serves(self, model: str) -> bool:
         return self.cfg.serves(model)
-
-    def model_ids(self) -> list[str]:
-        return self.catalog.named()
-
-    def listing(self) -> list[tuple[str, str]]:
-        return self.catalog.listing()
 
     def _list_models(self) -> list[str]:
         return listed_ids(
