@@ -194,7 +194,19 @@ install_venv() {
             --exclude=./build --exclude='*.egg-info' --exclude=__pycache__ \
             --exclude=.pytest_cache --exclude=.ruff_cache -cf - . | tar -C "$build" -xf -
     fi
-    note "the first install compiles llama.cpp unless pip has a wheel cached (minutes on a Pi)"
+    # llama-cpp-python from the wheel scripts/setup builds (portable on x86_64: see that script),
+    # built here first if this machine has none yet (minutes on a Pi).
+    if [ "$DRY_RUN" = 0 ]; then
+        local wheel key
+        wheel="$("$SRC/scripts/llama-wheel" "$VENV/bin/python")"
+        key="$(basename "$(dirname "$wheel")")"
+        if [ "$(cat "$VENV/.llama-cpp-build" 2>/dev/null)" != "$key" ]; then
+            run "$VENV/bin/python" -m pip install --quiet --no-deps --force-reinstall "$wheel"
+            echo "$key" > "$VENV/.llama-cpp-build"
+        fi
+    else
+        note "would install llama-cpp-python from the wheel of scripts/llama-wheel (built once)"
+    fi
     run "$VENV/bin/python" -m pip install --quiet "${build:-$SRC}[local]"
     # Same version number, new code: reinstall the project itself (not its dependencies).
     run "$VENV/bin/python" -m pip install --quiet --force-reinstall --no-deps "${build:-$SRC}"

@@ -211,6 +211,20 @@ def test_installed_venv_is_a_real_install_not_the_checkout(installed: Path) -> N
 
 
 @pytest.mark.slow
+def test_installed_venv_runs_the_llama_build_setup_made(installed: Path) -> None:
+    """The service gets the same llama.cpp wheel as scripts/setup (portable on x86_64), not
+    whatever pip would build natively: a native build can SIGILL on a VM that advertises AMX."""
+    venv = installed / "opt/hoosh-edge/venv"
+    wheel = subprocess.run([str(ROOT / "scripts/llama-wheel"), str(venv / "bin/python")],
+                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert (venv / ".llama-cpp-build").read_text().strip() == Path(wheel).parent.name
+    code = "import llama_cpp; print(llama_cpp.__version__)"
+    out = subprocess.run([str(venv / "bin/python"), "-c", code], cwd="/", capture_output=True,
+                         text=True, check=True).stdout.strip()  # fmt: skip
+    assert out and out in Path(wheel).name
+
+
+@pytest.mark.slow
 def test_installed_config_has_the_system_paths(installed: Path) -> None:
     py = installed / "opt/hoosh-edge/venv/bin/python"
     config = installed / "etc/hoosh-edge/config.toml"
