@@ -30,7 +30,6 @@ helpers below.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -55,6 +54,7 @@ from tests.audio_bombs import (  # noqa: E402
     tone,
     wav_claiming_more,
 )
+from tests.procstat import peak_rss, reset_peak_rss, seconds_until_idle  # noqa: E402
 
 MiB = 1024 * 1024
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
@@ -62,26 +62,6 @@ WHISPER = ROOT / "models" / "ggml-tiny.en.bin"
 
 
 # -- helpers any section may use ---------------------------------------------------------------
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM of a process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def reset_peak_rss(pid: int) -> int:
-    """Set VmHWM back to the current RSS (write 5 to clear_refs); returns it."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return peak_rss(pid)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @contextmanager
@@ -170,17 +150,6 @@ def audio_bombs(args: argparse.Namespace) -> None:
         stop(fake)
 
 
-def seconds_until_idle(pid: int, limit_s: float, window_s: float = 0.25) -> float:
-    """How long until the process uses under 10% of a core over ``window_s`` (at most ``limit_s``)."""
-    started = time.perf_counter()
-    while time.perf_counter() - started < limit_s:
-        cpu = cpu_seconds(pid)
-        time.sleep(window_s)
-        if cpu_seconds(pid) - cpu < 0.1 * window_s:
-            return time.perf_counter() - started - window_s
-    return limit_s
-
-
 def audio_deadline(args: argparse.Namespace) -> None:
     print("audio deadline: a 29 min MP3, request_timeout_s = 10, max_audio_s = 1800")
     mp3 = encode(tone(1740, 16000), 16000, "MP3", "MPEG_LAYER_III")
@@ -190,7 +159,7 @@ def audio_deadline(args: argparse.Namespace) -> None:
         post_audio(url, short, "warm.wav")  # load the model first
         for _ in range(args.runs):
             r, took = post_audio(url, mp3, "long.mp3")
-            idle = seconds_until_idle(proc.pid, 120)
+            idle = seconds_until_idle(proc.pid, 120, window_s=0.25)
             r2, after = post_audio(url, short, "short.wav")
             print(f"  {r.status_code} after {took:6.2f} s; whisper.cpp done {idle:5.2f} s later; "
                   f"then a 1 s clip: {r2.status_code} in {after:.2f} s")  # fmt: skip
@@ -198,9 +167,8 @@ def audio_deadline(args: argparse.Namespace) -> None:
 
 def idle_connections(args: argparse.Namespace) -> None:
     import resource
-    import socket
 
-    from idle_flood import one_health, report
+    from idle_flood import one_health, open_flood, report
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 1300)), hard))
@@ -211,14 +179,9 @@ def idle_connections(args: argparse.Namespace) -> None:
             report(
                 f"no flood, /health from {source}", [one_health(port, source) for _ in range(20)]
             )
-        flood = []
+        flood: list[Any] = []
         try:
-            for _ in range(1000):
-                try:
-                    flood.append(socket.create_connection(("127.0.0.1", port), 3,
-                                                          ("127.0.0.2", 0)))  # fmt: skip
-                except OSError:
-                    break
+            flood = open_flood(port, 1000)
             time.sleep(1)
             closed = sum(1 for s in flood if _closed_by_peer(s))
             print(f"  {len(flood)} opened from 127.0.0.2, {closed} closed by the gateway at accept")

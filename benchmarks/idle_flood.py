@@ -54,6 +54,17 @@ def one_health(port: int, source: str) -> float | None:
     return (time.monotonic() - started) * 1000 if data.startswith(b"HTTP/1.1 200") else None
 
 
+def open_flood(port: int, count: int, source: str = "127.0.0.2") -> list[socket.socket]:
+    """Open up to ``count`` idle connections from ``source``; stop at the first refusal."""
+    flood = []
+    for _ in range(count):
+        try:
+            flood.append(socket.create_connection(("127.0.0.1", port), 3, (source, 0)))
+        except OSError:
+            break
+    return flood
+
+
 def report(label: str, times: list[float | None]) -> None:
     ok = sorted(t for t in times if t is not None)
     if not ok:
@@ -86,14 +97,9 @@ timeout_s = 3
         port = int(url.rsplit(":", 1)[1])
         print(f"gateway from {args.root}, open-file limit {args.nofile}, "
               f"{args.sockets} idle sockets from 127.0.0.2")  # fmt: skip
-        flood = []
+        flood: list[socket.socket] = []
         try:
-            for _ in range(args.sockets):
-                try:
-                    flood.append(socket.create_connection(("127.0.0.1", port), 3,
-                                                          ("127.0.0.2", 0)))  # fmt: skip
-                except OSError:
-                    break
+            flood = open_flood(port, args.sockets)
             time.sleep(1)
             for source in ("127.0.0.3", "127.0.0.1"):
                 report(f"/health from {source}", [one_health(port, source) for _ in range(20)])

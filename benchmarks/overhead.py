@@ -15,7 +15,6 @@ checkout (an older commit, say) under the same load script, for before/after fig
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -31,16 +30,10 @@ sys.path.insert(0, str(ROOT))
 
 from _procs import spawn_fake_openai, spawn_gateway, stop  # noqa: E402
 
+from tests.procstat import cpu_seconds  # noqa: E402
+
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello gateway"}]}
 STREAM_BODY = {**BODY, "stream": True}
-_TICK_S = 1 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process ``pid`` (all its threads) so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()  # the name may hold spaces
-    return (int(fields[11]) + int(fields[12])) * _TICK_S  # utime, stime: fields 14 and 15
 
 
 def start_gateway(

@@ -7,7 +7,6 @@ Memory is the gateway's own peak RSS (VmHWM in /proc/PID/status), reset through
 from __future__ import annotations
 
 import io
-import os
 import time
 from pathlib import Path
 
@@ -18,26 +17,13 @@ import soundfile
 
 from tests.audio_bombs import encode, lying_flac, silence_flac, tone, wav_claiming_more
 from tests.conftest import openai_provider_toml
+from tests.procstat import peak_rss, reset_peak_rss, seconds_until_idle
 from tests.synth_piper import make_voice
 from tests.synth_whisper import make_synthetic_whisper
 
 ROOT = Path(__file__).resolve().parent.parent
 MiB = 1024 * 1024
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM of a process, in bytes."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
-
-
-def reset_peak_rss(pid: int) -> int:
-    """Set VmHWM back to the current RSS (Linux: write 5 to clear_refs); returns it."""
-    Path(f"/proc/{pid}/clear_refs").write_text("5")
-    return peak_rss(pid)
 
 
 def transcribe(gw, data: bytes, name: str = "a.flac", **form):
@@ -142,23 +128,6 @@ def test_max_audio_s_is_a_400_naming_the_limit(gateway_factory, whisper_path):
     assert_clean_400(r, "limit of 2 s (local.stt.max_audio_s)")
     r = transcribe(gw, encode(tone(1.5), 16000, "WAV", "PCM_16"), "a.wav")
     assert r.status_code == 200, r.text
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def seconds_until_idle(pid: int, limit_s: float, window_s: float = 0.5) -> float:
-    """How long until the process uses under 10% of a core over ``window_s`` (or ``limit_s``)."""
-    started = time.monotonic()
-    while time.monotonic() - started < limit_s:
-        cpu = cpu_seconds(pid)
-        time.sleep(window_s)
-        if cpu_seconds(pid) - cpu < 0.1 * window_s:
-            return time.monotonic() - started - window_s
-    return limit_s
 
 
 def test_deadline_during_transcription_is_504_and_frees_the_model(gateway_factory, whisper_path):
