@@ -1,6 +1,6 @@
 """Quick start: ``python hoosh_edge.py [--config FILE] [--host H] [--port P]``."""
 
-from hoosh_edge.boot import patch_gevent
+from hoosh_edge.serve.boot import patch_gevent
 
 patch_gevent()  # before anything else imports socket or ssl; threading stays native (see boot.py)
 

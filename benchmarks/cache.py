@@ -30,8 +30,8 @@ sys.path.insert(0, str(ROOT))
 
 from _procs import spawn_fake_openai, spawn_gateway, wait_healthy  # noqa: E402
 
-from hoosh_edge.cache import CachePolicy, ResponseCache, chat_key  # noqa: E402
-from hoosh_edge.db import Database  # noqa: E402
+from hoosh_edge.books.cache import CachePolicy, ResponseCache, chat_key  # noqa: E402
+from hoosh_edge.books.db import Database  # noqa: E402
 
 HIT_BODY = {"model": "gpt-4o-mini", "temperature": 0,
             "messages": [{"role": "user", "content": "What is the boiling point of water?"}]}  # fmt: skip

@@ -16,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from hoosh_edge.api.bodies import parse_json  # noqa: E402
+from hoosh_edge.doors.bodies import parse_json  # noqa: E402
 
 
 def _cut(data: bytes, size: int, sep: bytes, tail: bytes) -> bytes:

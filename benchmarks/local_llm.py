@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from hoosh_edge.boot import patch_gevent  # noqa: E402
+from hoosh_edge.serve.boot import patch_gevent  # noqa: E402
 
 patch_gevent()  # as the server does, so the engine path runs in the same conditions
 
@@ -48,8 +48,8 @@ sys.path.insert(0, str(ROOT))
 
 from _procs import spawn_gateway, stop  # noqa: E402
 
-from hoosh_edge.engines.llama import LlamaEngine  # noqa: E402
-from hoosh_edge.engines.pool import ModelPool  # noqa: E402
+from hoosh_edge.backends.engines.llama import LlamaEngine  # noqa: E402
+from hoosh_edge.backends.engines.pool import ModelPool  # noqa: E402
 
 USER = "Write a long story about a small robot who learns to cook soup."
 

@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 from _procs import spawn_gateway, stop, wait_healthy  # noqa: E402
 
-from hoosh_edge.engines.audio_in import decode_audio  # noqa: E402
-from hoosh_edge.engines.piper import PiperVoice  # noqa: E402
-from hoosh_edge.engines.whisper import WhisperModel  # noqa: E402
+from hoosh_edge.backends.engines.audio_in import decode_audio  # noqa: E402
+from hoosh_edge.backends.engines.piper import PiperVoice  # noqa: E402
+from hoosh_edge.backends.engines.whisper import WhisperModel  # noqa: E402
 
 WHISPER = ROOT / "models" / "ggml-tiny.en.bin"
 VOICE = ROOT / "models" / "en_US-joe-medium.onnx"

@@ -1,3 +1,5 @@
 """hoosh-edge: an OpenAI-compatible inference gateway for one small box."""
 
-__version__ = "0.1.0"
+from hoosh_edge.version import __version__
+
+__all__ = ["__version__"]

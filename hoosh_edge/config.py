@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from .presets import ENV_PROVIDERS, PRESETS
+from hoosh_edge.presets import ENV_PROVIDERS, PRESETS
 
 
 class ConfigError(Exception):

@@ -18,8 +18,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from .config import PUBLIC_PATHS, Config, ServerConfig, is_loopback
-from .errors import ServiceUnavailable
+from hoosh_edge.config import PUBLIC_PATHS, Config, ServerConfig, is_loopback
+from hoosh_edge.errors import ServiceUnavailable
 
 log = logging.getLogger("hoosh_edge")
 

@@ -29,7 +29,7 @@ from types import TracebackType
 
 import gevent.monkey
 
-from .errors import RateLimited
+from hoosh_edge.errors import RateLimited
 
 WINDOW_S = 60.0
 

@@ -25,7 +25,7 @@ import gevent.event
 import gevent.monkey
 import gevent.queue
 
-from . import workers
+from hoosh_edge import workers
 
 T = TypeVar("T")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hoosh_edge.engines.whisper_convert import WhisperHParams, write_whisper_ggml
+from hoosh_edge.backends.engines.whisper_convert import WhisperHParams, write_whisper_ggml
 
 N_VOCAB_EN = 51864
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from hoosh_edge.backends.providers.anthropic import AnthropicProvider
+from hoosh_edge.backends.providers.base import CallContext
 from hoosh_edge.config import ProviderConfig, parse_config
 from hoosh_edge.errors import InvalidRequest, UpstreamError, UpstreamStatus, UpstreamTimeout
-from hoosh_edge.providers.anthropic import AnthropicProvider
-from hoosh_edge.providers.base import CallContext
 from tests.fake_anthropic import API_KEY, FakeAnthropic, Reply, error, message, reply
 
 MODEL = "claude-test-1"

@@ -11,7 +11,7 @@ import pytest
 import soundfile
 import soxr
 
-from hoosh_edge.engines.audio_in import BLOCK_SAMPLES, decode_audio, sniff_audio_kind
+from hoosh_edge.backends.engines.audio_in import BLOCK_SAMPLES, decode_audio, sniff_audio_kind
 from hoosh_edge.errors import DeadlineExceeded, InvalidRequest
 from tests.audio_bombs import (
     encode,

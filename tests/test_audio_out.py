@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from hoosh_edge.engines.audio_out import (
+from hoosh_edge.backends.engines.audio_out import (
     SUPPORTED_FORMATS,
     StreamEncoder,
     check_format,

@@ -16,9 +16,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from hoosh_edge import orphans
-from hoosh_edge.budget import SpendLedger, Usage, period_bounds
-from hoosh_edge.db import DB_FILENAME, Database
+from hoosh_edge.books import orphans
+from hoosh_edge.books.db import DB_FILENAME, Database
+from hoosh_edge.books.ledger import SpendLedger, Usage, period_bounds
 from hoosh_edge.errors import BudgetExceeded, InvalidRequest, NotFound
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -111,8 +111,8 @@ def test_fifty_os_threads_never_overspend_a_hard_limit(ledger: SpendLedger) -> N
 CHILD = textwrap.dedent(
     """
     import sys
-    from hoosh_edge.budget import SpendLedger, Usage
-    from hoosh_edge.db import Database
+    from hoosh_edge.books.ledger import SpendLedger, Usage
+    from hoosh_edge.books.db import Database
     ledger = SpendLedger(Database.open(sys.argv[1]))
     print("ready", flush=True)
     i = 0

@@ -17,7 +17,7 @@ from typing import Any
 import gevent
 import pytest
 
-from hoosh_edge.cache import (
+from hoosh_edge.books.cache import (
     CachePolicy,
     ChatRecorder,
     ResponseCache,
@@ -28,8 +28,8 @@ from hoosh_edge.cache import (
     speech_key,
     transcription_key,
 )
-from hoosh_edge.chatfmt import join_chunks
-from hoosh_edge.db import DB_FILENAME, Database
+from hoosh_edge.books.db import DB_FILENAME, Database
+from hoosh_edge.formats.openai import join_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -366,8 +366,8 @@ def test_entries_survive_reopening(tmp_path: Path, clock: Clock) -> None:
 CHILD = textwrap.dedent(
     """
     import sys
-    from hoosh_edge.cache import ResponseCache
-    from hoosh_edge.db import Database
+    from hoosh_edge.books.cache import ResponseCache
+    from hoosh_edge.books.db import Database
     cache = ResponseCache(Database.open(sys.argv[1]))
     print("ready", flush=True)
     i = 0
@@ -425,7 +425,7 @@ def test_a_corrupt_entry_is_dropped_not_served(
     with raw:
         raw.execute(TAMPERING[how] + " WHERE key = 'k'")
     raw.close()
-    with caplog.at_level(logging.WARNING, logger="hoosh_edge.cache"):
+    with caplog.at_level(logging.WARNING, logger="hoosh_edge.books.cache"):
         assert cache.get("k") is None
     assert "dropped" in caplog.text
     s = cache.stats()

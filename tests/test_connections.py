@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from hoosh_edge.config import ConfigError, ServerConfig, parse_config
-from hoosh_edge.connections import ConnectionLimits
+from hoosh_edge.serve.connections import ConnectionLimits
 from tests.conftest import ROOT, GatewayProcess, openai_provider_toml
 
 

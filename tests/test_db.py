@@ -9,7 +9,7 @@ from pathlib import Path
 import gevent
 import pytest
 
-from hoosh_edge.db import DB_FILENAME, MIGRATIONS, Database, Migration
+from hoosh_edge.books.db import DB_FILENAME, MIGRATIONS, Database, Migration
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from hoosh_edge import device
-from hoosh_edge.engines.pool import ModelPool, ModelSlot
+from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
 from hoosh_edge.errors import InsufficientMemory
 
 KiB, MiB = 1024, 1024 * 1024

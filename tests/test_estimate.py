@@ -10,7 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hoosh_edge.budget import Usage
+from hoosh_edge.books.ledger import Usage
+from hoosh_edge.books.pricing import Price, cost_micro_usd
+from hoosh_edge.books.rules import Rule
+from hoosh_edge.books.spend import affordable_tokens
 from hoosh_edge.estimate import (
     PER_MESSAGE_TOKENS,
     PER_REQUEST_TOKENS,
@@ -19,9 +22,6 @@ from hoosh_edge.estimate import (
     prompt_tokens,
     text_tokens,
 )
-from hoosh_edge.pricing import Price, cost_micro_usd
-from hoosh_edge.rules import Rule
-from hoosh_edge.spend import affordable_tokens
 from tests.fake_openai import harsh_prompt_tokens
 
 SMOLLM2 = Path(__file__).resolve().parent.parent / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"

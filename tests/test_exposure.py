@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from hoosh_edge.db import Database
+from hoosh_edge.books.db import Database
+from hoosh_edge.books.keys import KeyStore
 from hoosh_edge.errors import LastKey
-from hoosh_edge.keys import KeyStore
 from tests.conftest import ROOT, GatewayProcess
 from tests.test_cli import cli_env
 

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from hoosh_edge import keys as keys_module
-from hoosh_edge.db import DB_FILENAME, Database
-from hoosh_edge.errors import AuthenticationError, InvalidRequest, PermissionDenied
-from hoosh_edge.keys import (
+from hoosh_edge.books import keys as keys_module
+from hoosh_edge.books.db import DB_FILENAME, Database
+from hoosh_edge.books.keys import (
     Authenticator,
     KeyRecord,
     KeyStore,
@@ -20,6 +19,7 @@ from hoosh_edge.keys import (
     presented_key,
     require_model,
 )
+from hoosh_edge.errors import AuthenticationError, InvalidRequest, PermissionDenied
 
 
 class Clock:

@@ -17,15 +17,15 @@ pytest.importorskip("llama_cpp")
 
 import synth_gguf  # noqa: E402
 
-from hoosh_edge import chatfmt  # noqa: E402
-from hoosh_edge.engines.llama import (  # noqa: E402
+from hoosh_edge.formats import openai as chatfmt  # noqa: E402
+from hoosh_edge.backends.engines.llama import (  # noqa: E402
     STREAM_BUFFER,
     LlamaEngine,
     _cut_at_stop,
     kv_cache_bytes,
     read_gguf_metadata,
 )
-from hoosh_edge.engines.pool import ModelPool  # noqa: E402
+from hoosh_edge.backends.engines.pool import ModelPool  # noqa: E402
 from hoosh_edge.errors import (  # noqa: E402
     ContextLengthExceeded,
     InsufficientMemory,

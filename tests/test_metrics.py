@@ -8,7 +8,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from hoosh_edge.api.status import request_totals
+from hoosh_edge.doors.status import request_totals
 from hoosh_edge.metrics import LATENCY_BUCKETS, Metrics
 from tests.conftest import openai_provider_toml
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hoosh_edge import modelcommands as mc
-from hoosh_edge import modelstore as ms
+from hoosh_edge.backends import modelstore as ms
+from hoosh_edge.cli import models as mc
 from hoosh_edge.errors import ModelNotFound
 
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from hoosh_edge.books.money import MAX_MICRO_USD, format_usd, parse_decimal, parse_usd
 from hoosh_edge.errors import InvalidRequest
-from hoosh_edge.money import MAX_MICRO_USD, format_usd, parse_decimal, parse_usd
 
 micro_amounts = st.integers(min_value=0, max_value=MAX_MICRO_USD)
 SPELLINGS = [str, "{:f}".format, " {:f} ".format, "+{:f}".format, "{:E}".format, "{:e}".format,

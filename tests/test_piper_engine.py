@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import synth_piper
 
-from hoosh_edge.engines.piper import PiperVoice, VoiceConfig, split_sentences
+from hoosh_edge.backends.engines.piper import PiperVoice, VoiceConfig, split_sentences
 from hoosh_edge.errors import InvalidRequest
 
 # --- split_sentences -------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_phoneme_ids_follow_pipers_layout(tiny):
 def test_unknown_phonemes_are_skipped_with_a_warning(tiny, caplog):
     phonemes = tiny.phonemize("measure")
     assert "ʒ" in phonemes  # espeak really emits it; the tiny map lacks it on purpose
-    with caplog.at_level(logging.WARNING, logger="hoosh_edge.engines.piper"):
+    with caplog.at_level(logging.WARNING, logger="hoosh_edge.backends.engines.piper"):
         ids = tiny.phoneme_ids(phonemes)
     assert len(ids) == 2 + 2 * (len(phonemes) - 1) + 1
     assert "ʒ" in caplog.text

@@ -6,10 +6,10 @@ from decimal import Decimal
 
 import pytest
 
-from hoosh_edge.budget import Usage
+from hoosh_edge.books.ledger import Usage
+from hoosh_edge.books.money import format_usd
+from hoosh_edge.books.pricing import BUNDLED, Price, PriceTable, cost_micro_usd
 from hoosh_edge.errors import InvalidRequest
-from hoosh_edge.money import format_usd
-from hoosh_edge.pricing import BUNDLED, Price, PriceTable, cost_micro_usd
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from hoosh_edge.db import DB_FILENAME
+from hoosh_edge.books.db import DB_FILENAME
 
 ROOT = Path(__file__).resolve().parent.parent
 # Root passes every permission check; these capabilities gone, it meets mode bits like anyone.
@@ -68,7 +68,7 @@ def one_line(r: subprocess.CompletedProcess) -> str:
 
 def real_database(data_dir: Path, rows: int = 3000) -> Path:
     """A gateway database with a few hundred KB of ledger in it, closed cleanly."""
-    from hoosh_edge.db import Database
+    from hoosh_edge.books.db import Database
 
     db = Database.open(data_dir)
     with db.write() as w:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from hoosh_edge.budget import Reservation, SpendLedger, Usage
-from hoosh_edge.db import Database
+from hoosh_edge.books.db import Database
+from hoosh_edge.books.ledger import Reservation, SpendLedger, Usage
+from hoosh_edge.books.pending import PendingBooks, PendingEntry
+from hoosh_edge.books.storage import StorageState, classify
 from hoosh_edge.errors import StorageUnavailable
-from hoosh_edge.pending import PendingBooks, PendingEntry
-from hoosh_edge.storage import StorageState, classify
 
 DIR = Path("/srv/hoosh")
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
+from hoosh_edge.backends.providers.http import HttpClient
 from hoosh_edge.config import ProviderConfig
-from hoosh_edge.providers.http import HttpClient
-from hoosh_edge.resolver import NumericFirstResolver, is_ip_literal
+from hoosh_edge.serve.resolver import NumericFirstResolver, is_ip_literal
 
 
 class _Upstream(BaseHTTPRequestHandler):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hoosh_edge.engines import whisper_convert as wc
+from hoosh_edge.backends.engines import whisper_convert as wc
 from tests.synth_whisper import real_tiny_en_dir
 
 D, FF, VOCAB, AUDIO_CTX, TEXT_CTX, MELS = 8, 32, 300, 1500, 448, 80
@@ -245,8 +245,8 @@ def test_real_tiny_en_transcribes_speech(
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
-    from hoosh_edge.engines.audio_in import decode_audio
-    from hoosh_edge.engines.whisper import WhisperModel
+    from hoosh_edge.backends.engines.audio_in import decode_audio
+    from hoosh_edge.backends.engines.whisper import WhisperModel
 
     wav = tmp_path / "speech.wav"
     sentence = "The weather today is sunny and warm. We will go to the park in the afternoon."

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hoosh_edge.engines.transcript_formats import compression_ratio, language_name, render
-from hoosh_edge.engines.whisper import Transcript, WhisperModel, read_hparams
+from hoosh_edge.backends.engines.whisper import Transcript, WhisperModel, read_hparams
 from hoosh_edge.errors import HooshError, InvalidRequest
+from hoosh_edge.formats.transcripts import compression_ratio, language_name, render
 from tests.synth_whisper import make_synthetic_whisper
 
 

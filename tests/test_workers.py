@@ -9,9 +9,10 @@ import gevent
 import gevent.monkey
 import pytest
 
-from hoosh_edge import watchdog, workers
-from hoosh_edge.engines.pool import ModelPool, ModelSlot
+from hoosh_edge import workers
+from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
 from hoosh_edge.metrics import Metrics
+from hoosh_edge.serve import watchdog
 
 os_sleep = gevent.monkey.get_original("time", "sleep")
 
@@ -42,7 +43,7 @@ def test_watchdog_reports_a_stuck_job_once_with_its_stack(pool, caplog):
     gevent.sleep(0.1)
     assert watchdog.check((pool,), metrics) == 0  # not yet past 0.1 + 0.2 s
     gevent.sleep(0.3)
-    with caplog.at_level(logging.ERROR, logger="hoosh_edge.watchdog"):
+    with caplog.at_level(logging.ERROR, logger="hoosh_edge.serve.watchdog"):
         assert watchdog.check((pool,), metrics) == 1
         assert watchdog.check((pool,), metrics) == 0  # logged once, not on every look
     assert pool.status()["stuck"] == 1

@@ -1,0 +1,229 @@
+"""Model lifecycle on a small box: lazy load, idle unload, a memory check, one job per model.
+
+Every on-device model (LLM, whisper, Piper voice) lives in a ``ModelSlot`` registered with the
+``ModelPool``. ``slot.use()`` is the only way in:
+
+    with pool.slot("smollm2").use() as model:   # waits in a bounded queue, loads if needed
+        ...                                      # this request owns the model until it leaves
+
+Loading runs in a pool thread (it reads hundreds of MB). Before a load the pool compares the
+model's estimated footprint with free memory (``device.mem_available_bytes``: ``MemAvailable`` or
+the cgroup headroom, whichever is less): idle models are unloaded first (least recently used
+first); if it still does not fit the load is refused with ``InsufficientMemory``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import gevent
+import gevent.lock
+
+from hoosh_edge import workers
+from hoosh_edge.device import mem_available_bytes
+from hoosh_edge.errors import InsufficientMemory, QueueFull
+from hoosh_edge.threads import run_blocking
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+# Slowest model-file read expected (an SD card): how long a load may take before it is "stuck".
+LOAD_BYTES_PER_S = 10 * MiB
+
+
+@dataclass
+class ModelSlot:
+    """One on-device model: how to load it, what it costs, and who is using it."""
+
+    key: str
+    kind: str  # "llm" | "stt" | "tts"
+    loader: Callable[[], Any]
+    estimate_bytes: int
+    keep_alive_s: float = 300.0
+    max_queue: int = 4
+    unloader: Callable[[Any], None] | None = None
+    pool: ModelPool | None = field(default=None, repr=False)
+    model: Any = field(default=None, repr=False)
+    loaded_at: float | None = None
+    last_used: float = 0.0
+    waiting: int = 0
+    busy: bool = False
+
+    def __post_init__(self) -> None:
+        self._lock = gevent.lock.Semaphore(1)
+        self._load_lock = gevent.lock.Semaphore(1)
+
+    @property
+    def loaded(self) -> bool:
+        return self.model is not None
+
+    @property
+    def queue_depth(self) -> int:
+        return self.waiting
+
+    @contextlib.contextmanager
+    def use(self, timeout: float | None = None) -> Iterator[Any]:
+        """Own this model for the duration of the block, loading it first if needed."""
+        if self.busy and self.waiting >= self.max_queue:
+            raise QueueFull(
+                f"Model '{self.key}' is busy and {self.waiting} requests are already waiting; "
+                "try again shortly.",
+                retry_after=5,
+            )
+        self.waiting += 1
+        try:
+            acquired = self._lock.acquire(timeout=timeout)
+        finally:
+            self.waiting -= 1
+        if not acquired:
+            raise QueueFull(f"Timed out waiting for model '{self.key}'.", retry_after=5)
+        self.busy = True
+        try:
+            model = self.ensure_loaded()
+            yield model
+        finally:
+            self.busy = False
+            self.last_used = time.monotonic()
+            self._lock.release()
+
+    def ensure_loaded(self) -> Any:
+        """Load the model if it is not in memory (checking free RAM first)."""
+        with self._load_lock:
+            if self.model is None:
+                if self.pool is not None:
+                    self.pool.make_room(self)
+                started = time.monotonic()
+                self.model = run_blocking(self.loader, owner=self.key,
+                                          expect_s=self.estimate_bytes / LOAD_BYTES_PER_S)  # fmt: skip
+                self.loaded_at = time.monotonic()
+                log.info(
+                    "loaded %s model %s in %.2fs", self.kind, self.key, self.loaded_at - started
+                )
+            self.last_used = time.monotonic()
+            return self.model
+
+    def unload(self) -> bool:
+        """Free the model if nobody is using it; True if it was unloaded."""
+        if self.model is None or self.busy:
+            return False
+        model, self.model, self.loaded_at = self.model, None, None
+        try:
+            if self.unloader is not None:
+                self.unloader(model)
+            else:
+                close = getattr(model, "close", None)
+                if close is not None:
+                    close()
+        except Exception:  # noqa: BLE001 - an unload failure must not take the server down
+            log.exception("error while unloading %s", self.key)
+        log.info("unloaded %s model %s", self.kind, self.key)
+        return True
+
+
+class ModelPool:
+    """All on-device models of this box and the memory they may use."""
+
+    def __init__(
+        self,
+        *,
+        reserve_bytes: int = 256 * MiB,
+        mem_available: Callable[[], int | None] = mem_available_bytes,
+    ) -> None:
+        self.slots: dict[str, ModelSlot] = {}
+        self.reserve_bytes = reserve_bytes
+        self._mem_available = mem_available
+        self._reaper: gevent.Greenlet | None = None
+
+    def register(self, slot: ModelSlot) -> ModelSlot:
+        slot.pool = self
+        self.slots[slot.key] = slot
+        return slot
+
+    def slot(self, key: str) -> ModelSlot:
+        return self.slots[key]
+
+    def make_room(self, slot: ModelSlot) -> None:
+        """Unload idle models until ``slot`` fits in free memory, or refuse."""
+        avail = self._mem_available()
+        if avail is None:
+            return  # neither /proc/meminfo nor a cgroup limit: nothing to judge by
+        need = slot.estimate_bytes + self.reserve_bytes
+        if need <= avail:
+            return
+        idle = sorted(
+            (s for s in self.slots.values() if s.loaded and not s.busy and s is not slot),
+            key=lambda s: s.last_used,
+        )
+        for other in idle:
+            other.unload()
+            avail = self._mem_available() or 0
+            if need <= avail:
+                return
+        raise InsufficientMemory(
+            f"Not enough free memory to load '{slot.key}': it needs about "
+            f"{slot.estimate_bytes // MiB} MiB (+{self.reserve_bytes // MiB} MiB reserve) and "
+            f"{avail // MiB} MiB is available.",
+        )
+
+    def unload_idle(self, now: float | None = None) -> list[str]:
+        """Unload every model idle for longer than its keep_alive_s."""
+        now = time.monotonic() if now is None else now
+        done = []
+        for s in self.slots.values():
+            if (
+                s.loaded
+                and not s.busy
+                and s.keep_alive_s > 0
+                and now - s.last_used >= s.keep_alive_s
+            ):
+                if s.unload():
+                    done.append(s.key)
+        return done
+
+    def start_reaper(self, interval_s: float = 5.0) -> None:
+        """Check for idle models every ``interval_s`` seconds in a background greenlet."""
+        if self._reaper is not None:
+            return
+
+        def loop() -> None:
+            while True:
+                gevent.sleep(interval_s)
+                try:
+                    self.unload_idle()
+                except Exception:  # noqa: BLE001
+                    log.exception("idle unload failed")
+
+        self._reaper = gevent.spawn(loop)
+
+    def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.kill(block=False)
+            self._reaper = None
+        for s in self.slots.values():
+            s.unload()
+
+    def status(self) -> list[dict[str, Any]]:
+        """What /metrics and the status page show about each model.
+
+        ``threads`` counts the model's jobs really running in an OS thread; ``busy`` is true while
+        a request holds the model or a thread still works for it.
+        """
+        return [
+            {
+                "id": s.key,
+                "kind": s.kind,
+                "loaded": s.loaded,
+                "busy": s.busy or threads > 0,
+                "threads": threads,
+                "queue_depth": s.waiting,
+                "estimate_bytes": s.estimate_bytes,
+                "idle_s": round(time.monotonic() - s.last_used, 1) if s.loaded else None,
+            }
+            for s in self.slots.values()
+            for threads in (workers.inference.running_for(s.key),)
+        ]

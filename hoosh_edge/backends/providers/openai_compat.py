@@ -1,0 +1,150 @@
+"""Any OpenAI-compatible chat API: OpenAI itself, Groq, Mistral, DeepSeek, OpenRouter, xAI,
+Ollama, LM Studio, llama-server, LocalAI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+from hoosh_edge.backends.providers.base import CallContext, ChatBackend
+from hoosh_edge.backends.providers.catalog import ListsItsModels, ProviderModels, listed_ids
+from hoosh_edge.backends.providers.http import HttpClient
+from hoosh_edge.config import ProviderConfig
+from hoosh_edge.errors import UpstreamError
+
+
+class OpenAICompatProvider(ListsItsModels, ChatBackend):
+    """Forwards OpenAI chat requests nearly as they are."""
+
+    can_transcribe = True
+    can_speak = True
+    can_probe = True
+
+    def __init__(self, cfg: ProviderConfig) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.http = HttpClient(cfg)
+        self.catalog = ProviderModels(cfg, self._list_models)
+
+    def serves(self, model: str) -> bool:
+        return self.cfg.serves(model)
+
+    def _list_models(self) -> list[str]:
+        return listed_ids(
+            self.http.get_json(f"{self.cfg.base_url}/models", headers=self._headers())
+        )
+
+    def _headers(self) -> dict[str, str]:
+        if self.cfg.api_key:
+            return {"Authorization": f"Bearer {self.cfg.api_key}"}
+        return {}
+
+    def _body(self, model: str, req: dict[str, Any]) -> dict[str, Any]:
+        body = {k: v for k, v in req.items() if v is not None}
+        body["model"] = model
+        return body
+
+    def complete(self, model: str, req: dict[str, Any], ctx: CallContext) -> dict:
+        body = self._body(model, req)
+        body["stream"] = False
+        body.pop("stream_options", None)
+        resp = self.http.post(
+            f"{self.cfg.base_url}/chat/completions", body=body, headers=self._headers()
+        )
+        try:
+            doc = resp.json()
+        except ValueError:
+            raise UpstreamError(
+                self.http.clean(f"{self.name} answered with invalid JSON: {resp.text[:200]!r}")
+            ) from None
+        if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
+            raise UpstreamError(f"{self.name} answered without 'choices': {str(doc)[:200]}")
+        return doc
+
+    def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
+        body = self._body(model, req)
+        body["stream"] = True
+        # Ask for the real token counts in the final chunk: the budget needs them.
+        body["stream_options"] = {"include_usage": True}
+        resp = self.http.post(
+            f"{self.cfg.base_url}/chat/completions",
+            body=body,
+            headers=self._headers(),
+            stream=True,
+        )
+        finished = False
+        for event in self.http.events(resp):
+            data = event.data
+            if not data:
+                continue
+            if data.strip() == "[DONE]":
+                return
+            try:
+                chunk = json.loads(data)
+            except ValueError:
+                ctx.malformed(self.name, data)
+                continue
+            if not isinstance(chunk, dict):
+                ctx.malformed(self.name, data)
+                continue
+            if "error" in chunk and "choices" not in chunk:
+                err = chunk["error"]
+                msg = err.get("message") if isinstance(err, dict) else str(err)
+                raise UpstreamError(self.http.clean(f"{self.name} reported mid-stream: {msg}"))
+            if any(
+                c.get("finish_reason") for c in chunk.get("choices") or () if isinstance(c, dict)
+            ):
+                finished = True
+            yield chunk
+        if not finished:
+            # The connection closed cleanly but the completion never did: a cut stream.
+            raise UpstreamError(f"{self.name}: stream ended before the completion finished")
+
+    def transcribe(
+        self, model: str, data: bytes, filename: str, form: dict[str, str], *, translate: bool
+    ) -> tuple[bytes, str]:
+        """OpenAI's /audio/transcriptions (or /translations): the body and its Content-Type."""
+        path = "translations" if translate else "transcriptions"
+        resp = self.http.post(
+            f"{self.cfg.base_url}/audio/{path}",
+            headers=self._headers(),
+            form={**form, "model": model},
+            files={"file": (filename or "audio", data, "application/octet-stream")},
+        )
+        return resp.content, resp.headers.get("Content-Type", "application/json")
+
+    def speech(self, model: str, body: dict[str, Any]) -> tuple[Iterator[bytes], str]:
+        """OpenAI's /audio/speech, streamed through: the byte chunks and their Content-Type."""
+        resp = self.http.post(
+            f"{self.cfg.base_url}/audio/speech",
+            body={**body, "model": model},
+            headers=self._headers(),
+            stream=True,
+        )
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from resp.iter_content(chunk_size=16384)
+            except Exception as e:  # noqa: BLE001 - the body is cut: end it, say why in the log
+                raise UpstreamError(
+                    f"{self.name}: speech stream broke off ({type(e).__name__})"
+                ) from e
+            finally:
+                resp.close()
+
+        return chunks(), resp.headers.get("Content-Type", "application/octet-stream")
+
+    def probe(self) -> None:
+        """A cheap GET of the model list: raises unless the provider answers."""
+        try:
+            resp = self.http.session.get(f"{self.cfg.base_url}/models", headers=self._headers(),
+                                         timeout=(self.cfg.connect_timeout_s, 10))  # fmt: skip
+        except Exception as e:  # noqa: BLE001 - any failure means still down
+            raise UpstreamError(f"{self.name}: probe failed ({type(e).__name__})") from e
+        resp.close()
+        if resp.status_code >= 500 or resp.status_code == 429:
+            raise UpstreamError(f"{self.name}: probe answered HTTP {resp.status_code}")
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,108 @@
+"""What every HTTP door shares: the gateway handle, the caller, the cache ask, response headers,
+the access line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from flask import Response, current_app, g, request
+
+from hoosh_edge.doors.bodies import read_json
+from hoosh_edge.pipeline.call import CacheAsk, CallContext, Caller, Served
+
+__all__ = ["gateway", "inference_headers", "read_json", "caller", "cache_ask", "call_context",
+           "served_headers", "log_access", "logged_stream"]  # fmt: skip
+
+if TYPE_CHECKING:
+    from hoosh_edge.gateway import Gateway
+
+access_log = logging.getLogger("hoosh_edge.access")
+
+
+def gateway() -> Gateway:
+    """The Gateway object of the running app."""
+    return current_app.extensions["hoosh"]
+
+
+def caller() -> Caller:
+    """Who asks: the key ``before_request`` authenticated, and the request id."""
+    return Caller(request_id=g.request_id, key=g.get("key"))
+
+
+def call_context() -> CallContext:
+    """The per-call facts backends log with; the access line names the target it tried last."""
+    ctx = CallContext(request_id=g.request_id)
+    g.call_ctx = ctx
+    return ctx
+
+
+def cache_ask() -> CacheAsk:
+    """``Cache-Control: no-cache`` (or ``max-age=0``) skips the lookup; ``no-store`` the store."""
+    lookup = store = True
+    for part in (request.headers.get("Cache-Control") or "").split(","):
+        name, _, arg = part.strip().lower().partition("=")
+        name = name.strip()
+        if name == "no-cache" or (name == "max-age" and arg.strip().strip('"') == "0"):
+            lookup = False
+        elif name == "no-store":
+            store = False
+    return CacheAsk(lookup=lookup, store=store)
+
+
+def inference_headers(resp: Response, provider: str | None, model: str | None) -> Response:
+    """Say who really served the request."""
+    resp.headers["X-Request-Id"] = g.request_id
+    if provider:
+        resp.headers["X-Hoosh-Provider"] = provider
+    if model:
+        resp.headers["X-Hoosh-Model"] = model
+    return resp
+
+
+def served_headers(resp: Response, served: Served) -> Response:
+    """Who served, the cache, the cost, the budget left and the gateway's token cap."""
+    resp.headers["X-Hoosh-Cache"] = served.cache
+    if served.cost_usd is not None:
+        resp.headers["X-Hoosh-Cost-USD"] = served.cost_usd
+    if served.remaining is not None:
+        resp.headers["X-Hoosh-Budget-Remaining"] = served.remaining
+    if served.max_tokens is not None:
+        resp.headers["X-Hoosh-Max-Tokens"] = str(served.max_tokens)
+    if served.sample_rate is not None:
+        resp.headers["X-Hoosh-Sample-Rate"] = str(served.sample_rate)
+    return inference_headers(resp, served.provider, served.model)
+
+
+def log_access(rid: str, method: str, path: str, status: int, duration_s: float,
+               fields: dict[str, Any] | None) -> None:  # fmt: skip
+    """One JSON access line (never a key's secret: only its name)."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return  # log_level above info: no line is written, so none is built
+    line = {"ts": round(time.time(), 3), "request_id": rid, "method": method, "path": path,
+            "status": status, "duration_ms": round(duration_s * 1000, 2)}  # fmt: skip
+    if fields:
+        line.update(fields)
+    access_log.info(json.dumps(line, separators=(",", ":")))
+
+
+def logged_stream(frames: Iterator[bytes],
+                  done: Callable[[], tuple[int, dict[str, Any]]]) -> Iterator[bytes]:  # fmt: skip
+    """``frames``, then the stream's access line once it ended (outside the request context).
+
+    ``done()`` closes what the frames read from and gives (status, access-line fields).
+    """
+    rid, path, started = g.request_id, request.path, g.get("started", time.monotonic())
+    g.logs_itself = True
+
+    def body() -> Iterator[bytes]:
+        try:
+            yield from frames
+        finally:
+            status, fields = done()
+            log_access(rid, "POST", path, status, time.monotonic() - started, fields)
+
+    return body()

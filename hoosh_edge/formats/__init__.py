@@ -1,0 +1,1 @@
+"""Pure translation between the dialects (OpenAI, Anthropic) and the gateway's own shapes."""

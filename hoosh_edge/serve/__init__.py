@@ -1,0 +1,1 @@
+"""Running the process: gevent set-up, the listener and its connections, systemd, the watchdog."""
