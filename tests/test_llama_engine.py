@@ -17,7 +17,6 @@ pytest.importorskip("llama_cpp")
 
 import synth_gguf  # noqa: E402
 
-from hoosh_edge.formats import openai as chatfmt  # noqa: E402
 from hoosh_edge.backends.engines.llama import (  # noqa: E402
     STREAM_BUFFER,
     LlamaEngine,
@@ -33,6 +32,7 @@ from hoosh_edge.errors import (  # noqa: E402
     ModelNotFound,
     QueueFull,
 )
+from hoosh_edge.formats import openai as chatfmt  # noqa: E402
 
 HI = [{"role": "user", "content": "hi"}]
 
