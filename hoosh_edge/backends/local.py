@@ -35,6 +35,7 @@ class LocalChat(ChatBackend):
     name = "local"
     is_local = True
     reports_queue_depth = True
+    counts_tokens = True
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
@@ -48,6 +49,10 @@ class LocalChat(ChatBackend):
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
         return self.engine.chat_stream(model, req)
 
+    def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
+        """Tokens of the prompt the model's chat template makes (loads the model if needed)."""
+        return self.engine.tokenize_count(model, messages)
+
     def queue_depth(self, model: str) -> int:
         """Requests running or waiting on this model (for device-aware routing)."""
         slot = self.engine.pool.slot(model)
@@ -55,7 +60,13 @@ class LocalChat(ChatBackend):
 
 
 class LocalSpeech:
-    """whisper.cpp and Piper models in the pool, one job at a time per model."""
+    """whisper.cpp and Piper models in the pool, one job at a time per model.
+
+    It is the router's on-device target for speech: named ``local`` in the books like LocalChat.
+    """
+
+    name = "local"
+    is_local = True
 
     def __init__(self, pool: ModelPool, stt: dict[str, str], tts: dict[str, str],
                  stt_cfg: LocalEngineConfig, tts_cfg: LocalEngineConfig) -> None:  # fmt: skip

@@ -37,8 +37,7 @@ def count_tokens() -> Response:
 
 
 def _count(target: Any, req: dict[str, Any]) -> tuple[int, str]:
-    engine = getattr(target.backend, "engine", None)
-    if target.backend.is_local and engine is not None:
-        # The local model's own tokenizer, after its chat template (loads the model if needed).
-        return engine.tokenize_count(target.model, req["messages"]), "exact"
+    if target.backend.counts_tokens:
+        # The model's own tokenizer, after its chat template (a local model loads if needed).
+        return target.backend.count_tokens(target.model, req["messages"]), "exact"
     return estimate.prompt_text_tokens(req), "upper_bound"

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Target:
-    backend: ChatBackend
+    backend: Any  # a ChatBackend for chat; for speech, LocalSpeech or a provider that can speak
     model: str  # the model name the backend is asked for
 
     @property

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,13 @@ class CallContext:
             self.on_malformed_chunk(provider)
 
 
+class Backend(Protocol):
+    """What the router needs of anything it can try: a name for the books, and where it runs."""
+
+    name: str
+    is_local: bool
+
+
 class ChatBackend:
     """Base class: a named source of chat completions, and what else it offers, declared.
 
@@ -47,6 +54,7 @@ class ChatBackend:
     can_speak: bool = False  # speech(model, body) -> (chunks, content type)
     can_probe: bool = False  # probe(): a cheap call that says whether the upstream answers
     reports_queue_depth: bool = False  # queue_depth(model): requests running or waiting
+    counts_tokens: bool = False  # count_tokens(model, messages): its own tokenizer, exactly
 
     def serves(self, model: str) -> bool:
         raise NotImplementedError
@@ -78,6 +86,9 @@ class ChatBackend:
 
     def queue_depth(self, model: str) -> int:
         return 0
+
+    def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
+        raise NotImplementedError
 
     def close(self) -> None:
         pass
