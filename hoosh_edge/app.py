@@ -13,7 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from hoosh_edge.config import Config, load_config
 from hoosh_edge.doors import browser
-from hoosh_edge.doors.common import log_access
+from hoosh_edge.doors.common import error_headers, log_access
 from hoosh_edge.errors import HooshError
 from hoosh_edge.exposure import needs_key
 from hoosh_edge.gateway import Gateway, build_gateway
@@ -123,8 +123,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
 
             return anthropic_hoosh_error(e)  # e.g. a key refused on a path without a route
         resp = jsonify(e.to_dict())
-        for k, v in e.headers.items():
-            resp.headers[k] = v
+        resp.headers.update(error_headers(e))
         return resp, e.status
 
     @app.errorhandler(HTTPException)

@@ -54,14 +54,15 @@ class HooshError(Exception):
         *,
         param: str | None = None,
         code: str | None = None,
-        headers: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
-        self.headers = dict(headers or {})
+        # Seconds after which a retry may succeed; the door says it in its own way (Retry-After).
+        self.retry_after = retry_after
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI-style error body."""
@@ -155,12 +156,6 @@ class RateLimited(HooshError):
     type = "rate_limit_error"
     code = "rate_limit_exceeded"
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.retry_after = retry_after
-        if retry_after is not None:
-            self.headers.setdefault("Retry-After", str(max(1, int(round(retry_after)))))
-
 
 class QueueFull(RateLimited):
     code = "queue_full"
@@ -231,15 +226,12 @@ class UpstreamStatus(UpstreamError):
         retry_after: float | None = None,
         **kw: Any,
     ) -> None:
-        super().__init__(message, **kw)
+        super().__init__(message, retry_after=retry_after, **kw)
         self.upstream_status = upstream_status
-        self.retry_after = retry_after
         if upstream_status == 429:
             self.status = 429
             self.type = type or "rate_limit_error"
             self.code = kw.get("code") or "rate_limit_exceeded"
-            if retry_after is not None:
-                self.headers.setdefault("Retry-After", str(max(1, int(round(retry_after)))))
         elif upstream_status in (401, 403):
             # Our provider key was refused: the operator's problem, not the client's.
             self.status = 502

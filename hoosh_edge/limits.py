@@ -98,8 +98,6 @@ class RateLimiter:
                     f"Rate limit of {rpm} requests per minute reached for the API key "
                     f"'{key_name}'; retry in {seconds} s.",
                     retry_after=wait,
-                    # Rounded up: a client that retries on the header must not arrive early.
-                    headers={"Retry-After": str(seconds)},
                 )
             if max_concurrent is not None and state.in_flight >= max_concurrent:
                 raise RateLimited(

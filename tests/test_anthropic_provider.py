@@ -425,7 +425,6 @@ def test_429_whose_retry_after_exceeds_the_retry_budget_is_not_waited_for(provid
         provider.complete(MODEL, chat(user("hi")), CallContext())
     assert len(fake.requests) == 1
     assert info.value.status == 429 and info.value.retry_after == 60
-    assert info.value.headers["Retry-After"] == "60"
     assert "Number of requests exceeded" in info.value.message
 
 

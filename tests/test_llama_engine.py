@@ -25,6 +25,7 @@ from hoosh_edge.backends.engines.llama import (  # noqa: E402
     read_gguf_metadata,
 )
 from hoosh_edge.backends.engines.pool import ModelPool  # noqa: E402
+from hoosh_edge.doors.common import error_headers  # noqa: E402
 from hoosh_edge.errors import (  # noqa: E402
     ContextLengthExceeded,
     InsufficientMemory,
@@ -277,7 +278,7 @@ def test_bounded_queue_refuses_the_third_request(tiny_gguf):
     assert engine.pool.slot("tiny").waiting == 1
     with pytest.raises(QueueFull) as e:
         next(engine.chat_stream("tiny", {"messages": HI}))
-    assert e.value.retry_after and e.value.headers["Retry-After"]
+    assert e.value.retry_after and error_headers(e.value)["Retry-After"]
     release.set()
     assert len(first.get(timeout=30)) == 50
     assert len(second.get(timeout=30)) == 5

@@ -22,6 +22,7 @@ from hoosh_edge.doors.common import (
     cache_ask,
     call_context,
     caller,
+    error_headers,
     gateway,
     logged_stream,
     read_json,
@@ -568,7 +569,7 @@ def anthropic_error(status: int, message: str) -> tuple[Response, int]:
 def _hoosh_error(e: HooshError) -> tuple[Response, int]:
     kind = error_type(e.status, e.type, e.code)
     return _error_response(
-        529 if kind == "overloaded_error" else e.status, kind, e.message, e.headers
+        529 if kind == "overloaded_error" else e.status, kind, e.message, error_headers(e)
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from flask import Response, current_app, g, request
 
 from hoosh_edge.doors.bodies import read_json
+from hoosh_edge.errors import HooshError
 from hoosh_edge.pipeline.call import CacheAsk, CallContext, Caller, Served
 
 __all__ = ["gateway", "inference_headers", "read_json", "caller", "cache_ask", "call_context",
@@ -75,6 +77,16 @@ def served_headers(resp: Response, served: Served) -> Response:
     if served.sample_rate is not None:
         resp.headers["X-Hoosh-Sample-Rate"] = str(served.sample_rate)
     return inference_headers(resp, served.provider, served.model)
+
+
+def error_headers(e: HooshError) -> dict[str, str]:
+    """The response headers an error asks for: a 429's ``Retry-After`` in whole seconds.
+
+    Rounded up and at least 1: a client that retries on it must not arrive early.
+    """
+    if e.retry_after is None or e.status != 429:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(e.retry_after)))}
 
 
 def log_access(rid: str, method: str, path: str, status: int, duration_s: float,
