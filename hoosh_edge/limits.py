@@ -27,13 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
-import gevent.monkey
-
 from hoosh_edge.errors import RateLimited
+from hoosh_edge.workers import native_lock
 
 WINDOW_S = 60.0
-
-_allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
 
 
 @dataclass
@@ -78,7 +75,7 @@ class RateLimiter:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
         self._keys: dict[str, _KeyState] = {}
-        self._lock = _allocate_lock()
+        self._lock = native_lock()
 
     def acquire(
         self, key_name: str, *, rpm: int | None = None, max_concurrent: int | None = None

@@ -30,8 +30,9 @@ import gevent.threadpool
 
 T = TypeVar("T")
 
-# Real OS primitives: jobs start and finish in pool threads while the hub reads the table.
-_allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
+# Real OS primitives even after monkey.patch_all(): jobs start and finish in pool threads while
+# the hub reads the table. ``native_lock()`` is the one place every module gets such a lock.
+native_lock = gevent.monkey.get_original("_thread", "allocate_lock")
 _get_ident = gevent.monkey.get_original("_thread", "get_ident")
 
 DEFAULT_INFERENCE_THREADS = 32
@@ -80,7 +81,7 @@ class WorkerPool:
         self.name = name
         self.maxsize = maxsize
         self.stuck_job_s = stuck_job_s
-        self._lock = _allocate_lock()
+        self._lock = native_lock()
         self._jobs: dict[int, Job] = {}
         self._pool: gevent.threadpool.ThreadPool | None = None
 

@@ -22,19 +22,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import gevent.monkey
 import numpy as np
 
 from hoosh_edge.errors import DeadlineExceeded, HooshError, InvalidRequest
+from hoosh_edge.workers import native_lock
 
 GGML_MAGIC = 0x67676D6C
 SAMPLE_RATE = 16000
 _LOG_ERROR = 4  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation
 
-# A real OS lock even after gevent's monkey.patch_all(): these run in pool threads.
-_allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
 
-_log_lock = _allocate_lock()
+_log_lock = native_lock()
 _recent_log: collections.deque[tuple[int, str]] = collections.deque(maxlen=64)
 _log_installed = False
 
@@ -106,7 +104,7 @@ class WhisperModel:
         self.hparams = hparams
         self.n_threads = n_threads
         self.multilingual = bool(pw.whisper_is_multilingual(ctx))
-        self._lock = _allocate_lock()
+        self._lock = native_lock()
 
     @classmethod
     def load(cls, path: str, n_threads: int = 0) -> WhisperModel:
