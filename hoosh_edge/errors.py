@@ -47,6 +47,7 @@ class HooshError(Exception):
     fallback_ok = False
     # The upstream had the whole request when this happened (a read timeout), so it may bill it.
     may_have_billed = False
+    ends_connection = False
 
     def __init__(
         self,
@@ -113,6 +114,7 @@ class RequestTimeout(HooshError):
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
+    ends_connection = True  # the rest of the body is never read: the connection cannot go on
 
 
 class Conflict(HooshError):

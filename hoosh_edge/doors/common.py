@@ -80,13 +80,13 @@ def served_headers(resp: Response, served: Served) -> Response:
 
 
 def error_headers(e: HooshError) -> dict[str, str]:
-    """The response headers an error asks for: a 429's ``Retry-After`` in whole seconds.
-
-    Rounded up and at least 1: a client that retries on it must not arrive early.
-    """
-    if e.retry_after is None or e.status != 429:
-        return {}
-    return {"Retry-After": str(max(1, math.ceil(e.retry_after)))}
+    """The response headers an error asks for: a 429's ``Retry-After`` in whole seconds (rounded
+    up and at least 1: a client that retries on it must not arrive early), and ``Connection:
+    close`` when the connection cannot go on."""
+    out = {"Connection": "close"} if e.ends_connection else {}
+    if e.retry_after is not None and e.status == 429:
+        out["Retry-After"] = str(max(1, math.ceil(e.retry_after)))
+    return out
 
 
 def log_access(rid: str, method: str, path: str, status: int, duration_s: float,

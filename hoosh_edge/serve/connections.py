@@ -164,8 +164,7 @@ class _TimedInput:
             self._expired = True
             self._handler.timed_out("body")
         raise RequestTimeout(
-            f"The request body did not arrive within {self._timeout_s:g} s (server.body_timeout_s).",
-            headers={"Connection": "close"},  # the rest of the body is never read
+            f"The request body did not arrive within {self._timeout_s:g} s (server.body_timeout_s)."
         )
 
     def read(self, length: int | None = None) -> bytes:
