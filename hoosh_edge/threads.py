@@ -30,7 +30,7 @@ from hoosh_edge import workers
 T = TypeVar("T")
 
 # Real OS primitives even after monkey.patch_all(): pool threads must not touch the hub's locks.
-_allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
+allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
 _os_sleep = gevent.monkey.get_original("time", "sleep")
 
 _DONE = object()
@@ -69,7 +69,7 @@ class ThreadStream(Iterator[T]):
         **kwargs: Any,
     ) -> None:
         self._items: collections.deque = collections.deque()
-        self._lock = _allocate_lock()
+        self._lock = allocate_lock()
         self._max = max(1, max_buffer)
         self._cancelled = False
         self._finished = False
