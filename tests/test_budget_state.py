@@ -124,7 +124,7 @@ def test_every_reader_shows_the_same_used_reserved_and_remaining(
     assert first_cost > 0
 
     # The second call stays with the upstream while every reader looks.
-    fake_openai.script("slow", 12.0)
+    fake_openai.script("slow", 15.0)
     second: dict[str, requests.Response] = {}
     caller = threading.Thread(target=lambda: second.setdefault("r", chat(gw, "in flight")))
     caller.start()
