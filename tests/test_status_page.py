@@ -377,6 +377,9 @@ def test_page_in_chromium_shows_what_the_json_says(tmp_path, fake_openai, tiny_g
             ledger = SpendLedger(db)
             book(ledger, Usage(120, 30, cost_micro_usd=12_345), key="laptop", provider="cloudy",
                  model="gpt-4o-mini", is_local=False)  # fmt: skip
+            # A call still in flight (this process holds it): shown as held, apart from use.
+            ledger.reserve(Usage(10, 10, cost_micro_usd=5_000), key="phone", provider="cloudy",
+                           model="gpt-4o-mini", is_local=False)  # fmt: skip
         finally:
             db.close()
 
@@ -429,6 +432,9 @@ def test_page_in_chromium_shows_what_the_json_says(tmp_path, fake_openai, tiny_g
     )
     cloud = budgets["cloud-daily"]
     assert shown["cloud-daily"]["used"] == usd_text(cloud["used"])
+    assert cloud["reserved"] == "0.005"
+    assert shown["cloud-daily"]["reserved"] == usd_text(cloud["reserved"]) == "$0.005"
+    assert "reserved" not in shown["laptop-requests"]  # nothing held, nothing said
     assert shown["cloud-daily"]["limit"] == "$0.05"
     assert shown["cloud-daily"]["percent.class"].split() == ["pct"]
     assert budgets["tiny-tokens"]["percent"] > 100  # the local chat used more than 10 tokens
