@@ -13,6 +13,7 @@ from werkzeug.exceptions import HTTPException
 
 from hoosh_edge.config import Config, load_config
 from hoosh_edge.doors import browser
+from hoosh_edge.doors.auth import authenticate_request
 from hoosh_edge.doors.common import error_headers, log_access
 from hoosh_edge.errors import HooshError
 from hoosh_edge.exposure import needs_key
@@ -71,7 +72,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
             check_headers(request.headers)
         gateway.exposure.check(server, gateway.auth.keys_exist, path)
         if needs_key(server, path):
-            record = gateway.auth.authenticate_request(request.headers, path=path)
+            record = authenticate_request(gateway.auth, request.headers, path=path)
             if record is not None:
                 g.key, g.key_name = record, record.name
                 g.lease = gateway.limiter.acquire(

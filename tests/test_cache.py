@@ -19,17 +19,16 @@ import pytest
 
 from hoosh_edge.books.cache import (
     CachePolicy,
-    ChatRecorder,
     ResponseCache,
     canonical_json,
     chat_key,
-    directives,
-    replay_chunks,
     speech_key,
     transcription_key,
 )
 from hoosh_edge.books.db import DB_FILENAME, Database
+from hoosh_edge.doors.common import cache_directives as directives
 from hoosh_edge.formats.openai import join_chunks
+from hoosh_edge.formats.openai_replay import ChatRecorder, replay_chunks
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,9 +16,9 @@ from hoosh_edge.books.keys import (
     KeyStore,
     StaticKeys,
     is_allowed_model,
-    presented_key,
     require_model,
 )
+from hoosh_edge.doors.auth import authenticate_request, presented_key
 from hoosh_edge.errors import AuthenticationError, InvalidRequest, PermissionDenied
 
 
@@ -240,79 +240,79 @@ def test_header_forms() -> None:
 def test_open_gateway_when_no_key_exists_at_all(store: KeyStore) -> None:
     auth = Authenticator(store, StaticKeys())
     assert auth.keys_exist() is False
-    assert auth.authenticate_request({}, path="/v1/chat/completions") is None
+    assert authenticate_request(auth, {}, path="/v1/chat/completions") is None
     # SDKs always send something; on an open gateway it is ignored.
-    assert auth.authenticate_request(bearer("sk-no-key"), path="/v1/models") is None
-    assert auth.authenticate_request({}, path="/admin/keys") is None
+    assert authenticate_request(auth, bearer("sk-no-key"), path="/v1/models") is None
+    assert authenticate_request(auth, {}, path="/admin/keys") is None
     # Once every stored key is revoked the gateway is open again.
     store.create("phone")
     assert auth.keys_exist()
     store.revoke("phone")
-    assert auth.authenticate_request({}, path="/v1/models") is None
+    assert authenticate_request(auth, {}, path="/v1/models") is None
 
 
 def test_missing_and_invalid_keys_get_distinct_401s(store: KeyStore) -> None:
     _, key = store.create("phone")
     auth = Authenticator(store, StaticKeys())
     with pytest.raises(AuthenticationError, match="Missing API key") as missing:
-        auth.authenticate_request({}, path="/v1/models")
+        authenticate_request(auth, {}, path="/v1/models")
     assert missing.value.status == 401 and missing.value.code == "missing_api_key"
     with pytest.raises(AuthenticationError, match="Invalid API key") as invalid:
-        auth.authenticate_request(bearer(other_last_char(key)), path="/v1/models")
+        authenticate_request(auth, bearer(other_last_char(key)), path="/v1/models")
     assert invalid.value.status == 401 and invalid.value.code == "invalid_api_key"
-    assert auth.authenticate_request(bearer(key), path="/v1/models").name == "phone"  # type: ignore[union-attr]
-    assert auth.authenticate_request({"x-api-key": key}, path="/v1/messages").name == "phone"  # type: ignore[union-attr]
+    assert authenticate_request(auth, bearer(key), path="/v1/models").name == "phone"  # type: ignore[union-attr]
+    assert authenticate_request(auth, {"x-api-key": key}, path="/v1/messages").name == "phone"  # type: ignore[union-attr]
     store.revoke("phone")
     store.create("other")  # keeps the gateway closed
     with pytest.raises(AuthenticationError, match="Invalid API key"):
-        auth.authenticate_request(bearer(key), path="/v1/models")
+        authenticate_request(auth, bearer(key), path="/v1/models")
 
 
 def test_config_and_stored_keys_work_side_by_side(store: KeyStore) -> None:
     _, key = store.create("phone")
     auth = Authenticator(store, StaticKeys(("config-key-0",), None))
-    assert auth.authenticate_request(bearer("config-key-0"), path="/v1/x").name == "static-0"  # type: ignore[union-attr]
-    assert auth.authenticate_request(bearer(key), path="/v1/x").name == "phone"  # type: ignore[union-attr]
+    assert authenticate_request(auth, bearer("config-key-0"), path="/v1/x").name == "static-0"  # type: ignore[union-attr]
+    assert authenticate_request(auth, bearer(key), path="/v1/x").name == "phone"  # type: ignore[union-attr]
     # Config keys alone close the gateway, with or without a store.
     only_config = Authenticator(None, StaticKeys(("config-key-0",), None))
     with pytest.raises(AuthenticationError):
-        only_config.authenticate_request({}, path="/v1/x")
+        authenticate_request(only_config, {}, path="/v1/x")
 
 
 def test_admin_paths_need_the_admin_key(store: KeyStore) -> None:
     _, key = store.create("phone")
     auth = Authenticator(store, StaticKeys(("config-key-0",), "root-key"))
     for path in ("/admin/keys", "/admin"):
-        assert auth.authenticate_request(bearer("root-key"), path=path).is_admin  # type: ignore[union-attr]
+        assert authenticate_request(auth, bearer("root-key"), path=path).is_admin  # type: ignore[union-attr]
         with pytest.raises(PermissionDenied, match="'phone' is not an admin key") as e:
-            auth.authenticate_request(bearer(key), path=path)
+            authenticate_request(auth, bearer(key), path=path)
         assert e.value.status == 403
         with pytest.raises(PermissionDenied, match="static-0"):
-            auth.authenticate_request(bearer("config-key-0"), path=path)
+            authenticate_request(auth, bearer("config-key-0"), path=path)
         with pytest.raises(AuthenticationError) as none:
-            auth.authenticate_request({}, path=path)
+            authenticate_request(auth, {}, path=path)
         assert none.value.status == 401
     # The admin key works on client paths too; '/administer' is not an admin path.
-    assert auth.authenticate_request(bearer("root-key"), path="/v1/models").is_admin  # type: ignore[union-attr]
-    assert auth.authenticate_request(bearer(key), path="/administer").name == "phone"  # type: ignore[union-attr]
+    assert authenticate_request(auth, bearer("root-key"), path="/v1/models").is_admin  # type: ignore[union-attr]
+    assert authenticate_request(auth, bearer(key), path="/administer").name == "phone"  # type: ignore[union-attr]
 
 
 def test_an_admin_key_alone_closes_the_gateway(store: KeyStore) -> None:
     auth = Authenticator(store, StaticKeys((), "root-key"))
     with pytest.raises(AuthenticationError):
-        auth.authenticate_request({}, path="/v1/models")
-    assert auth.authenticate_request(bearer("root-key"), path="/v1/models").is_admin  # type: ignore[union-attr]
+        authenticate_request(auth, {}, path="/v1/models")
+    assert authenticate_request(auth, bearer("root-key"), path="/v1/models").is_admin  # type: ignore[union-attr]
 
 
 def test_without_an_admin_key_admin_paths_close_once_any_key_exists(store: KeyStore) -> None:
     auth = Authenticator(store, StaticKeys())
-    assert auth.authenticate_request({}, path="/admin/keys") is None  # open loopback gateway
+    assert authenticate_request(auth, {}, path="/admin/keys") is None  # open loopback gateway
     _, key = store.create("phone")
     with pytest.raises(AuthenticationError):
-        auth.authenticate_request({}, path="/admin/keys")
+        authenticate_request(auth, {}, path="/admin/keys")
     with pytest.raises(PermissionDenied, match="server.admin_key"):
-        auth.authenticate_request(bearer(key), path="/admin/keys")
-    assert auth.authenticate_request(bearer(key), path="/v1/models").name == "phone"  # type: ignore[union-attr]
+        authenticate_request(auth, bearer(key), path="/admin/keys")
+    assert authenticate_request(auth, bearer(key), path="/v1/models").name == "phone"  # type: ignore[union-attr]
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ def test_no_secret_in_records_errors_or_messages(store: KeyStore) -> None:
     wrong = [other_last_char(key), "config-secret-2", key]
     for presented, path in zip(wrong, ["/v1/x", "/v1/x", "/admin/x"], strict=True):
         with pytest.raises((AuthenticationError, PermissionDenied)) as e:
-            auth.authenticate_request(bearer(presented), path=path)
+            authenticate_request(auth, bearer(presented), path=path)
         texts += [str(e.value), repr(e.value), str(e.value.to_dict())]
     with pytest.raises(PermissionDenied) as denied:
         require_model(record, "y")

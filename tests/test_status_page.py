@@ -131,7 +131,7 @@ def test_budgets_and_spend_follow_the_ledger(gateway, client):
     book(ledger, Usage(100, 50, cost_micro_usd=12_300), key="laptop", **cloud)
     book(ledger, Usage(200, 100, cost_micro_usd=2_000), key="phone", **cloud)
     book(ledger, Usage(40, 10), key="laptop", provider="local", model="smol", is_local=True)
-    # An open reservation is not committed use: the page shows spend, not holds.
+    # An open reservation is not committed use: it is shown apart, and what is left counts it.
     ledger.reserve(Usage(1, 1, cost_micro_usd=10_000), key="phone", **cloud)
 
     data = client.get("/admin/status.json").get_json()
@@ -139,7 +139,8 @@ def test_budgets_and_spend_follow_the_ledger(gateway, client):
     assert [b["name"] for b in data["budgets"]] == sorted(r["name"] for r in RULES)
     assert budgets["cloud-daily"] | {} == {
         "name": "cloud-daily", "scope": "cloud", "metric": "usd", "unit": "USD", "period": "day",
-        "action": "block", "limit": "0.05", "used": "0.0143", "remaining": "0.0357",
+        "action": "block", "limit": "0.05", "used": "0.0143", "reserved": "0.01",
+        "remaining": "0.0257",
         "percent": 28.6, "resets_at": "2025-03-11T00:00:00+00:00",
     }  # fmt: skip
     assert (budgets["laptop-requests"]["used"], budgets["laptop-requests"]["percent"]) == (
@@ -376,6 +377,9 @@ def test_page_in_chromium_shows_what_the_json_says(tmp_path, fake_openai, tiny_g
             ledger = SpendLedger(db)
             book(ledger, Usage(120, 30, cost_micro_usd=12_345), key="laptop", provider="cloudy",
                  model="gpt-4o-mini", is_local=False)  # fmt: skip
+            # A call still in flight (this process holds it): shown as held, apart from use.
+            ledger.reserve(Usage(10, 10, cost_micro_usd=5_000), key="phone", provider="cloudy",
+                           model="gpt-4o-mini", is_local=False)  # fmt: skip
         finally:
             db.close()
 
@@ -428,6 +432,9 @@ def test_page_in_chromium_shows_what_the_json_says(tmp_path, fake_openai, tiny_g
     )
     cloud = budgets["cloud-daily"]
     assert shown["cloud-daily"]["used"] == usd_text(cloud["used"])
+    assert cloud["reserved"] == "0.005"
+    assert shown["cloud-daily"]["reserved"] == usd_text(cloud["reserved"]) == "$0.005"
+    assert "reserved" not in shown["laptop-requests"]  # nothing held, nothing said
     assert shown["cloud-daily"]["limit"] == "$0.05"
     assert shown["cloud-daily"]["percent.class"].split() == ["pct"]
     assert budgets["tiny-tokens"]["percent"] > 100  # the local chat used more than 10 tokens

@@ -1,11 +1,8 @@
-"""Persistent response cache: exact-key answers kept in the gateway's SQLite file.
+"""Persistent response cache: finished answers kept in the gateway's SQLite file.
 
-A key is the sha256 of a canonical form of everything that changes an answer (``chat_key``,
-``speech_key``, ``transcription_key``); the resolved target is part of it, the client's alias and
-its ``user``/``stream`` fields are not. ``ResponseCache`` stores only what it is handed — the API
-layer hands it finished answers only: for chat the joined ``chat.completion`` (``ChatRecorder``
-turns a stream into one only if the stream ended cleanly), which ``replay_chunks`` turns back into
-chunks, so a streamed request can hit an answer stored by a non-streamed one and vice versa.
+What may be cached and under which key is ``cache_policy``; this module is the store. It keeps
+only what it is handed — the pipeline hands it finished answers only (for chat the joined
+``chat.completion``, see ``formats.openai_replay``).
 
 Entries live in the WAL database, so every ``put`` that returned survives ``kill -9``. Each row
 carries a checksum of its body and meta; a row that fails it (or any other check) is dropped and
@@ -19,31 +16,33 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import gevent.lock
-import gevent.monkey
 
+from hoosh_edge.books.cache_policy import (
+    CachePolicy,
+    canonical_json,
+    chat_key,
+    speech_key,
+    transcription_key,
+)
 from hoosh_edge.books.db import Database
 from hoosh_edge.errors import HooshError
-from hoosh_edge.formats.openai import join_chunks, max_tokens_of
+from hoosh_edge.workers import native_lock
 
+# The policy and key builders are re-exported: callers have long found them here.
 __all__ = [
     "CachePolicy",
     "CachedEntry",
-    "ChatRecorder",
     "Flight",
     "ResponseCache",
     "canonical_json",
     "chat_key",
-    "directives",
-    "replay_chunks",
     "speech_key",
     "transcription_key",
 ]
@@ -51,240 +50,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KINDS = ("chat", "speech", "transcription")
-KEY_VERSION = 1  # part of every key: bump it when the stored form changes
-MIB = 1024 * 1024
-_allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
-
-# ---- keys --------------------------------------------------------------------------------------
-
-
-def _canon(value: Any) -> Any:
-    """Plain JSON values with integral floats as ints, so 1 and 1.0 make one key."""
-    if value is None or isinstance(value, (bool, str, int)):
-        return value
-    if isinstance(value, float):
-        return int(value) if value.is_integer() else value
-    if isinstance(value, Mapping):
-        return {str(k): _canon(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_canon(v) for v in value]
-    raise TypeError(f"cache keys take JSON values only, not {type(value).__name__}")
-
-
-def canonical_json(value: Any) -> str:
-    """Sorted keys, no spaces, ASCII only, normalized numbers."""
-    return json.dumps(_canon(value), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
-
-
-def _digest(kind: str, parts: dict[str, Any]) -> str:
-    text = canonical_json({"v": KEY_VERSION, "kind": kind, **parts})
-    return hashlib.sha256(text.encode("ascii")).hexdigest()
-
-
-# Fields that name the caller or the framing, never the answer.
-_NOT_IN_CHAT_KEY = frozenset({"model", "stream", "stream_options", "user", "metadata", "store"})
-# Defaults every backend shares: absent and explicit-default ask for the same thing.
-_CHAT_DEFAULTS = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0}
-
-
-def chat_key(provider: str, model: str, req: Mapping[str, Any]) -> str:
-    """Key of a chat request as served by ``provider``/``model`` (the resolved target)."""
-    fields = {k: v for k, v in req.items() if k not in _NOT_IN_CHAT_KEY and v is not None}
-    fields.pop("max_completion_tokens", None)
-    fields.pop("max_tokens", None)
-    limit = max_tokens_of(dict(req))
-    if limit is not None:
-        fields["max_tokens"] = limit
-    stop = fields.pop("stop", None)
-    if isinstance(stop, str):
-        stop = [stop]
-    if stop:
-        # A set of stop sequences: order and repeats do not change where generation stops.
-        fields["stop"] = sorted(set(stop)) if all(isinstance(s, str) for s in stop) else stop
-    for name, default in _CHAT_DEFAULTS.items():
-        if name in fields and fields[name] == default:
-            del fields[name]
-    return _digest("chat", {"provider": provider, "model": model, "request": fields})
-
-
-def speech_key(provider: str, voice: str, model: str, text: str, fmt: str, speed: float) -> str:
-    """Key of a text-to-speech request."""
-    return _digest("speech", {"provider": provider, "voice": voice, "model": model, "text": text,
-                              "format": fmt, "speed": float(speed)})  # fmt: skip
-
-
-def transcription_key(
-    provider: str, model: str, audio_sha256: str, params: Mapping[str, Any]
-) -> str:
-    """Key of a transcription or translation; ``params`` holds every option that shapes it."""
-    fields = {k: v for k, v in params.items() if v is not None}
-    if fields.get("temperature") == 0:
-        del fields["temperature"]  # 0 is the default everywhere
-    return _digest("transcription", {"provider": provider, "model": model,
-                                     "audio": audio_sha256.lower(), "params": fields})  # fmt: skip
-
-
-# ---- policy ------------------------------------------------------------------------------------
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 1024, "MIB": MIB, "GIB": 1024 * MIB}
-
-
-def _size(name: str, value: Any) -> int:
-    if isinstance(value, str):
-        m = _SIZE.match(value)
-        if not m:
-            raise ValueError(f"[cache] {name} must be a byte count like 268435456 or '256MiB', "
-                             f"not {value!r}")  # fmt: skip
-        value = float(m.group(1)) * _UNITS[(m.group(2) or "B").upper()]
-        value = int(value)
-    return value
-
-
-@dataclass(frozen=True)
-class CachePolicy:
-    """What may be cached and how much: the ``[cache]`` table of the config."""
-
-    enabled: bool = True
-    ttl_s: float = 86400.0
-    max_entries: int = 10_000
-    max_bytes: int = 256 * MIB
-    cache_nondeterministic: bool = False
-
-    def __post_init__(self) -> None:
-        for name in ("enabled", "cache_nondeterministic"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"[cache] {name} must be true or false, "
-                                 f"not {getattr(self, name)!r}")  # fmt: skip
-        ttl = self.ttl_s
-        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not math.isfinite(ttl):
-            raise ValueError(f"[cache] ttl_s must be a number of seconds, not {ttl!r}")
-        if ttl <= 0:
-            raise ValueError(f"[cache] ttl_s must be more than 0, not {ttl!r}")
-        for name in ("max_entries", "max_bytes"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int):
-                raise ValueError(f"[cache] {name} must be a whole number, not {v!r}")
-            if v < 1:
-                raise ValueError(f"[cache] {name} must be at least 1, not {v!r}")
-
-    @classmethod
-    def from_config(cls, raw: Iterable[tuple[str, Any]] | Mapping[str, Any] | None) -> CachePolicy:
-        """Parse ``Config.cache`` (pairs) or a dict; unknown keys and bad values raise ValueError."""
-        items = dict(raw.items() if isinstance(raw, Mapping) else raw or ())
-        known = [f for f in cls.__dataclass_fields__]
-        for name in items:
-            if name not in known:
-                raise ValueError(f"[cache] has no setting {name!r}; known: {', '.join(known)}")
-        if "max_bytes" in items:
-            items["max_bytes"] = _size("max_bytes", items["max_bytes"])
-        return cls(**items)
-
-    def chat_cacheable(self, req: Mapping[str, Any]) -> bool:
-        """Only repeatable answers by default: temperature 0 or a fixed seed."""
-        if not self.enabled:
-            return False
-        return (self.cache_nondeterministic or req.get("temperature") == 0
-                or req.get("seed") is not None)  # fmt: skip
-
-    def speech_cacheable(self) -> bool:
-        """Speech synthesis is deterministic enough to cache whenever the cache is on."""
-        return self.enabled
-
-    def transcription_cacheable(self, temperature: float = 0.0) -> bool:
-        """Transcription at temperature 0 (the default) is deterministic enough to cache."""
-        return self.enabled and (temperature == 0 or self.cache_nondeterministic)
-
-
-def directives(header_value: str | None) -> tuple[bool, bool]:
-    """``(lookup, store)`` from a request's Cache-Control header."""
-    lookup = store = True
-    for part in (header_value or "").split(","):
-        name, _, arg = part.strip().lower().partition("=")
-        name = name.strip()
-        if name == "no-cache" or (name == "max-age" and arg.strip().strip('"') == "0"):
-            lookup = False  # the client wants a fresh answer (which may still be stored)
-        elif name == "no-store":
-            store = False
-    return lookup, store
-
-
-# ---- chat stream helpers -----------------------------------------------------------------------
-
-
-class ChatRecorder:
-    """Collect one streamed answer's chunks; give its completion only if it ended cleanly."""
-
-    def __init__(self) -> None:
-        self._chunks: list[dict[str, Any]] = []
-        self._finished = False
-        self._failed = False
-
-    def add(self, chunk: dict[str, Any]) -> None:
-        """Record a chunk as the client saw it (an error chunk spoils the answer)."""
-        if not isinstance(chunk, dict) or "error" in chunk:
-            self._failed = True
-            return
-        self._chunks.append(chunk)
-        for choice in chunk.get("choices") or ():
-            if isinstance(choice, dict) and choice.get("finish_reason"):
-                self._finished = True
-
-    def fail(self) -> None:
-        """Mark the answer unusable (the stream broke or the client left)."""
-        self._failed = True
-
-    def completion(self) -> dict[str, Any] | None:
-        """The joined ``chat.completion``, or None when the stream did not finish cleanly."""
-        if self._failed or not self._finished:
-            return None
-        return join_chunks(self._chunks)
-
-
-def replay_chunks(doc: Mapping[str, Any], piece_chars: int = 512) -> list[dict[str, Any]]:
-    """Turn a stored ``chat.completion`` back into OpenAI chunk dicts (without id/created)."""
-    choice = doc["choices"][0]
-    msg = choice.get("message") or {}
-    model = doc.get("model")
-
-    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"choices": [{"index": 0, "delta": delta, "finish_reason": finish,
-                                            "logprobs": None}]}  # fmt: skip
-        if model:
-            out["model"] = model
-        return out
-
-    chunks = []
-    content = msg.get("content")
-    first: dict[str, Any] = {"role": "assistant"}
-    if isinstance(content, str):
-        step = max(1, piece_chars)
-        pieces = [content[i : i + step] for i in range(0, len(content), step)] or [""]
-        first["content"] = pieces[0]
-        chunks.append(chunk(first))
-        chunks.extend(chunk({"content": p}) for p in pieces[1:])
-    else:
-        chunks.append(chunk(first))
-    if isinstance(choice.get("logprobs"), dict):
-        chunks[0]["choices"][0]["logprobs"] = choice["logprobs"]  # every token's, in one chunk
-    if isinstance(msg.get("refusal"), str):
-        chunks.append(chunk({"refusal": msg["refusal"]}))
-    for i, call in enumerate(msg.get("tool_calls") or ()):
-        fn = call.get("function") or {}
-        chunks.append(chunk({"tool_calls": [{
-            "index": i, "id": call.get("id"), "type": call.get("type") or "function",
-            "function": {"name": fn.get("name") or "", "arguments": fn.get("arguments") or ""},
-        }]}))  # fmt: skip
-    chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
-    if isinstance(choice.get("stop_reason"), str):
-        chunks[-1]["choices"][0]["stop_reason"] = choice["stop_reason"]
-    if doc.get("usage"):
-        tail: dict[str, Any] = {"choices": [], "usage": doc["usage"]}
-        if model:
-            tail["model"] = model
-        chunks.append(tail)
-    return chunks
-
 
 # ---- the cache ---------------------------------------------------------------------------------
 
@@ -402,7 +167,7 @@ class ResponseCache:
         # next put, which evicts): LRU order within that window is approximate across restarts only.
         self.touch_interval_s = touch_interval_s
         self._touches: dict[str, float] = {}
-        self._touch_lock = _allocate_lock()
+        self._touch_lock = native_lock()
         self._last_flush = clock()
         self._flights: dict[str, list[Any]] = {}
         self.hits = self.misses = self.stores = self.evictions = self.dropped = 0

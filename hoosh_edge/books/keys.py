@@ -7,17 +7,8 @@ slow hashes (scrypt, PBKDF2) exist to make guessing low-entropy passwords expens
 guess 208 unknown random bits however fast the hash is, and a slow hash would cost the Pi real CPU
 on every request. Lookup is one indexed read by prefix, then ``hmac.compare_digest`` of the hashes.
 
-Who may do what (``Authenticator.authenticate_request``):
-
-- No key exists at all (no ``api_keys``, no ``admin_key``, no active stored key): the gateway is
-  open, every path is allowed and ``None`` is returned. Anything the client sends is ignored,
-  because SDKs always send *some* key. ``exposure`` keeps such a gateway on loopback.
-- Otherwise every request needs a key, as ``Authorization: Bearer KEY`` (any case of ``Bearer``)
-  or ``x-api-key: KEY``: missing or unknown/revoked keys get 401.
-- ``/admin/*`` needs the admin key: a valid non-admin key gets 403. With no admin key configured,
-  ``/admin/*`` is reachable only while no key exists at all (the open loopback gateway); once any
-  client key exists, admin calls are refused until ``server.admin_key`` is set.
-- The admin key is accepted on every path.
+Which key a request carries and which paths need the admin key is the doors' business
+(``doors/auth.py``); here keys are only stored, hashed and compared.
 
 A revoked key keeps its row and its name, so the ledger and ``key:NAME`` budget rules never point
 at a different key later; a new key needs a new name. ``last_used_at`` is written at most once per
@@ -36,19 +27,13 @@ import re
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from hoosh_edge.books.money import parse_decimal, to_micro
-from hoosh_edge.errors import (
-    AuthenticationError,
-    InvalidRequest,
-    LastKey,
-    PermissionDenied,
-    ServiceUnavailable,
-)
+from hoosh_edge.errors import InvalidRequest, LastKey, PermissionDenied, ServiceUnavailable
 from hoosh_edge.threads import run_books
 
 if TYPE_CHECKING:
@@ -364,29 +349,8 @@ class StaticKeys:
         return found
 
 
-def presented_key(headers: Mapping[str, str]) -> str | None:
-    """The key in ``Authorization: Bearer KEY`` or else ``x-api-key: KEY``; None if neither."""
-    auth = _header(headers, "authorization")
-    if auth:
-        scheme, _, value = auth.strip().partition(" ")
-        if scheme.lower() == "bearer" and value.strip():
-            return value.strip()
-    key = _header(headers, "x-api-key")
-    return key.strip() if key and key.strip() else None
-
-
-def _header(headers: Mapping[str, str], name: str) -> str | None:
-    value = headers.get(name)
-    if value is None:
-        # A plain dict is case-sensitive; Flask's headers are not.
-        for k, v in headers.items():
-            if k.lower() == name:
-                return v
-    return value
-
-
 class Authenticator:
-    """Decides for each request which key it carries and whether that key may use the path."""
+    """Config keys and stored keys as one: does any key exist, and whose is this one."""
 
     def __init__(self, store: KeyStore | None, static: StaticKeys) -> None:
         self.store = store
@@ -402,24 +366,7 @@ class Authenticator:
         stored = self.store.authenticate(presented) if self.store is not None else None
         return record or stored
 
-    def authenticate_request(self, headers: Mapping[str, str], *, path: str) -> KeyRecord | None:
-        """The caller's key record, or None on an open gateway; raises 401 / 403."""
-        if not self.keys_exist():
-            return None
-        presented = presented_key(headers)
-        if presented is None:
-            raise AuthenticationError(
-                "Missing API key: send 'Authorization: Bearer YOUR_KEY' or 'x-api-key: YOUR_KEY'.",
-                code="missing_api_key",
-            )
-        record = self.authenticate(presented)
-        if record is None:
-            raise AuthenticationError("Invalid API key: it is unknown or has been revoked.")
-        if (path == "/admin" or path.startswith("/admin/")) and not record.is_admin:
-            if not self.static.has_admin:
-                raise PermissionDenied(
-                    "Admin endpoints are disabled while client keys exist and no admin key is "
-                    "set: configure server.admin_key."
-                )
-            raise PermissionDenied(f"The API key '{record.name}' is not an admin key.")
-        return record
+    @property
+    def has_admin_key(self) -> bool:
+        """Whether ``server.admin_key`` is set (the only key ``/admin/*`` takes once keys exist)."""
+        return self.static.has_admin

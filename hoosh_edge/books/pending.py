@@ -18,14 +18,12 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import gevent.monkey
-
 from hoosh_edge.errors import StorageUnavailable
+from hoosh_edge.workers import native_lock
 
 log = logging.getLogger("hoosh_edge.books.storage")
 
 MAX_PENDING = 10_000
-_allocate_lock = gevent.monkey.get_original("_thread", "allocate_lock")
 
 
 @dataclass
@@ -44,7 +42,7 @@ class PendingBooks:
     def __init__(self, limit: int = MAX_PENDING) -> None:
         self.limit = limit
         self._queue: collections.deque[PendingEntry] = collections.deque()
-        self._lock = _allocate_lock()
+        self._lock = native_lock()
         self.dropped = 0
         self.written = 0
 

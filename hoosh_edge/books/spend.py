@@ -258,20 +258,16 @@ class Accountant:
         except Exception:  # noqa: BLE001
             log.exception("could not release a reservation")
 
-    def remaining_header(self, *, key: str | None, provider: str, model: str,
-                         is_local: bool) -> str | None:  # fmt: skip
-        """``X-Hoosh-Budget-Remaining``: the tightest rule in scope and what is left."""
+    def remaining(self, *, key: str | None, provider: str, model: str,
+                  is_local: bool) -> tuple[Rule, int] | None:  # fmt: skip
+        """The tightest rule in scope of a target and what it has left; None if there is none."""
         try:
             if not self.has_rules():
-                return None  # no rule, no header: as current as admission's view of the rules
-            found = self.ledger.remaining(key=key, provider=provider, model=model,
-                                          is_local=is_local)  # fmt: skip
+                return None  # no rule, no figure: as current as admission's view of the rules
+            return self.ledger.remaining(key=key, provider=provider, model=model,
+                                         is_local=is_local)  # fmt: skip
         except StorageUnavailable:
-            return None  # a header is not worth failing an answer that is already made
-        if found is None:
-            return None
-        rule, left = found
-        return f"{rule.format_amount(left)} {rule.unit} ({rule.name})"
+            return None  # a figure is not worth failing an answer that is already made
 
 
 def chat_usage(usage: dict[str, Any]) -> Usage:

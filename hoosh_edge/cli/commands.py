@@ -113,15 +113,10 @@ def cmd_budget(args: argparse.Namespace, config: Config) -> int:
     try:
         ledger = SpendLedger(db, timezone=config.timezone)
         if args.action == "list":
-            rows = []
-            for rule in ledger.list_rules():
-                d = rule.to_dict()
-                used = ledger.rule_usage(rule)
-                d["used"] = rule.format_amount(used)
-                d["remaining"] = rule.format_amount(max(0, rule.measured_limit - used))
-                rows.append(d)
-            _print_table(rows, ["name", "scope", "metric", "limit", "used", "remaining", "period",
-                                "action", "source"])  # fmt: skip
+            # The same read model as /admin/budgets, the status page and /metrics.
+            rows = [s.rule.to_dict() | s.figures() for s in ledger.rule_states()]
+            _print_table(rows, ["name", "scope", "metric", "limit", "used", "reserved",
+                                "remaining", "period", "action", "source"])  # fmt: skip
             return 0
         if args.action == "set":
             fields = {k: v for k, v in (("scope", args.scope), ("metric", args.metric),

@@ -6,18 +6,14 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, request
 
+from hoosh_edge.books.money import format_usd
+from hoosh_edge.books.rules import validate_rule
+from hoosh_edge.books.tally import RuleState
 from hoosh_edge.doors.common import gateway, read_json
-from hoosh_edge.errors import InvalidRequest, NotFound, ServiceUnavailable
+from hoosh_edge.errors import InvalidRequest, NotFound
 from hoosh_edge.exposure import last_key_message, must_keep_a_key
 
 bp = Blueprint("admin", __name__)
-
-
-def _need(attr: str) -> Any:
-    value = getattr(gateway(), attr, None)
-    if value is None:
-        raise ServiceUnavailable(f"The {attr} is not available on this gateway.")
-    return value
 
 
 def _body() -> dict[str, Any]:
@@ -27,78 +23,80 @@ def _body() -> dict[str, Any]:
     return body
 
 
-def _rule_view(ledger: Any, rule: Any) -> dict[str, Any]:
-    """A rule as the API shows it, with its use in the current period."""
-    out = rule.to_dict()
-    used = ledger.rule_usage(rule) if hasattr(ledger, "rule_usage") else None
-    if used is not None:
-        out["used"] = rule.format_amount(used)
-        out["remaining"] = rule.format_amount(max(0, rule.measured_limit - used))
-    return out
+def _rule_view(state: RuleState) -> dict[str, Any]:
+    """A rule as the API shows it: committed use, open reservations and what is left."""
+    return state.rule.to_dict() | state.figures()
+
+
+def _rule_views(only: str | None = None) -> list[dict[str, Any]]:
+    """Every rule's view (or just the one named ``only``), from the ledger's one read model."""
+    return [_rule_view(s) for s in gateway().ledger.rule_states()
+            if only is None or s.rule.name == only]  # fmt: skip
+
+
+def _one(name: str) -> dict[str, Any]:
+    views = _rule_views(name)
+    if not views:  # deleted between the change and this read
+        raise NotFound(f"No budget rule named '{name}'.", param="name")
+    return views[0]
 
 
 @bp.get("/admin/budgets")
 def list_budgets() -> Response:
-    ledger = _need("ledger")
-    return jsonify({"object": "list", "data": [_rule_view(ledger, r) for r in ledger.list_rules()]})
+    return jsonify({"object": "list", "data": _rule_views()})
 
 
 @bp.post("/admin/budgets")
 def create_budget() -> tuple[Response, int]:
-    ledger = _need("ledger")
-    rule = ledger.create_rule(_body())
+    rule = gateway().ledger.create_rule(_body())
     _rules_changed()
-    return jsonify(_rule_view(ledger, rule)), 201
+    return jsonify(_one(rule.name)), 201
 
 
 @bp.get("/admin/budgets/<name>")
 def get_budget(name: str) -> Response:
-    ledger = _need("ledger")
-    return jsonify(_rule_view(ledger, ledger.get_rule(name)))
+    return jsonify(_one(gateway().ledger.get_rule(name).name))
 
 
 @bp.patch("/admin/budgets/<name>")
 def update_budget(name: str) -> Response:
-    ledger = _need("ledger")
-    rule = ledger.update_rule(name, _body())
+    rule = gateway().ledger.update_rule(name, _body())
     _rules_changed()
-    return jsonify(_rule_view(ledger, rule))
+    return jsonify(_one(rule.name))
 
 
 @bp.delete("/admin/budgets/<name>")
 def delete_budget(name: str) -> Response:
-    _need("ledger").delete_rule(name)
+    gateway().ledger.delete_rule(name)
     _rules_changed()
     return jsonify({"deleted": name})
 
 
 @bp.get("/v1/usage")
 def usage() -> Response:
-    ledger = _need("ledger")
+    ledger = gateway().ledger
     period = request.args.get("period", "day")
     group_by = request.args.get("group_by", "provider")
     rows = ledger.usage_summary(period, group_by)
     total = sum(r.get("cost_micro_usd", 0) for r in rows)
-    from hoosh_edge.books.money import format_usd
-
     return jsonify({"object": "list", "period": period, "group_by": group_by,
                     "total_cost_usd": format_usd(total), "data": rows})  # fmt: skip
 
 
 @bp.get("/admin/cache")
 def cache_stats() -> Response:
-    return jsonify(_need("cache").stats())
+    return jsonify(gateway().cache.stats())
 
 
 @bp.delete("/admin/cache")
 def cache_clear() -> Response:
-    removed = _need("cache").clear(request.args.get("model") or None)
+    removed = gateway().cache.clear(request.args.get("model") or None)
     return jsonify({"deleted": removed})
 
 
 @bp.get("/admin/keys")
 def list_keys() -> Response:
-    return jsonify({"object": "list", "data": [k.to_dict() for k in _need("keys").list()]})
+    return jsonify({"object": "list", "data": [k.to_dict() for k in gateway().keys.list()]})
 
 
 @bp.post("/admin/keys")
@@ -111,7 +109,7 @@ def create_key() -> tuple[Response, int]:
     if body.get("budget_usd") is not None:
         # Checked before the key exists: a refused cap must not leave an uncapped key behind.
         cap = _key_budget_rule(name, body["budget_usd"], body.get("budget_period", "month"))
-    record, secret = _need("keys").create(
+    record, secret = gateway().keys.create(
         name,
         allowed_models=body.get("allowed_models"),
         rpm=body.get("rpm"),
@@ -126,8 +124,6 @@ def create_key() -> tuple[Response, int]:
 
 def _key_budget_rule(name: str, usd: Any, period: Any) -> dict[str, Any]:
     """A key's own spending cap: an ordinary budget rule scoped to it, validated."""
-    from hoosh_edge.books.rules import validate_rule
-
     rule = {"name": f"key-{name}", "scope": f"key:{name}", "metric": "usd", "limit": usd,
             "period": period, "action": "block"}  # fmt: skip
     try:
@@ -135,31 +131,25 @@ def _key_budget_rule(name: str, usd: Any, period: Any) -> dict[str, Any]:
     except InvalidRequest as e:
         param = {"limit": "budget_usd", "period": "budget_period"}.get(e.param or "", e.param)
         raise InvalidRequest(f"The key's budget: {e.message}", param=param) from None
-    ledger = _need("ledger")
-    if any(r.name == rule["name"] for r in ledger.list_rules()):
+    if any(r.name == rule["name"] for r in gateway().ledger.list_rules()):
         raise InvalidRequest(f"A budget rule named '{rule['name']}' already exists.",
                              param="name", code="rule_exists")  # fmt: skip
     return rule
 
 
 def _rules_changed() -> None:
-    acct = gateway().accountant
-    if acct is not None:
-        acct.rules_changed()
+    gateway().accountant.rules_changed()
 
 
 @bp.delete("/admin/keys/<name>")
 def revoke_key(name: str) -> Response:
     server = gateway().config.server
     keep = last_key_message(server, name) if must_keep_a_key(server) else None
-    if not _need("keys").revoke(name, keep_one=keep):
+    if not gateway().keys.revoke(name, keep_one=keep):
         raise NotFound(f"No active key named '{name}'.")
     return jsonify({"revoked": name})
 
 
 @bp.post("/admin/reload")
 def reload_config() -> Response:
-    reload = getattr(gateway(), "reload", None)
-    if reload is None:
-        raise ServiceUnavailable("Reload is not available on this gateway.")
-    return jsonify(reload())
+    return jsonify(gateway().reload())

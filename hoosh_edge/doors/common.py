@@ -16,8 +16,8 @@ from hoosh_edge.doors.bodies import read_json
 from hoosh_edge.errors import HooshError
 from hoosh_edge.pipeline.call import CacheAsk, CallContext, Caller, Served
 
-__all__ = ["gateway", "inference_headers", "read_json", "caller", "cache_ask", "call_context",
-           "served_headers", "log_access", "logged_stream"]  # fmt: skip
+__all__ = ["gateway", "inference_headers", "read_json", "caller", "cache_ask", "cache_directives",
+           "call_context", "served_headers", "log_access", "logged_stream"]  # fmt: skip
 
 if TYPE_CHECKING:
     from hoosh_edge.gateway import Gateway
@@ -42,16 +42,23 @@ def call_context() -> CallContext:
     return ctx
 
 
-def cache_ask() -> CacheAsk:
-    """``Cache-Control: no-cache`` (or ``max-age=0``) skips the lookup; ``no-store`` the store."""
+def cache_directives(header_value: str | None) -> tuple[bool, bool]:
+    """``(lookup, store)`` from a ``Cache-Control`` value: ``no-cache`` (or ``max-age=0``) skips
+    the lookup (the answer may still be stored), ``no-store`` the store."""
     lookup = store = True
-    for part in (request.headers.get("Cache-Control") or "").split(","):
+    for part in (header_value or "").split(","):
         name, _, arg = part.strip().lower().partition("=")
         name = name.strip()
         if name == "no-cache" or (name == "max-age" and arg.strip().strip('"') == "0"):
             lookup = False
         elif name == "no-store":
             store = False
+    return lookup, store
+
+
+def cache_ask() -> CacheAsk:
+    """What the request's ``Cache-Control`` asks of the cache."""
+    lookup, store = cache_directives(request.headers.get("Cache-Control"))
     return CacheAsk(lookup=lookup, store=store)
 
 

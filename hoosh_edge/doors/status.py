@@ -1,8 +1,8 @@
 """The operator's status page (GET /) and its data (GET /admin/status.json).
 
-The JSON is built from whatever parts of the Gateway exist: each part (pool, ledger, cache,
-metrics) may still be None while the gateway is being assembled, and a failing part shows up
-as an ``error`` string in its own section instead of breaking the whole page.
+Each part of the JSON (models, providers, budgets, cache, ...) is a section of its own: a failing
+part shows up as an ``error`` string there instead of breaking the whole page. Budgets come from
+``SpendLedger.rule_states()``, the read model ``/admin/budgets``, ``/metrics`` and the CLI share.
 """
 
 from __future__ import annotations
@@ -10,17 +10,20 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flask import Blueprint, Response, jsonify, send_from_directory
 from werkzeug.exceptions import NotFound
 
 from hoosh_edge import device, workers
-from hoosh_edge.books.ledger import period_bounds, scope_matches
+from hoosh_edge.books.ledger import SpendLedger
 from hoosh_edge.books.money import format_usd
 from hoosh_edge.books.orphans import orphan_summary
 from hoosh_edge.doors.common import gateway
 from hoosh_edge.version import __version__
+
+if TYPE_CHECKING:
+    from hoosh_edge.gateway import Gateway
 
 log = logging.getLogger("hoosh_edge")
 
@@ -33,69 +36,19 @@ bp = Blueprint("status", __name__)
 # ---- providers ---------------------------------------------------------------------------------
 
 
-def provider_health(gw: Any) -> list[dict[str, Any]]:
+def provider_health(gw: Gateway) -> list[dict[str, Any]]:
     """Each backend's state and last error, as /v1/health reports them."""
-    router = getattr(gw, "router", None)
-    return [] if router is None else router.health_report()
+    return gw.router.health_report()
 
 
 # ---- budgets and spend -------------------------------------------------------------------------
 
-# The usage_summary field (or fields) holding each rule metric; audio in seconds there.
-_SUMMARY_FIELDS = {
-    "usd": ("cost_micro_usd",),
-    "tokens": ("prompt_tokens", "completion_tokens"),
-    "requests": ("requests",),
-    "characters": ("characters",),
-}
 
-
-def _local_names(gw: Any) -> set[str]:
-    router = getattr(gw, "router", None)
-    names = {"local"}
-    if router is not None:
-        names |= {b.name for b in router.backends if b.is_local}
-    return names
-
-
-def _summary_amount(metric: str, row: dict[str, Any]) -> int:
-    """A usage_summary row's value in the rule's measured unit (audio in milliseconds)."""
-    if metric == "audio_seconds":
-        return round((row.get("audio_seconds") or 0) * 1000)
-    return sum(int(row.get(f) or 0) for f in _SUMMARY_FIELDS[metric])
-
-
-def _rule_used(ledger: Any, rule: Any, local: set[str]) -> int:
-    """Committed use of ``rule`` in its current period, summed from the ledger's summary.
-
-    Open reservations are not included: the summary has committed use only.
-    """
-    kind, _, value = rule.scope.partition(":")
-    group = {"key": "key", "model": "model"}.get(kind, "provider")
-    used = 0
-    for row in ledger.usage_summary(rule.period, group):
-        grp = row.get(group)
-        if rule.scope == "cloud":
-            # The summary has no locality column; local backends are known by name.
-            hit = grp not in local
-        else:
-            target = {"key": None, "provider": "", "model": "", "is_local": False, group: grp}
-            hit = scope_matches(rule.scope, **target)
-        if hit:
-            used += _summary_amount(rule.metric, row)
-    return used
-
-
-def budget_status(gw: Any) -> list[dict[str, Any]]:
-    """Every budget rule with its use in the current period."""
-    ledger = gw.ledger
-    local = _local_names(gw)
-    now = ledger.now()
+def budget_status(ledger: SpendLedger) -> list[dict[str, Any]]:
+    """Every budget rule in its current period, from the ledger's one read model."""
     out = []
-    for rule in ledger.list_rules():
-        used = _rule_used(ledger, rule, local)
-        limit = rule.measured_limit
-        _, end = period_bounds(rule.period, now, ledger.tz)
+    for state in ledger.rule_states():
+        rule, used, limit = state.rule, state.used, state.rule.measured_limit
         out.append(
             {
                 "name": rule.name,
@@ -106,16 +59,16 @@ def budget_status(gw: Any) -> list[dict[str, Any]]:
                 "action": rule.action,
                 # Amounts as exact decimal strings in the rule's unit (USD, seconds, tokens).
                 "limit": rule.format_amount(limit),
-                "used": rule.format_amount(used),
-                "remaining": rule.format_amount(max(0, limit - used)),
+                **state.figures(),
+                # Committed use against the limit; over 100 is shown, not capped (warn rules).
                 "percent": round(100 * used / limit, 1) if limit else (100.0 if used else 0.0),
-                "resets_at": end.astimezone(ledger.tz).isoformat() if end else None,
+                "resets_at": state.resets_at.isoformat() if state.resets_at else None,
             }
         )
     return out
 
 
-def spend_status(ledger: Any) -> dict[str, Any]:
+def spend_status(ledger: SpendLedger) -> dict[str, Any]:
     """Committed spend in USD today and this month (the ledger's timezone)."""
     out: dict[str, Any] = {}
     for label, period in (("today", "day"), ("month", "month")):
@@ -159,26 +112,21 @@ def _section(name: str, build: Any) -> Any:
         return {"error": f"{type(e).__name__}: {e}"}
 
 
-def status_snapshot(gw: Any) -> dict[str, Any]:
-    """Everything the status page shows, from whatever parts of the gateway exist now."""
-    pool = getattr(gw, "pool", None)
-    ledger = getattr(gw, "ledger", None)
-    cache = getattr(gw, "cache", None)
-    metrics = getattr(gw, "metrics", None)
-    started = getattr(gw, "started_at", None)
-    storage = getattr(gw, "storage_report", None)
+def status_snapshot(gw: Gateway) -> dict[str, Any]:
+    """Everything the status page shows; each part is a section of its own."""
+    ledger = gw.ledger
     return {
         "version": __version__,
-        "uptime_s": round(time.time() - started, 1) if started else None,
+        "uptime_s": round(time.time() - gw.started_at, 1),
         "device": _section("device", device.snapshot),
-        "models": _section("models", lambda: pool.status() if pool is not None else []),
+        "models": _section("models", gw.pool.status),
         "providers": _section("providers", lambda: provider_health(gw)),
-        "budgets": _section("budgets", lambda: budget_status(gw)) if ledger else None,
-        "spend": _section("spend", lambda: spend_status(ledger)) if ledger else None,
-        "orphans": _section("orphans", lambda: orphan_summary(ledger)) if ledger else None,
-        "cache": _section("cache", lambda: cache.stats()) if cache is not None else None,
-        "requests": _section("requests", lambda: request_totals(metrics)) if metrics else None,
-        "storage": _section("storage", storage) if storage is not None else None,
+        "budgets": _section("budgets", lambda: budget_status(ledger)),
+        "spend": _section("spend", lambda: spend_status(ledger)),
+        "orphans": _section("orphans", lambda: orphan_summary(ledger)),
+        "cache": _section("cache", gw.cache.stats),
+        "requests": _section("requests", lambda: request_totals(gw.metrics)),
+        "storage": _section("storage", gw.storage_report),
         "workers": _section("workers", workers.status),
     }
 

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import gevent
 
 from hoosh_edge.backends.providers.base import CallContext
-from hoosh_edge.books.cache import ChatRecorder, chat_key, replay_chunks
+from hoosh_edge.books.cache import chat_key
 from hoosh_edge.books.keys import require_model
 from hoosh_edge.books.ledger import Usage
 from hoosh_edge.books.spend import Hold, chat_usage
@@ -29,6 +29,7 @@ from hoosh_edge.estimate import (
     text_tokens,
 )
 from hoosh_edge.formats import openai as chatfmt
+from hoosh_edge.formats.openai_replay import ChatRecorder, replay_chunks
 from hoosh_edge.pipeline.call import KEEPALIVE, CacheAsk, Caller, ChunkStream, Served
 from hoosh_edge.pipeline.record import record_chat
 from hoosh_edge.pipeline.router import Selected, Target
@@ -217,9 +218,12 @@ class ChatCall:
         if hold is not None:
             served.max_tokens = hold.max_tokens
         if target is not None:
-            served.remaining = self.gw.accountant.remaining_header(
+            tightest = self.gw.accountant.remaining(
                 key=self.key, provider=target.provider, model=target.model,
                 is_local=target.backend.is_local)  # fmt: skip
+            if tightest is not None:
+                rule, left = tightest
+                served.remaining = f"{rule.format_amount(left)} {rule.unit} ({rule.name})"
         return served
 
     def complete(self, targets: list[Target]) -> ChatAnswer:

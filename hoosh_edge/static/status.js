@@ -139,8 +139,12 @@ function renderBudgets(budgets) {
     bar.append(fill);
     const foot = el("p", { class: "muted" });
     foot.append(el("span", { "data-k": "used", title: b.used }, fmtAmount(b.metric, b.used, false)), " of ",
-                el("span", { "data-k": "limit", title: b.limit }, fmtAmount(b.metric, b.limit, true)),
-                b.period === "total" ? "" : " · resets " + fmtWhen(b.resets_at));
+                el("span", { "data-k": "limit", title: b.limit }, fmtAmount(b.metric, b.limit, true)));
+    if (b.reserved && Number(b.reserved) > 0) {  // calls in flight hold it; "remaining" counts it
+      foot.append(" · ", el("span", { "data-k": "reserved", title: b.reserved },
+                            fmtAmount(b.metric, b.reserved, false)), " held");
+    }
+    if (b.period !== "total") foot.append(" · resets " + fmtWhen(b.resets_at));
     li.append(head, bar, foot);
     list.append(li);
   }
