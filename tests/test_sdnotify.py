@@ -112,7 +112,7 @@ def test_watchdog_interval_from_environment() -> None:
 
 def test_watchdog_interval_pid_check_in_a_child_process() -> None:
     """WATCHDOG_PID naming the parent disables the watchdog in a child, naming itself enables it."""
-    code = "from hoosh_edge import sdnotify; print(sdnotify.watchdog_interval_s())"
+    code = "from hoosh_edge.serve import sdnotify; print(sdnotify.watchdog_interval_s())"
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "WATCHDOG_USEC": "2000000", "WATCHDOG_PID": str(os.getpid())}
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True,
