@@ -60,21 +60,21 @@ def require_tool(*names: str, why: str) -> str:
 # System tools .ci/run installs with apt; a test that needs one asks for its fixture (or uses
 # ``pytest.mark.usefixtures``), so it skips here and fails in CI when the tool is missing.
 @pytest.fixture(scope="session")
-def chromium() -> str:
+def chromium_path() -> str:
     return require_tool(
         "chromium", "chromium-browser", why="chromium is not installed (apt-get install chromium)"
     )
 
 
 @pytest.fixture(scope="session")
-def systemd_analyze() -> str:
+def systemd_analyze_path() -> str:
     return require_tool(
         "systemd-analyze", why="systemd-analyze is not installed (apt-get install systemd)"
     )
 
 
 @pytest.fixture(scope="session")
-def shellcheck() -> str:
+def shellcheck_path() -> str:
     return require_tool(
         "shellcheck", why="shellcheck is not installed (apt-get install shellcheck)"
     )

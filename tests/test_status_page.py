@@ -216,7 +216,7 @@ def test_page_and_assets_are_served(client):
 # ---- the page in a real browser ----------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.usefixtures("chromium")  # skips here, fails in CI without it
+needs_chromium = pytest.mark.usefixtures("chromium_path")  # skips here, fails in CI without it
 
 
 def start_gateway(config_text: str, tmp: Path) -> GatewayProcess:
