@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +21,64 @@ from hypothesis import HealthCheck, settings
 from tests.fake_openai import FakeOpenAI
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# GitHub Actions and most CI services set CI=true; .ci/run sets it too. There, everything the
+# tests need is installed by .ci/run, so a missing piece is a broken run, not a reason to skip.
+IN_CI = os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def require(condition: object, why: str) -> None:
+    """Skip unless ``condition`` holds on a developer's machine; fail instead under CI.
+
+    For what .ci/run installs (model packages and files, llama_cpp, system tools): a CI run
+    that lacks one must go red, not green with a skip nobody reads. Genuinely environment-bound
+    checks (tmpfs mounts, root) stay plain ``pytest.skip``.
+    """
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"CI must provide this (see .ci/run): {why}", pytrace=False)
+    pytest.skip(why, allow_module_level=True)
+
+
+def require_module(name: str, why: str) -> Any:
+    """``import name``, or ``require`` fails/skips with ``why``."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        require(False, f"{why} ({e})")
+
+
+def require_tool(*names: str, why: str) -> str:
+    """The path of the first of ``names`` on PATH, or ``require`` fails/skips with ``why``."""
+    found = next((p for p in map(shutil.which, names) if p), None)
+    require(found, why)
+    assert found is not None
+    return found
+
+
+# System tools .ci/run installs with apt; a test that needs one asks for its fixture (or uses
+# ``pytest.mark.usefixtures``), so it skips here and fails in CI when the tool is missing.
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    return require_tool(
+        "chromium", "chromium-browser", why="chromium is not installed (apt-get install chromium)"
+    )
+
+
+@pytest.fixture(scope="session")
+def systemd_analyze_path() -> str:
+    return require_tool(
+        "systemd-analyze", why="systemd-analyze is not installed (apt-get install systemd)"
+    )
+
+
+@pytest.fixture(scope="session")
+def shellcheck_path() -> str:
+    return require_tool(
+        "shellcheck", why="shellcheck is not installed (apt-get install shellcheck)"
+    )
+
 
 # Example budgets for the fuzz tests (test_fuzz_input.py): small by default so the suite stays
 # fast; ``pytest --hypothesis-profile=long tests/test_fuzz_input.py`` for a long soak.

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from typing import Any
 
+import anthropic
 import pytest
 
 from hoosh_edge.backends.providers.anthropic import AnthropicProvider
@@ -546,7 +547,6 @@ def test_wrong_key_is_refused_by_the_fake_and_not_retried(fake):
 
 
 def test_official_sdk_reads_the_fake(fake):
-    anthropic = pytest.importorskip("anthropic")
     fake.script(reply(None, tool_uses=[("get_weather", {"city": "Oslo"})]), reply("streamed"))
     client = anthropic.Anthropic(api_key=API_KEY, base_url=fake.root, max_retries=0)
     msg = client.messages.create(model=MODEL, max_tokens=10, messages=[user("hi")])

@@ -12,6 +12,7 @@ import pytest
 import requests
 import soundfile as sf
 
+from tests.conftest import require
 from tests.synth_piper import make_voice
 from tests.synth_whisper import make_synthetic_whisper
 
@@ -207,7 +208,9 @@ def word_error_rate(ref: str, hyp: str) -> float:
 def test_real_round_trip_piper_speaks_whisper_hears(gateway_factory):
     models = ROOT / "models"
     voice, whisper = models / "en_US-joe-medium.onnx", models / "ggml-tiny.en.bin"
-    assert voice.exists() and whisper.exists(), "run scripts/setup to pull joe and whisper-tiny.en"
+    require(
+        voice.exists() and whisper.exists(), "run scripts/setup to pull joe and whisper-tiny.en"
+    )
     gw = gateway_factory(f"""
 [local.stt.models]
 "whisper-tiny.en" = "{whisper}"

@@ -115,7 +115,7 @@ def test_a_listed_origin_gets_cors_answers_but_never_on_admin(gateway_factory, f
 # ---- in a real browser -------------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+needs_chromium = pytest.mark.usefixtures("chromium_path")  # skips here, fails in CI without it
 
 
 def chromium_dom(tmp: Path, url: str, *extra: str) -> str:

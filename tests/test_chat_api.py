@@ -10,6 +10,8 @@ import pytest
 import requests
 
 from tests.conftest import openai_provider_toml
+from tests.fake_anthropic import API_KEY as ANTHROPIC_KEY
+from tests.fake_anthropic import FakeAnthropic
 from tests.fake_openai import FakeOpenAI
 
 
@@ -100,6 +102,17 @@ def test_max_tokens_and_finish_length(gw, fake_openai):
     assert fake_openai.chat_requests[-1]["json"]["max_completion_tokens"] == 2
 
 
+ANTHROPIC_GLOBS = f"""
+[[providers]]
+name = "claude"
+type = "anthropic"
+base_url = "{{url}}"
+api_key = "{ANTHROPIC_KEY}"
+models = ["claude-*", "claude-opus-9"]
+timeout_s = 5
+"""
+
+
 def _listed(gw) -> dict[str, dict]:
     return {m["id"]: m for m in requests.get(gw.url + "/v1/models", timeout=5).json()["data"]}
 
@@ -111,7 +124,7 @@ def test_models_of_a_glob_provider_are_asked_of_the_provider(fake_openai, gatewa
     assert not any(r["path"].endswith("/models") for r in fake_openai.requests)  # not at start-up
     listed = _listed(gw)  # the first listing waits (a second at most) for the provider's list
     assert listed["o3-mini"]["owned_by"] == "fake" and listed["o3-mini"]["source"] == "config"
-    assert {"gpt-4o-mini", "gpt-4.1-nano", "o3-mini"} <= set(listed)
+    assert set(listed) == {"gpt-4o-mini", "gpt-4.1-nano", "o3-mini"}
     assert listed["gpt-4.1-nano"]["source"] == "provider"
     assert "text-embedding-3-small" not in listed  # the provider has it; the glob does not admit it
     asked = [r for r in fake_openai.requests if r["path"].endswith("/models")]
@@ -119,8 +132,32 @@ def test_models_of_a_glob_provider_are_asked_of_the_provider(fake_openai, gatewa
     for _ in range(5):
         _listed(gw)
     assert len([r for r in fake_openai.requests if r["path"].endswith("/models")]) == 1  # cached
-    ids = {m.id for m in sdk(gw).models.list().data}
-    assert {"gpt-4o-mini", "gpt-4.1-nano"} <= ids
+    assert {m.id for m in sdk(gw).models.list().data} == set(listed)
+
+
+def test_sdk_lists_what_each_glob_provider_really_has(fake_openai, gateway_factory):
+    """OpenAI- and Anthropic-type providers with globs: config ids plus their own admitted ids."""
+    fake_openai.model_list = ["gpt-4o-mini", "gpt-4.1-nano", "o3-mini", "text-embedding-3-small"]
+    with FakeAnthropic() as claude:
+        claude.model_list = ["claude-3-5-haiku-latest", "claude-sonnet-4-5", "other-model"]
+        openai_part = openai_provider_toml(fake_openai, models='["gpt-*", "o3-mini", "gpt-5"]')
+        gw = gateway_factory(openai_part + ANTHROPIC_GLOBS.format(url=claude.url))
+        client = sdk(gw)
+        listed = {(m.id, m.owned_by, m.source) for m in client.models.list().data}
+        # A second listing answers from the cached catalogs: the same, without asking again.
+        again = {(m.id, m.owned_by, m.source) for m in client.models.list().data}
+        anthropic_asked = [r for r in claude.requests if r.method == "GET"]
+    # Named in the config: listed as "config" (gpt-5 too, which the provider lacks; o3-mini once
+    # although the provider lists it as well). text-embedding-3-small and other-model: the
+    # providers have them, but no glob admits them.
+    expected = {("gpt-5", "fake", "config"), ("o3-mini", "fake", "config"),
+                ("gpt-4o-mini", "fake", "provider"), ("gpt-4.1-nano", "fake", "provider"),
+                ("claude-opus-9", "claude", "config"),
+                ("claude-3-5-haiku-latest", "claude", "provider"),
+                ("claude-sonnet-4-5", "claude", "provider")}  # fmt: skip
+    assert listed == expected and again == expected
+    assert len([r for r in fake_openai.requests if r["path"].endswith("/models")]) == 1
+    assert len(anthropic_asked) == 1 and anthropic_asked[0].headers["x-api-key"] == ANTHROPIC_KEY
 
 
 def test_models_listing_survives_a_provider_that_cannot_list(gateway_factory):
@@ -138,8 +175,8 @@ def test_models_listing_survives_a_provider_that_cannot_list(gateway_factory):
 
 
 def test_models_list_and_get(gw):
-    ids = {x.id for x in sdk(gw).models.list().data}
-    assert "gpt-4o-mini" in ids  # the fake provider lists it and `gpt-*` admits it
+    listed = [(x.id, x.owned_by, x.source) for x in sdk(gw).models.list().data]
+    assert listed == [("gpt-4o-mini", "fake", "provider")]  # the fake lists it, `gpt-*` admits it
     got = sdk(gw).models.retrieve("gpt-4o-mini")
     assert got.id == "gpt-4o-mini" and got.owned_by == "fake"
     with pytest.raises(openai.NotFoundError):

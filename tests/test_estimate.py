@@ -22,6 +22,7 @@ from hoosh_edge.estimate import (
     prompt_tokens,
     text_tokens,
 )
+from tests.conftest import require, require_module
 from tests.fake_openai import harsh_prompt_tokens
 
 SMOLLM2 = Path(__file__).resolve().parent.parent / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -90,9 +91,8 @@ def test_the_bound_is_never_below_the_harshest_byte_level_count(req) -> None:
 
 @pytest.fixture(scope="module")
 def vocab():
-    llama_cpp = pytest.importorskip("llama_cpp")
-    if not SMOLLM2.exists():
-        pytest.skip("SmolLM2 is not pulled (hoosh-edge models pull smollm2)")
+    llama_cpp = require_module("llama_cpp", "llama-cpp-python is not installed (scripts/setup)")
+    require(SMOLLM2.exists(), "SmolLM2 is not pulled (hoosh-edge models pull smollm2)")
     return llama_cpp.Llama(str(SMOLLM2), vocab_only=True, verbose=False)
 
 

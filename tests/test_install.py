@@ -131,7 +131,7 @@ def systemd_verify(unit: Path) -> subprocess.CompletedProcess[str]:
                           timeout=60)  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.usefixtures("systemd_analyze_path")
 def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     """verify checks that ExecStart exists; a throwaway copy points it at a real executable."""
     text = UNIT.read_text()
@@ -143,7 +143,7 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "hoosh-edge.service" not in proc.stderr, proc.stderr  # no warnings about our unit
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.usefixtures("systemd_analyze_path")
 def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
     """The verify test above can fail: a misspelt directive is reported."""
     copy = tmp_path / "hoosh-edge.service"
@@ -154,7 +154,7 @@ def test_systemd_analyze_catches_a_broken_unit(tmp_path: Path) -> None:
     assert "WatchdogSecs" in systemd_verify(copy).stderr
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.usefixtures("shellcheck_path")
 def test_install_script_is_shellcheck_clean() -> None:
     proc = subprocess.run(["shellcheck", str(INSTALL)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -286,7 +286,7 @@ def test_installed_gateway_serves(installed: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+@pytest.mark.usefixtures("systemd_analyze_path")
 def test_installed_unit_verifies_against_the_installed_venv(
     installed: Path, tmp_path: Path
 ) -> None:

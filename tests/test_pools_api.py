@@ -167,7 +167,7 @@ def test_stuck_books_job_is_logged_once_with_its_stack_counted_and_shown(stuck_g
     reports = re.findall(r"stuck job in the books pool: SpendLedger\.reserve", gw.log)
     assert len(reports) == 1, gw.log
     stack = gw.log.split("stuck job in the books pool", 1)[1]
-    assert "in reserve" in stack and "hoosh_edge/db.py" in stack and "in write" in stack
+    assert "in reserve" in stack and "hoosh_edge/books/db.py" in stack and "in write" in stack
     assert "Traceback" not in gw.log
 
 

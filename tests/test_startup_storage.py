@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from hoosh_edge.books.db import DB_FILENAME
+from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
 # Root passes every permission check; these capabilities gone, it meets mode bits like anyone.
@@ -252,8 +253,7 @@ def test_doctor_finds_the_damage_and_the_recovery_it_gives_works(tmp_path, gatew
         assert step in r.stdout, (step, r.stdout)
     assert fingerprint(db) == before
 
-    if shutil.which("sqlite3") is None:
-        pytest.skip("the sqlite3 command is not installed (apt-get install sqlite3)")
+    require_tool("sqlite3", why="the sqlite3 command is not installed (apt-get install sqlite3)")
     # Follow the advice as printed: the copy, then the one command it gives for this sqlite3.
     shutil.copy2(db, f"{db}.broken")
     steps = [line.removeprefix("     fix:").strip() for line in r.stdout.splitlines()]

@@ -18,19 +18,11 @@ from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
 from hoosh_edge.books.db import Database
 from hoosh_edge.books.ledger import SpendLedger, Usage
 from hoosh_edge.config import load_config
-from hoosh_edge.doors import status
 from hoosh_edge.gateway import Gateway, build_gateway
 from tests.conftest import GatewayProcess, openai_provider_toml
 
 MiB = 1024 * 1024
 NOON = datetime(2025, 3, 10, 12, 0, tzinfo=timezone.utc)
-
-
-class FixedCache:
-    """A response cache stand-in that reports fixed statistics (the status page only reads them)."""
-
-    def stats(self) -> dict[str, Any]:
-        return {"entries": 42, "bytes": 3 * MiB, "hit_rate": 0.375}
 
 
 RULES = [
@@ -86,18 +78,15 @@ models = ["other-*"]
     gw.ledger = SpendLedger(db, clock=lambda: NOON)
     for r in RULES:
         gw.ledger.create_rule(r)
-    real_cache, gw.cache = gw.cache, FixedCache()
+    real_cache = gw.cache
     yield gw
-    gw.cache = real_cache
+    gw.cache = real_cache  # a test may swap in a broken one; close the real one
     gw.close()
 
 
 @pytest.fixture
 def client(gateway: Gateway):
-    app = create_app(gateway=gateway)
-    if "status" not in app.blueprints:  # until create_app registers it
-        app.register_blueprint(status.bp)
-    return app.test_client()
+    return create_app(gateway=gateway).test_client()
 
 
 def test_status_json_reports_models_providers_and_device(gateway, client):
@@ -122,7 +111,34 @@ def test_status_json_reports_models_providers_and_device(gateway, client):
     if Path("/proc/meminfo").exists():
         assert 0 < dev["mem_available_bytes"] <= dev["mem_total_bytes"]
     assert len(dev["load_avg"]) == 3
-    assert data["cache"] == {"entries": 42, "bytes": 3 * MiB, "hit_rate": 0.375}
+    assert data["cache"]["entries"] == 0 and data["cache"]["hit_rate"] == 0.0
+
+
+def answer(text: str) -> dict[str, Any]:
+    """A finished chat.completion, as the gateway stores it."""
+    return {"object": "chat.completion", "model": "gpt-4o-mini",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}}  # fmt: skip
+
+
+def test_cache_section_is_the_real_caches_state(gateway, client):
+    cache = gateway.cache
+    assert cache.put_chat("k1", answer("Paris."), provider="cloudy", model="gpt-4o-mini")
+    assert cache.put_chat("k2", answer("A longer answer " * 20), provider="cloudy", model="gpt-4o")
+    assert cache.get_chat("k1")["choices"][0]["message"]["content"] == "Paris."  # a hit
+    assert cache.get_chat("k1") is not None  # another hit
+    assert cache.get_chat("never-stored") is None  # a miss
+    data = client.get("/admin/status.json").get_json()["cache"]
+    with gateway.db.read() as r:  # the rows themselves, not the cache's running totals
+        rows, size = r.execute("SELECT COUNT(*), SUM(size) FROM response_cache").fetchone()
+    assert (rows, data["entries"], data["bytes"]) == (2, 2, size)
+    assert (data["hits"], data["misses"], data["hit_rate"], data["stores"]) == (2, 1, 0.6667, 2)
+    assert data["by_kind"] == {"chat": {"entries": 2, "bytes": size}}
+    assert data == cache.stats()  # nothing made up on the way to the page
+    cache.clear("gpt-4o")  # the page follows the cache, not a copy taken once
+    after = client.get("/admin/status.json").get_json()["cache"]
+    assert after["entries"] == 1 and after["bytes"] < size
 
 
 def test_budgets_and_spend_follow_the_ledger(gateway, client):
@@ -201,7 +217,7 @@ def test_page_and_assets_are_served(client):
 # ---- the page in a real browser ----------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+needs_chromium = pytest.mark.usefixtures("chromium_path")  # skips here, fails in CI without it
 
 
 def start_gateway(config_text: str, tmp: Path) -> GatewayProcess:
@@ -366,8 +382,10 @@ def test_page_in_chromium_shows_what_the_json_says(tmp_path, fake_openai, tiny_g
         chat = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
         assert requests.post(gw.url + "/v1/chat/completions", json={"model": "tiny", **chat},
                              timeout=60).status_code == 200  # fmt: skip
-        assert requests.post(gw.url + "/v1/chat/completions",
-                             json={"model": "gpt-4o-mini", **chat}, timeout=30).ok  # fmt: skip
+        repeatable = {"model": "gpt-4o-mini", "temperature": 0, **chat}
+        for _ in range(2):  # a miss that is stored, then a hit: the cache panel has something
+            assert requests.post(gw.url + "/v1/chat/completions", json=repeatable,
+                                 timeout=30).ok  # fmt: skip
         failed = requests.post(gw.url + "/v1/chat/completions", json={"model": "dead-1", **chat},
                                timeout=30)  # fmt: skip
         assert failed.status_code >= 500
@@ -454,10 +472,10 @@ def test_page_in_chromium_shows_what_the_json_says(tmp_path, fake_openai, tiny_g
         expected_number
     )
     cache = data["cache"]
-    if cache and "hit_rate" in cache and cache["hit_rate"] is not None:
-        assert page.by_id["cache-hit-rate"].endswith(" %")
-    elif cache is None:
-        assert page.by_id["cache-hit-rate"] == "off"
+    assert (cache["entries"], cache["hits"], cache["misses"]) == (1, 1, 1)
+    assert page.by_id["cache-hit-rate"] == "50 %"
+    assert page.by_id["cache-entries"] == "1"
+    assert page.by_id["cache-bytes"] == bytes_text(cache["bytes"]) and cache["bytes"] > 0
 
 
 @needs_chromium

