@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 import anthropic
+import requests
 
 from tests.fake_anthropic import API_KEY, FakeAnthropic, Reply, message, message_events
 from tests.test_anthropic_format import expected_upstream
@@ -102,4 +103,38 @@ def test_request_reaches_anthropic_as_sent_and_the_stop_string_comes_back(gatewa
         sent = fake.requests[-1].body
         assert sent.pop("stream") is True
         assert sent == expected_upstream(REQUEST)
+    assert gw.log_problems() == []
+
+
+def test_a_malformed_upstream_answer_is_a_clean_error_not_a_traceback(gateway_factory):
+    with FakeAnthropic() as fake:
+        gw = gateway_factory(anthropic_toml(fake))
+        url = f"{gw.url}/v1/chat/completions"
+        chat = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+        broken = {**message("x"), "content": [{"type": "text", "text": 5}]}
+        # Before the first chunk, the gateway can still answer with a status: 502.
+        for reply_, stream in [
+            (Reply(message=broken), False),  # a text block whose text is a number
+            (Reply(events=[("message_start", '{"type": "message_start", "message": "x"}')]), True),
+        ]:
+            fake.script(reply_)
+            r = requests.post(url, json={**chat, "stream": stream}, timeout=10)
+            assert r.status_code == 502, r.text
+            err = r.json()["error"]
+            assert "malformed" in err["message"] and err["type"] == "upstream_error", err
+        # Once the stream has started, the same fault ends it with an error event.
+        head = message_events(message("Hello there."))[:4]
+        for name, bad in [
+            ("content_block_start", {"type": "content_block_start", "index": [0],
+                                     "content_block": {"type": "tool_use", "id": "t", "name": "n"}}),
+            ("message_delta", {"type": "message_delta", "delta": "end", "usage": [1]}),
+        ]:  # fmt: skip
+            fake.script(Reply(events=[*head, (name, json.dumps(bad))]))
+            r = requests.post(url, json={**chat, "stream": True}, timeout=10, stream=True)
+            assert r.status_code == 200
+            data = [ln[6:] for ln in r.iter_lines(decode_unicode=True) if ln.startswith("data: ")]
+            assert (
+                json.loads(data[-1])["error"]["message"] == f"claude sent a malformed {name} event"
+            )
+        assert requests.get(f"{gw.url}/health", timeout=5).ok
     assert gw.log_problems() == []

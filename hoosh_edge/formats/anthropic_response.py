@@ -10,6 +10,7 @@ import json
 import time
 from typing import Any
 
+from hoosh_edge.errors import UpstreamError
 from hoosh_edge.formats.anthropic_blocks import answer_tool_use
 
 # Anthropic stop_reason <-> OpenAI finish_reason. The provider reads it left to right; the door
@@ -22,12 +23,10 @@ STOP_REASONS = (
     ("model_context_window_exceeded", "length"),
     ("tool_use", "tool_calls"),
     ("refusal", "content_filter"),
-    ("tool_use", "function_call"),  # OpenAI's legacy name, read only by the door
 )
-FINISH_REASONS = dict(STOP_REASONS[:-1])
-_STOP_OF_FINISH: dict[str, str] = {}
-for _anthropic, _openai in STOP_REASONS:
-    _STOP_OF_FINISH.setdefault(_openai, _anthropic)
+FINISH_REASONS = dict(STOP_REASONS)
+_STOP_OF_FINISH = {oa: an for an, oa in reversed(STOP_REASONS)}
+_STOP_OF_FINISH["function_call"] = "tool_use"  # OpenAI's legacy name for tool_calls
 
 # Anthropic's error type for each HTTP status the gateway answers with.
 ERROR_TYPES = {
@@ -115,8 +114,16 @@ def anthropic_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def to_chat_completion(doc: dict[str, Any], model: str) -> dict[str, Any]:
+def to_chat_completion(doc: dict[str, Any], model: str, provider: str = "upstream") -> dict:
     """An Anthropic message (non-streamed answer) as an OpenAI chat.completion."""
+    try:
+        return _completion(doc, model)
+    except (AttributeError, TypeError, ValueError):
+        # Fields in shapes the API never sends: the upstream's fault, not a traceback here.
+        raise UpstreamError(f"{provider} answered with a malformed message") from None
+
+
+def _completion(doc: dict[str, Any], model: str) -> dict[str, Any]:
     texts, calls = [], []
     for block in doc.get("content") or []:
         if not isinstance(block, dict):
@@ -124,6 +131,8 @@ def to_chat_completion(doc: dict[str, Any], model: str) -> dict[str, Any]:
         if block.get("type") == "text":
             texts.append(block.get("text") or "")
         elif block.get("type") == "tool_use":
+            if not isinstance(block.get("input") or {}, dict) or not block.get("name"):
+                raise ValueError("a tool_use block without a name or an object input")
             calls.append({
                 "id": block.get("id"),
                 "type": "function",

@@ -20,6 +20,10 @@ from hoosh_edge.formats.anthropic_response import (
     stop_of,
 )
 
+# The events StreamTranslator handles; ping and any later addition to the API yield nothing.
+_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta",
+                     "content_block_stop", "message_delta", "message_stop", "error"})  # fmt: skip
+
 
 class StreamTranslator:
     """Turns Anthropic stream events, one at a time, into OpenAI chat.completion.chunks."""
@@ -48,9 +52,14 @@ class StreamTranslator:
 
     def feed(self, etype: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks one event yields; raises UpstreamError for an error event."""
-        handler = getattr(self, f"_on_{etype}", None) if etype in _EVENTS else None
-        # ping, and event types added to the API after this code was written, yield nothing.
-        return handler(data) if handler is not None else []
+        if etype not in _EVENTS:
+            return []
+        try:
+            return getattr(self, f"_on_{etype}")(data)
+        except (AttributeError, TypeError, ValueError):
+            # A known event in a shape the API never sends (an object where a list belongs, ...):
+            # the upstream's fault, so a clean upstream error rather than a traceback.
+            raise UpstreamError(f"{self.provider} sent a malformed {etype} event") from None
 
     def _on_message_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         msg = data.get("message") or {}
@@ -111,10 +120,6 @@ class StreamTranslator:
 
     def _on_error(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         raise UpstreamError(f"{self.provider} reported mid-stream: {error_text(data)}")
-
-
-_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta",
-                     "content_block_stop", "message_delta", "message_stop", "error"})  # fmt: skip
 
 
 class StreamEvents:

@@ -65,7 +65,7 @@ class AnthropicProvider(ListsItsModels, ChatBackend):
             raise UpstreamError(
                 self.http.clean(f"{self.name} answered without 'content': {str(doc)[:200]}")
             )
-        return to_chat_completion(doc, model)
+        return to_chat_completion(doc, model, self.name)
 
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
         body = self._body(model, req, stream=True)
