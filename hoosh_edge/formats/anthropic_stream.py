@@ -20,10 +20,6 @@ from hoosh_edge.formats.anthropic_response import (
     stop_of,
 )
 
-# The events StreamTranslator handles; ping and any later addition to the API yield nothing.
-_EVENTS = frozenset({"message_start", "content_block_start", "content_block_delta",
-                     "content_block_stop", "message_delta", "message_stop", "error"})  # fmt: skip
-
 
 class StreamTranslator:
     """Turns Anthropic stream events, one at a time, into OpenAI chat.completion.chunks."""
@@ -41,7 +37,9 @@ class StreamTranslator:
 
     def chunk(self, delta: dict[str, Any], finish: dict[str, Any] | None = None) -> dict[str, Any]:
         """One chunk with ``delta``; ``finish`` holds the finish fields of the last one."""
-        choice = {"index": 0, "delta": delta, "finish_reason": None, **(finish or {})}
+        choice = {"index": 0, "delta": delta, "finish_reason": None}
+        if finish:
+            choice.update(finish)
         return {
             "id": self.id,
             "object": "chat.completion.chunk",
@@ -52,10 +50,11 @@ class StreamTranslator:
 
     def feed(self, etype: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks one event yields; raises UpstreamError for an error event."""
-        if etype not in _EVENTS:
-            return []
+        handler = _HANDLERS.get(etype)
+        if handler is None:
+            return []  # ping, and event types added to the API after this code was written
         try:
-            return getattr(self, f"_on_{etype}")(data)
+            return handler(self, data)
         except (AttributeError, TypeError, ValueError):
             # A known event in a shape the API never sends (an object where a list belongs, ...):
             # the upstream's fault, so a clean upstream error rather than a traceback.
@@ -120,6 +119,18 @@ class StreamTranslator:
 
     def _on_error(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         raise UpstreamError(f"{self.provider} reported mid-stream: {error_text(data)}")
+
+
+# Anthropic's event types, each with the method that translates it.
+_HANDLERS = {
+    "message_start": StreamTranslator._on_message_start,
+    "content_block_start": StreamTranslator._on_content_block_start,
+    "content_block_delta": StreamTranslator._on_content_block_delta,
+    "content_block_stop": StreamTranslator._on_content_block_stop,
+    "message_delta": StreamTranslator._on_message_delta,
+    "message_stop": StreamTranslator._on_message_stop,
+    "error": StreamTranslator._on_error,
+}
 
 
 class StreamEvents:
