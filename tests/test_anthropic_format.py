@@ -22,10 +22,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from hoosh_edge.errors import HooshError
 from hoosh_edge.formats.anthropic_request import to_chat_request, to_messages_request
 from hoosh_edge.formats.anthropic_response import to_chat_completion, to_message
 from hoosh_edge.formats.anthropic_stream import StreamEvents, StreamTranslator
-from hoosh_edge.formats.openai import join_chunks
+from hoosh_edge.formats.openai import join_chunks, validate_chat_request
+from tests import fuzzing
 
 # Pure functions, no server: many more examples than the suite's fuzz budget, still in seconds.
 MANY = settings(max_examples=300, deadline=None)
@@ -342,3 +344,51 @@ def test_chunks_to_stream_events_and_back(chunks):
     assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"]
     assert got["usage"] == want["usage"]
     assert provider.done
+
+
+# ---- hostile input ------------------------------------------------------------------------------
+
+LOTS = settings(max_examples=600, deadline=None)
+
+
+def _relay(body: Any) -> None:
+    """Door then provider, as for an Anthropic client of an Anthropic upstream."""
+    chat = to_chat_request(body)
+    to_messages_request(chat["model"], chat)
+
+
+@LOTS
+@given(fuzzing.broken(fuzzing.messages_request))
+def test_a_broken_messages_request_is_refused_cleanly_on_either_side(case):
+    body, _ = case
+    try:
+        _relay(body)
+    except HooshError as e:
+        assert e.status == 400, e  # the client's fault, whichever half noticed it
+
+
+@LOTS
+@given(fuzzing.broken(fuzzing.chat_request))
+def test_every_chat_request_the_openai_door_accepts_the_provider_sends_or_refuses(case):
+    body, _ = case
+    try:
+        req = validate_chat_request(body)
+    except HooshError:
+        return  # refused at the door: no provider sees it
+    try:
+        to_messages_request("claude-test", req)
+    except HooshError as e:
+        assert e.status == 400, e
+
+
+@LOTS
+@given(fuzzing.json_values, fuzzing.json_values)
+def test_any_finish_reason_a_backend_sends_gives_an_anthropic_stop_reason(finish, sequence):
+    choice = {"index": 0, "delta": {"content": "x"}, "finish_reason": finish,
+              "stop_reason": sequence}  # fmt: skip
+    door = StreamEvents("msg_4", "m", 0, ["END"])
+    events = door.chunk({"choices": [choice]}) + door.finish()
+    reasons = {"end_turn", "max_tokens", "stop_sequence", "tool_use", "refusal"}
+    assert events[-2]["delta"]["stop_reason"] in reasons
+    message = to_message({"choices": [{**choice, "message": {"content": "x"}}]}, "msg_4", ["END"])
+    assert message["stop_reason"] in reasons

@@ -135,7 +135,7 @@ def _chat_tools(body: dict[str, Any], out: dict[str, Any]) -> None:
     if choice is None:
         return
     kind = choice.get("type") if isinstance(choice, dict) else None
-    if (mapped := dict(TOOL_CHOICES).get(kind)) is not None:
+    if isinstance(kind, str) and (mapped := dict(TOOL_CHOICES).get(kind)) is not None:
         out["tool_choice"] = mapped
     elif kind == "tool" and isinstance(choice.get("name"), str):
         out["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}

@@ -54,7 +54,7 @@ OVERLOADED = {"queue_full", "insufficient_memory", "service_unavailable", "provi
 
 def finish_reason(stop_reason: str | None) -> str:
     """The OpenAI finish_reason for an Anthropic stop_reason (an unknown one is a plain stop)."""
-    return FINISH_REASONS.get(stop_reason or "end_turn", "stop")
+    return FINISH_REASONS.get(stop_reason, "stop") if isinstance(stop_reason, str) else "stop"
 
 
 def finish_choice(stop_reason: str | None, stop_sequence: Any) -> dict[str, Any]:
@@ -75,7 +75,9 @@ def stop_of(choice: dict[str, Any], stops: list[str]) -> tuple[str, str | None]:
     Backends that say which stop string ended the text (``stop_sequence``, or vLLM's
     ``stop_reason``) turn "stop" into Anthropic's "stop_sequence".
     """
-    finish = choice.get("finish_reason") or "stop"
+    finish = choice.get("finish_reason")
+    if not isinstance(finish, str):
+        finish = "stop"  # none given, or a backend's nonsense: the text simply ended
     if finish == "stop":
         for field in ("stop_sequence", "stop_reason"):
             hit = choice.get(field)

@@ -50,7 +50,7 @@ class StreamTranslator:
 
     def feed(self, etype: str, data: dict[str, Any]) -> list[dict[str, Any]]:
         """The chunks one event yields; raises UpstreamError for an error event."""
-        handler = _HANDLERS.get(etype)
+        handler = _HANDLERS.get(etype) if isinstance(etype, str) else None
         if handler is None:
             return []  # ping, and event types added to the API after this code was written
         try:
