@@ -116,7 +116,9 @@ def anthropic_usage(usage: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def to_chat_completion(doc: dict[str, Any], model: str, provider: str = "upstream") -> dict:
+def to_chat_completion(
+    doc: dict[str, Any], model: str, provider: str = "upstream"
+) -> dict[str, Any]:
     """An Anthropic message (non-streamed answer) as an OpenAI chat.completion."""
     try:
         return _completion(doc, model)
