@@ -14,8 +14,9 @@ from flask import Response, g, jsonify
 
 from hoosh_edge import estimate
 from hoosh_edge.books.keys import require_model
-from hoosh_edge.doors.anthropic_messages import bp, to_chat_request
+from hoosh_edge.doors.anthropic_messages import bp
 from hoosh_edge.doors.common import gateway, read_json
+from hoosh_edge.formats.anthropic_request import to_chat_request
 
 
 @bp.post("/v1/messages/count_tokens")
