@@ -10,6 +10,7 @@ Tests script its next answers to reproduce what real upstreams do on bad days:
     fake.script("echo_key", 401)        # a 401 whose body repeats the key it was sent
     fake.script("tool_call")            # answer with a tool call
     fake.script("slow", 1.0)            # wait 1 s, then answer normally
+    fake.script("wrong_shape", 2)       # JSON in shapes the API never sends (at chunk 2)
 
 Without a script it answers "Echo: <last user message>" (word by word when streaming).
 
@@ -33,6 +34,19 @@ from typing import Any
 
 # What a billing fake writes when the gateway sent no limit: enough to sink any small budget.
 UNCAPPED_TOKENS = 20_000
+
+
+# Valid JSON, invalid chunks: what a broken OpenAI-compatible server on the LAN may send.
+WRONG_SHAPES = [
+    {"choices": ["x"]},
+    {"choices": "abc"},
+    {"choices": [{"delta": "text"}]},
+    {"choices": [{"delta": {"content": 42}}]},
+    {"choices": [{"delta": {"tool_calls": [1]}}]},
+    {"choices": [{"delta": {"tool_calls": [{"function": "f"}]}}]},
+    {"choices": [{"delta": {}, "finish_reason": ["stop"]}]},
+    {"choices": [], "usage": "lots"},
+]
 
 
 class FakeOpenAI:
@@ -219,6 +233,8 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(page)
                 return
             self._stream(body, text, kind, args, tool)
+        elif kind == "wrong_shape":
+            self._send_json(200, {"id": "x", "object": "chat.completion", "choices": ["Echo"]})
         else:
             self._send_json(200, _completion(body, text, tool=tool))
 
@@ -324,6 +340,8 @@ class _Handler(BaseHTTPRequestHandler):
             )
         if kind == "malformed":
             chunks.insert(args[0], "{this is not json")
+        if kind == "wrong_shape":
+            chunks[args[0] : args[0]] = WRONG_SHAPES
         try:
             for i, chunk in enumerate(chunks):
                 if kind == "cut" and i == args[0]:

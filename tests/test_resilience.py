@@ -211,3 +211,38 @@ def test_timeout_falls_back_to_the_next_provider(gateway_factory):
         r = chat(gw)
         assert r.status_code == 200 and r.headers["X-Hoosh-Provider"] == "quick"
         assert len(slow.chat_requests) == 1  # a read timeout is not retried (it may be billed)
+
+
+def test_chunks_in_shapes_the_api_never_sends_are_skipped_on_both_doors(
+    fake_openai, gateway_factory
+):
+    """Valid JSON in a wrong shape (choices not a list of objects, a delta that is a string, ...):
+    skipped and counted like malformed JSON, on the OpenAI and the Anthropic door alike."""
+    from tests.fake_openai import WRONG_SHAPES
+
+    gw = gateway_factory(openai_provider_toml(fake_openai))
+    fake_openai.script("wrong_shape", 2)
+    docs = sse_docs(chat(gw, stream=True))
+    text = "".join(d["choices"][0]["delta"].get("content") or "" for d in docs if d.get("choices"))
+    assert text == "Echo: hi there"
+    fake_openai.script("wrong_shape", 1)
+    r = requests.post(gw.url + "/v1/messages", timeout=10, stream=True, json={
+        "model": "gpt-4o-mini", "max_tokens": 50, "stream": True,
+        "messages": [{"role": "user", "content": "hi there"}]})  # fmt: skip
+    events = [json.loads(line[5:]) for line in r.iter_lines(decode_unicode=True)
+              if line.startswith("data:")]  # fmt: skip
+    said = "".join(e["delta"].get("text", "") for e in events if e["type"] == "content_block_delta")
+    assert said == "Echo: hi there" and events[-1]["type"] == "message_stop"
+    metrics = requests.get(gw.url + "/metrics", timeout=5).text
+    count = 2 * len(WRONG_SHAPES)
+    assert f'hoosh_upstream_malformed_chunks_total{{provider="fake"}} {count}.0' in metrics
+
+
+def test_a_completion_in_a_wrong_shape_is_a_502_not_a_500(fake_openai, gateway_factory):
+    gw = gateway_factory(openai_provider_toml(fake_openai))
+    fake_openai.script("wrong_shape")
+    r = chat(gw)
+    assert r.status_code == 502
+    err = r.json()["error"]
+    assert err["type"] == "upstream_error" and "choices[0] is not an object" in err["message"]
+    assert chat(gw).status_code == 200  # and the next call is served

@@ -12,6 +12,7 @@ from hoosh_edge.backends.providers.catalog import ListsItsModels, ProviderModels
 from hoosh_edge.backends.providers.http import HttpClient
 from hoosh_edge.config import ProviderConfig
 from hoosh_edge.errors import UpstreamError
+from hoosh_edge.formats.openai_checks import chunk_problem, completion_problem
 
 
 class OpenAICompatProvider(ListsItsModels, ChatBackend):
@@ -60,6 +61,10 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
             ) from None
         if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
             raise UpstreamError(f"{self.name} answered without 'choices': {str(doc)[:200]}")
+        problem = completion_problem(doc)
+        if problem:
+            raise UpstreamError(self.http.clean(
+                f"{self.name} answered in a shape OpenAI's API never sends: {problem}"))  # fmt: skip
         return doc
 
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
@@ -85,7 +90,7 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
             except ValueError:
                 ctx.malformed(self.name, data)
                 continue
-            if not isinstance(chunk, dict):
+            if not isinstance(chunk, dict) or chunk_problem(chunk):
                 ctx.malformed(self.name, data)
                 continue
             if "error" in chunk and "choices" not in chunk:
