@@ -1,12 +1,11 @@
 """Configuration: one TOML file plus the environment, into frozen dataclasses.
 
-``schema`` holds the shape with its types, defaults and bounds; ``tables`` checks a file against
-it (pydantic) and words the errors; ``load`` reads the file and the environment and puts a
-``Config`` together. Every mistake in a file stops start-up with a message that names the key
-and the file.
+``schema`` holds the shape and the value checks, ``server`` and ``providers`` read their tables,
+``load`` reads the file and puts a ``Config`` together. Every mistake in a file stops start-up
+with a message that names the key and the file.
 """
 
-from hoosh_edge.config.load import expand_secret, load_config, parse_config
+from hoosh_edge.config.load import load_config, parse_config
 from hoosh_edge.config.schema import (
     PUBLIC_PATHS,
     Config,
@@ -15,6 +14,7 @@ from hoosh_edge.config.schema import (
     ProviderConfig,
     RoutingConfig,
     ServerConfig,
+    expand_secret,
     is_loopback,
 )
 

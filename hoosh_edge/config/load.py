@@ -1,36 +1,131 @@
-"""Loading: the file (or none) and the environment into a ``Config``.
+"""Loading: the file (or none) and the environment into a ``Config``; local engines, routing.
 
 Start-up with no file at all is the quick start: 127.0.0.1:8088, local models found in
-``models/``, and a cloud provider for each well-known API key in the environment. ``tables``
-checks the file's types and bounds; here come what needs more than one table or the environment:
-presets, ``"$VAR"`` secrets, provider names and alias targets.
+``models/``, and a cloud provider for each well-known API key in the environment. Every mistake in
+a file stops start-up with a message that names the key and the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
 from pathlib import Path
 from typing import Any
-
-from hoosh_edge.config.schema import (
-    Config,
-    ConfigError,
-    LocalEngineConfig,
-    ProviderConfig,
-    RoutingConfig,
-    ServerConfig,
-)
-from hoosh_edge.config.tables import ConfigFile, ProviderTable, RoutingTable, validate
-from hoosh_edge.presets import ENV_PROVIDERS, PRESETS
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-_ENV_REF = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
+from hoosh_edge.config.providers import env_providers, parse_provider
+from hoosh_edge.config.schema import (
+    Config,
+    ConfigError,
+    LocalEngineConfig,
+    ProviderConfig,
+    RoutingConfig,
+    check_keys,
+    typed,
+)
+from hoosh_edge.config.server import parse_server
+
+
+def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
+    where = f"local.{kind}."
+    allowed = {"n_threads", "keep_alive_s", "max_queue", "preload", "models"}
+    if kind == "llm":
+        allowed |= {"n_ctx"}
+    if kind == "stt":
+        allowed |= {"max_audio_s"}
+    if kind == "tts":
+        allowed |= {"default_voice", "voices", "max_input_chars"}
+        allowed.discard("models")
+    check_keys(t, allowed, where, src)
+    table_key = "voices" if kind == "tts" else "models"
+    models = typed(t, table_key, dict, where, src, {})
+    for mid, path in models.items():
+        if not isinstance(path, str):
+            raise ConfigError(f"{src}: '{where}{table_key}.{mid}' must be a file path string")
+    preload = typed(t, "preload", list, where, src, [])
+    d = LocalEngineConfig()
+    n_threads = typed(t, "n_threads", int, where, src, 0)
+    if n_threads < 0:
+        raise ConfigError(f"{src}: '{where}n_threads' must be >= 0 (0 = all cores)")
+    max_queue = typed(t, "max_queue", int, where, src, d.max_queue)
+    if max_queue < 0:
+        raise ConfigError(f"{src}: '{where}max_queue' must be >= 0")
+    n_ctx = typed(t, "n_ctx", int, where, src, d.n_ctx)
+    if n_ctx < 64:
+        raise ConfigError(f"{src}: '{where}n_ctx' must be >= 64")
+    max_audio_s = float(typed(t, "max_audio_s", (int, float), where, src, d.max_audio_s))
+    if not 0 < max_audio_s <= 86400:
+        raise ConfigError(f"{src}: '{where}max_audio_s' must be > 0 and at most 86400 (a day)")
+    max_input_chars = typed(t, "max_input_chars", int, where, src, d.max_input_chars)
+    if max_input_chars < 1:
+        raise ConfigError(f"{src}: '{where}max_input_chars' must be >= 1")
+    return LocalEngineConfig(
+        n_threads=n_threads,
+        n_ctx=n_ctx,
+        keep_alive_s=float(typed(t, "keep_alive_s", (int, float), where, src, d.keep_alive_s)),
+        max_queue=max_queue,
+        preload=tuple(str(p) for p in preload),
+        models=tuple(models.items()),
+        default_voice=typed(t, "default_voice", str, where, src, None),
+        max_audio_s=max_audio_s,
+        max_input_chars=max_input_chars,
+    )
+
+
+def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> RoutingConfig:
+    check_keys(
+        t, {"aliases", "strategy", "prefer_cloud_when", "breaker_cooldown_s"}, "routing.", src
+    )
+    cooldown = float(typed(t, "breaker_cooldown_s", (int, float), "routing.", src, 30.0))
+    if cooldown <= 0:
+        raise ConfigError(f"{src}: 'routing.breaker_cooldown_s' must be > 0")
+    when = typed(t, "prefer_cloud_when", dict, "routing.", src, {})
+    check_keys(
+        when, {"cpu_temp_c", "free_ram_mb", "queue_depth"}, "routing.prefer_cloud_when.", src
+    )
+    w = "routing.prefer_cloud_when."
+    temp = typed(when, "cpu_temp_c", (int, float), w, src, None)
+    free = typed(when, "free_ram_mb", int, w, src, None)
+    depth = typed(when, "queue_depth", int, w, src, None)
+    strategy = typed(t, "strategy", str, "routing.", src, "priority")
+    if strategy not in ("priority", "round_robin", "lowest_latency"):
+        raise ConfigError(
+            f"{src}: 'routing.strategy' must be priority, round_robin or lowest_latency"
+        )
+    aliases = []
+    for alias, targets in typed(t, "aliases", dict, "routing.", src, {}).items():
+        if isinstance(targets, str):
+            targets = [targets]
+        if not isinstance(targets, list) or not all(isinstance(x, str) for x in targets):
+            raise ConfigError(f"{src}: 'routing.aliases.{alias}' must be a list of targets")
+        for target in targets:
+            if ":" not in target:
+                raise ConfigError(
+                    f"{src}: 'routing.aliases.{alias}' target {target!r} must be "
+                    "'provider:model' (or 'local:model')"
+                )
+            pname = target.split(":", 1)[0]
+            if pname != "local" and not any(p.name == pname for p in providers):
+                raise ConfigError(
+                    f"{src}: 'routing.aliases.{alias}' names provider {pname!r}, which is not "
+                    "configured"
+                )
+        aliases.append((alias, tuple(targets)))
+    return RoutingConfig(
+        aliases=tuple(aliases),
+        strategy=strategy,
+        prefer_cloud_cpu_temp_c=None if temp is None else float(temp),
+        prefer_cloud_free_ram_mb=free,
+        prefer_cloud_queue_depth=depth,
+        breaker_cooldown_s=cooldown,
+    )
+
+
+_TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone"}
 
 
 def load_config(
@@ -69,9 +164,9 @@ def parse_config(
 ) -> Config:
     """Validate a parsed TOML document into a Config."""
     env = dict(os.environ if env is None else env)
-    doc = validate(raw, src)
+    check_keys(raw, _TOP_KEYS, "", src)
     warnings: list[str] = []
-    server = _secrets(doc.server, env, warnings)
+    server = parse_server(typed(raw, "server", dict, "", src, {}), src, env, warnings)
     if host is not None or port is not None:
         server = dataclasses.replace(
             server,
@@ -79,147 +174,44 @@ def parse_config(
             port=port if port is not None else server.port,
         )
     if "providers" in raw:
-        providers = [_provider(t, i, src, env, warnings) for i, t in enumerate(doc.providers)]
+        plist = typed(raw, "providers", list, "", src, [])
+        providers = [parse_provider(p, i, src, env, warnings) for i, p in enumerate(plist)]
     else:
-        providers = _env_providers(env)
+        providers = env_providers(env)
     names = [p.name for p in providers]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
         raise ConfigError(f"{src}: provider name(s) used twice: {', '.join(sorted(dupes))}")
     if "local" in names:
         raise ConfigError(f"{src}: 'local' is reserved for on-device models; rename the provider")
+    local = typed(raw, "local", dict, "", src, {})
+    check_keys(local, {"llm", "stt", "tts"}, "local.", src)
+    budgets = typed(raw, "budgets", list, "", src, [])
+    for i, b in enumerate(budgets):
+        if not isinstance(b, dict):
+            raise ConfigError(f"{src}: 'budgets[{i}]' must be a table ([[budgets]])")
+    pricing = typed(raw, "pricing", dict, "", src, {})
+    for model, table in pricing.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{src}: 'pricing.\"{model}\"' must be a table")
+    tz = typed(raw, "timezone", str, "", src, "UTC")
+    try:
+        import zoneinfo
+
+        zoneinfo.ZoneInfo(tz)
+    except Exception:  # noqa: BLE001 - any failure means the name is unusable
+        raise ConfigError(f"{src}: 'timezone' {tz!r} is not a known IANA time zone") from None
     return Config(
         server=server,
         providers=tuple(providers),
-        **_engines(doc),
-        routing=_routing(doc.routing, src, names),
-        budgets=doc.budgets,
-        pricing=tuple(doc.pricing.items()),
-        cache=tuple(doc.cache.items()),
-        timezone=doc.timezone,
+        llm=_parse_local(typed(local, "llm", dict, "local.", src, {}), "llm", src),
+        stt=_parse_local(typed(local, "stt", dict, "local.", src, {}), "stt", src),
+        tts=_parse_local(typed(local, "tts", dict, "local.", src, {}), "tts", src),
+        routing=_parse_routing(typed(raw, "routing", dict, "", src, {}), src, providers),
+        budgets=tuple(budgets),
+        pricing=tuple(pricing.items()),
+        cache=tuple(typed(raw, "cache", dict, "", src, {}).items()),
+        timezone=tz,
         source=None if src == "(defaults)" else src,
         warnings=tuple(warnings),
-    )
-
-
-def expand_secret(value: str | None, env: dict[str, str]) -> tuple[str | None, str | None]:
-    """Expand ``"$VAR"``; returns (value, name of the missing variable or None)."""
-    if value is None:
-        return None, None
-    m = _ENV_REF.match(value.strip())
-    if not m:
-        return value, None
-    var = m.group(1)
-    got = env.get(var)
-    return (got, None) if got else (None, var)
-
-
-def _secrets(server: ServerConfig, env: dict[str, str], warnings: list[str]) -> ServerConfig:
-    """The server's keys with ``"$VAR"`` expanded; an unset variable is a warning, no key."""
-    keys = []
-    for i, k in enumerate(server.api_keys):
-        value, missing = expand_secret(k, env)
-        if missing:
-            warnings.append(f"server.api_keys[{i}]: environment variable ${missing} is not set")
-        elif value:
-            keys.append(value)
-    admin, missing = expand_secret(server.admin_key, env)
-    if missing:
-        warnings.append(f"server.admin_key: environment variable ${missing} is not set")
-    return dataclasses.replace(server, api_keys=tuple(keys), admin_key=admin)
-
-
-def _provider(
-    t: ProviderTable, i: int, src: str, env: dict[str, str], warnings: list[str]
-) -> ProviderConfig:
-    """A ``[[providers]]`` table over its preset; a missing secret disables it, with a warning."""
-    where = f"providers[{i}]."
-    if t.type not in PRESETS:
-        raise ConfigError(
-            f"{src}: '{where}type' is {t.type!r}; known types: {', '.join(sorted(PRESETS))}"
-        )
-    preset = PRESETS[t.type]
-    name = t.name or t.type
-    base_url = t.base_url or preset.base_url
-    if not base_url:
-        raise ConfigError(f"{src}: '{where}base_url' is required for type {t.type!r}")
-    api_key, missing = expand_secret(t.api_key, env)
-    disabled = None
-    if missing:
-        disabled = f"environment variable ${missing} is not set"
-        warnings.append(f"provider '{name}': api_key refers to ${missing}, which is not set; "
-                        "the provider is disabled")  # fmt: skip
-    elif preset.needs_key and not api_key:
-        disabled = "no api_key configured"
-        warnings.append(f"provider '{name}': no api_key; the provider is disabled")
-    api_version = t.api_version
-    if t.type == "anthropic" and api_version is None:
-        api_version = env.get("ANTHROPIC_API_VERSION") or preset.api_version
-    return ProviderConfig(
-        name=name,
-        type=preset.wire,
-        base_url=base_url.rstrip("/"),
-        api_key=api_key,
-        models=preset.models if t.models is None else t.models,
-        timeout_s=t.timeout_s,
-        connect_timeout_s=t.connect_timeout_s,
-        max_retries=t.max_retries,
-        retry_max_s=t.retry_max_s,
-        api_version=api_version,
-        max_tokens_limit=t.max_tokens_limit,
-        headers=tuple(sorted(t.headers.items())),
-        disabled_reason=disabled,
-    )
-
-
-def _env_providers(env: dict[str, str]) -> list[ProviderConfig]:
-    """A provider for each well-known API key present in the environment."""
-    out = []
-    for ptype, var in ENV_PROVIDERS:
-        key = env.get(var)
-        if not key:
-            continue
-        preset = PRESETS[ptype]
-        api_version = None
-        if ptype == "anthropic":
-            api_version = env.get("ANTHROPIC_API_VERSION") or preset.api_version
-        out.append(ProviderConfig(name=ptype, type=preset.wire, base_url=preset.base_url,
-                                  api_key=key, models=preset.models, api_version=api_version))  # fmt: skip
-    return out
-
-
-def _engines(doc: ConfigFile) -> dict[str, LocalEngineConfig]:
-    """``[local.llm]``, ``[local.stt]`` and ``[local.tts]`` as the engines take them."""
-    common = ("n_threads", "keep_alive_s", "max_queue", "preload")
-    llm, stt, tts = doc.local.llm, doc.local.stt, doc.local.tts
-    return {
-        "llm": LocalEngineConfig(**{k: getattr(llm, k) for k in common}, n_ctx=llm.n_ctx,
-                                 models=tuple(llm.models.items())),
-        "stt": LocalEngineConfig(**{k: getattr(stt, k) for k in common},
-                                 max_audio_s=stt.max_audio_s, models=tuple(stt.models.items())),
-        "tts": LocalEngineConfig(**{k: getattr(tts, k) for k in common},
-                                 default_voice=tts.default_voice,
-                                 max_input_chars=tts.max_input_chars,
-                                 models=tuple(tts.voices.items())),
-    }  # fmt: skip
-
-
-def _routing(t: RoutingTable, src: str, providers: list[str]) -> RoutingConfig:
-    """``[routing]``; every alias target must name a configured provider (or ``local``)."""
-    for alias, targets in t.aliases.items():
-        for target in targets:
-            pname = target.split(":", 1)[0]
-            if pname != "local" and pname not in providers:
-                raise ConfigError(
-                    f"{src}: 'routing.aliases.{alias}' names provider {pname!r}, which is not "
-                    "configured"
-                )
-    when = t.prefer_cloud_when
-    return RoutingConfig(
-        aliases=tuple(t.aliases.items()),
-        strategy=t.strategy,
-        prefer_cloud_cpu_temp_c=when.cpu_temp_c,
-        prefer_cloud_free_ram_mb=when.free_ram_mb,
-        prefer_cloud_queue_depth=when.queue_depth,
-        breaker_cooldown_s=t.breaker_cooldown_s,
     )

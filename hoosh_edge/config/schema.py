@@ -1,8 +1,7 @@
-"""The config's shape: frozen dataclasses, each field with its type, default and bounds.
+"""The config's shape (frozen dataclasses) and how a TOML table's values are checked.
 
-``ServerConfig`` is also the schema of the ``[server]`` table (validated by pydantic, see
-``tables``); the other sections have a file shape of their own there. Scalars are strict: TOML's
-``"8080"`` is no port and ``true`` no number, but an integer is a fine number of seconds.
+Every check raises ``ConfigError`` with a message that names the file and the key
+(``t.toml: 'server.port' must be int, got 'eighty'``).
 """
 
 from __future__ import annotations
@@ -11,101 +10,46 @@ import dataclasses
 import fnmatch
 import re
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
-
-from pydantic import AfterValidator, ConfigDict, Field, Strict
-
-# Unknown keys are refused: a typo must not be a silent default.
-FORBID = ConfigDict(extra="forbid")
-
-# Paths that may answer without a key on a keyed gateway. /health (liveness, version only)
-# always does; these are public on a loopback listener and keyed beyond it unless listed.
-PUBLIC_PATHS = ("/", "/metrics", "/v1/health")
+from typing import Any
 
 
 class ConfigError(Exception):
     """Invalid configuration; the message names the key and the file."""
 
 
-def _name(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must be a non-empty string")
-    return value.strip().lower()
-
-
-def _origin(value: str) -> str:
-    """A browser origin as browsers send it: scheme://host[:port], no path."""
-    if value == "*" or re.fullmatch(r"https?://[a-z0-9.\-\[\]:]+", value.rstrip("/")):
-        return value.rstrip("/")
-    raise ValueError(
-        f"{value!r} must be an origin such as "
-        '"http://192.168.1.20:3000" (scheme, host and port only) or "*"'
-    )
-
-
-def _public_path(value: str) -> str:
-    if value not in PUBLIC_PATHS and value != "/health":
-        raise ValueError(
-            f"{value!r} is not one of {', '.join(PUBLIC_PATHS)} "
-            "(every other path needs a key once keys exist)"
-        )
-    return value
-
-
-Str = Annotated[str, Strict()]
-Int = Annotated[int, Strict()]
-Bool = Annotated[bool, Strict()]
-Number = Annotated[float, Strict()]  # an int is accepted (and made a float), a bool is not
-Seconds = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
-AtLeast0 = Annotated[int, Strict(), Field(ge=0)]
-AtLeast1 = Annotated[int, Strict(), Field(ge=1)]
-Name = Annotated[str, Strict(), AfterValidator(_name)]  # stripped, lower case
-Origin = Annotated[str, Strict(), AfterValidator(_origin)]
-PublicPath = Annotated[str, Strict(), AfterValidator(_name), AfterValidator(_public_path)]
-
-
 @dataclass(frozen=True)
 class ServerConfig:
-    """``[server]``: the listener, keys, limits, connections and browsers."""
-
-    __pydantic_config__ = FORBID
-
-    host: Str = "127.0.0.1"
-    port: Annotated[int, Strict(), Field(ge=0, le=65535)] = 8088
-    data_dir: Str = "data"
-    models_dir: Str = "models"
-    api_keys: tuple[Str, ...] = ()  # "$VAR" entries are expanded after validation
-    admin_key: Str | None = None
-    allow_unauthenticated: Bool = False
-    max_body_bytes: Int = 1024 * 1024
-    max_audio_bytes: Int = 25 * 1024 * 1024
-    sse_keepalive_s: Number = 15.0
-    request_timeout_s: Number = 600.0
-    log_level: Str = "info"
-    # full: paid spend survives a power cut; normal: a crash only
-    durability: Literal["full", "normal"] = "full"
-    # Connections (serve/connections.py): how long a peer may take, how many it may hold.
-    header_timeout_s: Seconds = 10.0  # request line + headers, from the first byte
-    body_timeout_s: Seconds = 120.0  # the whole request body, from the end of the headers
-    keepalive_timeout_s: Seconds = 30.0  # an idle keep-alive connection is closed after this
-    max_connections: AtLeast1 = 1000  # in total (lowered to fit the open-file limit)
-    max_connections_per_client: AtLeast1 = 64  # per client IP address
-    loopback_reserve: AtLeast0 = 16  # kept for 127.0.0.1 / ::1 beyond max_connections
-    # Browsers (doors/browser.py): which Host names and cross-origin pages are accepted.
-    allowed_hosts: tuple[Name, ...] = ()
-    cors_origins: tuple[Origin, ...] = ()
-    public_paths: tuple[PublicPath, ...] | None = None  # None: by listener (see PUBLIC_PATHS)
-    inference_threads: AtLeast1 = 32  # OS threads for models and audio decoding
-    books_threads: AtLeast1 = 2  # OS threads for the ledger and the cache, never shared with models
-    stuck_job_s: Seconds = (
-        120.0  # a pool job this long past its expected time is logged and counted
-    )
+    host: str = "127.0.0.1"
+    port: int = 8088
+    data_dir: str = "data"
+    models_dir: str = "models"
+    api_keys: tuple[str, ...] = ()
+    admin_key: str | None = None
+    allow_unauthenticated: bool = False
+    max_body_bytes: int = 1024 * 1024
+    max_audio_bytes: int = 25 * 1024 * 1024
+    sse_keepalive_s: float = 15.0
+    request_timeout_s: float = 600.0
+    log_level: str = "info"
+    durability: str = "full"  # full: paid spend survives a power cut; normal: a crash only
+    # Connections (hoosh_edge/connections.py): how long a peer may take, how many it may hold.
+    header_timeout_s: float = 10.0  # request line + headers, from the first byte
+    body_timeout_s: float = 120.0  # the whole request body, from the end of the headers
+    keepalive_timeout_s: float = 30.0  # an idle keep-alive connection is closed after this
+    max_connections: int = 1000  # in total (lowered to fit the open-file limit)
+    max_connections_per_client: int = 64  # per client IP address
+    loopback_reserve: int = 16  # kept for 127.0.0.1 / ::1 beyond max_connections
+    # Browsers (hoosh_edge/browser.py): which Host names and cross-origin pages are accepted.
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    public_paths: tuple[str, ...] | None = None  # None: by listener (see PUBLIC_PATHS)
+    inference_threads: int = 32  # OS threads for models and audio decoding
+    books_threads: int = 2  # OS threads for the ledger and the cache, never shared with models
+    stuck_job_s: float = 120.0  # a pool job this long past its expected time is logged and counted
 
 
 @dataclass(frozen=True)
 class ProviderConfig:
-    """One cloud (or LAN) provider, its preset filled in and its secret resolved."""
-
     name: str
     type: str  # "openai" (any OpenAI-compatible API) or "anthropic"
     base_url: str
@@ -130,8 +74,6 @@ class ProviderConfig:
 
 @dataclass(frozen=True)
 class LocalEngineConfig:
-    """One on-device engine (``[local.llm]``, ``[local.stt]`` or ``[local.tts]``)."""
-
     n_threads: int = 0
     n_ctx: int = 4096
     keep_alive_s: float = 300.0
@@ -145,8 +87,6 @@ class LocalEngineConfig:
 
 @dataclass(frozen=True)
 class RoutingConfig:
-    """``[routing]``: aliases, strategy, device-aware preference and the breaker."""
-
     aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
     strategy: str = "priority"  # priority | round_robin | lowest_latency
     # Device-aware routing (opt-in): past any of these, cloud targets go before local ones.
@@ -158,8 +98,6 @@ class RoutingConfig:
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration, and the warnings met while reading it."""
-
     server: ServerConfig = field(default_factory=ServerConfig)
     providers: tuple[ProviderConfig, ...] = ()
     llm: LocalEngineConfig = field(default_factory=LocalEngineConfig)
@@ -180,6 +118,51 @@ class Config:
         return dataclasses.replace(self, **changes)
 
 
+# Paths that may answer without a key on a keyed gateway. /health (liveness, version only)
+# always does; these are public on a loopback listener and keyed beyond it unless listed.
+PUBLIC_PATHS = ("/", "/metrics", "/v1/health")
+
+
 def is_loopback(host: str) -> bool:
     """True when binding ``host`` exposes the gateway to this machine only."""
     return host in ("127.0.0.1", "localhost", "::1") or host.startswith("127.")
+
+
+_ENV_REF = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
+
+
+def check_keys(table: dict, allowed: set[str], where: str, src: str) -> None:
+    """Refuse a key the table may not hold (a typo must not be a silent default)."""
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"{src}: unknown key '{where}{key}' (allowed: {', '.join(sorted(allowed))})"
+            )
+
+
+def typed(table: dict, key: str, types: type | tuple, where: str, src: str, default: Any) -> Any:
+    """``table[key]`` if it has one of ``types`` (a bool is no int), ``default`` when absent."""
+    if key not in table:
+        return default
+    value = table[key]
+    ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _as_tuple(types))
+    if not ok:
+        names = " or ".join(t.__name__ for t in _as_tuple(types))
+        raise ConfigError(f"{src}: '{where}{key}' must be {names}, got {value!r}")
+    return value
+
+
+def _as_tuple(types: type | tuple) -> tuple:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def expand_secret(value: str | None, env: dict[str, str]) -> tuple[str | None, str | None]:
+    """Expand ``"$VAR"``; returns (value, name of the missing variable or None)."""
+    if value is None:
+        return None, None
+    m = _ENV_REF.match(value.strip())
+    if not m:
+        return value, None
+    var = m.group(1)
+    got = env.get(var)
+    return (got, None) if got else (None, var)
