@@ -73,8 +73,9 @@ def _parse_connections(t: dict, src: str, d: ServerConfig) -> dict[str, Any]:
         out[key] = value
     for key in ("max_connections", "max_connections_per_client", "loopback_reserve"):
         value = typed(t, key, int, "server.", src, getattr(d, key))
-        if value < (0 if key == "loopback_reserve" else 1):
-            raise ConfigError(f"{src}: 'server.{key}' must be >= 1, got {value}")
+        low = 0 if key == "loopback_reserve" else 1
+        if value < low:
+            raise ConfigError(f"{src}: 'server.{key}' must be >= {low}, got {value}")
         out[key] = value
     return out
 
