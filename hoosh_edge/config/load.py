@@ -31,6 +31,7 @@ from hoosh_edge.config.server import parse_server
 
 
 def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
+    """``[local.llm]``, ``[local.stt]`` or ``[local.tts]``; each kind has keys of its own."""
     where = f"local.{kind}."
     allowed = {"n_threads", "keep_alive_s", "max_queue", "preload", "models"}
     if kind == "llm":
@@ -77,6 +78,7 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
 
 
 def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> RoutingConfig:
+    """``[routing]``; every alias target must name a configured provider (or ``local``)."""
     check_keys(
         t, {"aliases", "strategy", "prefer_cloud_when", "breaker_cooldown_s"}, "routing.", src
     )

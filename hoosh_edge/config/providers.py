@@ -16,6 +16,7 @@ _PROVIDER_KEYS = {
 def parse_provider(
     t: dict, i: int, src: str, env: dict[str, str], warnings: list[str]
 ) -> ProviderConfig:
+    """A ``[[providers]]`` table over its preset; a missing secret disables it, with a warning."""
     where = f"providers[{i}]."
     if not isinstance(t, dict):
         raise ConfigError(f"{src}: 'providers[{i}]' must be a table ([[providers]])")

@@ -19,6 +19,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """``[server]``: the listener, keys, limits, connections and browsers."""
+
     host: str = "127.0.0.1"
     port: int = 8088
     data_dir: str = "data"
@@ -50,6 +52,8 @@ class ServerConfig:
 
 @dataclass(frozen=True)
 class ProviderConfig:
+    """One cloud (or LAN) provider, its preset filled in and its secret resolved."""
+
     name: str
     type: str  # "openai" (any OpenAI-compatible API) or "anthropic"
     base_url: str
@@ -74,6 +78,8 @@ class ProviderConfig:
 
 @dataclass(frozen=True)
 class LocalEngineConfig:
+    """One on-device engine (``[local.llm]``, ``[local.stt]`` or ``[local.tts]``)."""
+
     n_threads: int = 0
     n_ctx: int = 4096
     keep_alive_s: float = 300.0
@@ -87,6 +93,8 @@ class LocalEngineConfig:
 
 @dataclass(frozen=True)
 class RoutingConfig:
+    """``[routing]``: aliases, strategy, device-aware preference and the breaker."""
+
     aliases: tuple[tuple[str, tuple[str, ...]], ...] = ()
     strategy: str = "priority"  # priority | round_robin | lowest_latency
     # Device-aware routing (opt-in): past any of these, cloud targets go before local ones.
@@ -98,6 +106,8 @@ class RoutingConfig:
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration, and the warnings met while reading it."""
+
     server: ServerConfig = field(default_factory=ServerConfig)
     providers: tuple[ProviderConfig, ...] = ()
     llm: LocalEngineConfig = field(default_factory=LocalEngineConfig)

@@ -18,6 +18,7 @@ from hoosh_edge.config.schema import (
 
 
 def parse_server(t: dict, src: str, env: dict[str, str], warnings: list[str]) -> ServerConfig:
+    """``[server]``, its ``"$VAR"`` keys expanded (an unset one is a warning, not a key)."""
     d = ServerConfig()
     allowed = {f.name for f in dataclasses.fields(ServerConfig)}
     check_keys(t, allowed, "server.", src)
@@ -65,6 +66,7 @@ def parse_server(t: dict, src: str, env: dict[str, str], warnings: list[str]) ->
 
 
 def _parse_connections(t: dict, src: str, d: ServerConfig) -> dict[str, Any]:
+    """The connection timeouts (> 0) and caps (>= 1; the loopback reserve may be 0)."""
     out: dict[str, Any] = {}
     for key in ("header_timeout_s", "body_timeout_s", "keepalive_timeout_s"):
         value = float(typed(t, key, (int, float), "server.", src, getattr(d, key)))
