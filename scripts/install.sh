@@ -228,7 +228,7 @@ install_manifest() {
         note "model manifest: copied beside the installed package unless it ships one"
         return
     fi
-    want="$("$VENV/bin/python" -I -c 'from hoosh_edge.backends import modelstore; print(modelstore.DEFAULT_MANIFEST)')"
+    want="$("$VENV/bin/python" -I -c 'from hoosh_edge.backends.modelstore import DEFAULT_MANIFEST; print(DEFAULT_MANIFEST)')"
     case "$want" in
         */hoosh_edge/*) [ -f "$want" ] && return ;;  # shipped inside the package
     esac

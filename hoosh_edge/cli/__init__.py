@@ -87,7 +87,7 @@ def _with_config(fn):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from hoosh_edge.cli import commands
+    from hoosh_edge.cli import books, doctor, remote
 
     p = argparse.ArgumentParser(
         prog="hoosh-edge",
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--models-dir", help="where model files live (default: models)")
     m.add_argument("--prefer", choices=["pypi", "url"], help="which kind of source to try first")
 
-    k = add("keys", "create, list or revoke API keys", _with_config(commands.cmd_keys))
+    k = add("keys", "create, list or revoke API keys", _with_config(books.cmd_keys))
     k.add_argument("action", choices=["create", "list", "revoke"])
     k.add_argument("name", nargs="?")
     k.add_argument("--models", nargs="*", help="model names or globs this key may use")
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     b = add(
-        "budget", "list, set or remove budget rules; show usage", _with_config(commands.cmd_budget)
+        "budget", "list, set or remove budget rules; show usage", _with_config(books.cmd_budget)
     )
     b.add_argument("action", choices=["list", "set", "rm", "usage", "correct"])
     b.add_argument("name", nargs="?", help="the rule's name; for 'correct', a request id")
@@ -140,14 +140,14 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--usd", help="correct: what the request really cost in total, e.g. 0.0123")
     b.add_argument("--reason", help="correct: why (kept in the ledger)")
 
-    c = add("cache", "response cache statistics or clearing", _with_config(commands.cmd_cache))
+    c = add("cache", "response cache statistics or clearing", _with_config(books.cmd_cache))
     c.add_argument("action", choices=["stats", "clear"])
     c.add_argument("--model", help="clear only this model's answers")
 
-    for name, help_, fn in (("status", "state of a running gateway", commands.cmd_status),
-                            ("chat", "chat with a model, streamed to the terminal", commands.cmd_chat),
-                            ("transcribe", "speech to text through the gateway", commands.cmd_transcribe),
-                            ("speak", "text to speech through the gateway", commands.cmd_speak)):  # fmt: skip
+    for name, help_, fn in (("status", "state of a running gateway", remote.cmd_status),
+                            ("chat", "chat with a model, streamed to the terminal", remote.cmd_chat),
+                            ("transcribe", "speech to text through the gateway", remote.cmd_transcribe),
+                            ("speak", "text to speech through the gateway", remote.cmd_speak)):  # fmt: skip
         sp = add(name, help_, _with_config(fn))
         sp.add_argument("--server", help="gateway URL (default: the config's address)")
         sp.add_argument("--api-key", help="key for the gateway (default: $HOOSH_EDGE_API_KEY)")
@@ -171,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "doctor",
         "check Python, packages, models, memory, disk and config",
-        _with_config(commands.cmd_doctor),
+        _with_config(doctor.cmd_doctor),
     )
     return p
 
