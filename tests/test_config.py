@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hoosh_edge.config import ConfigError, load_config, parse_config
-from hoosh_edge.presets import ANTHROPIC_API_VERSION, PRESETS
+from hoosh_edge.config.presets import ANTHROPIC_API_VERSION, PRESETS
 
 BAD = [
     ({"server": {"port": "eighty"}}, "'server.port' must be int, got 'eighty'"),

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
+from hoosh_edge.config.presets import ENV_PROVIDERS, PRESETS
 from hoosh_edge.config.schema import ConfigError, ProviderConfig, check_keys, expand_secret, typed
-from hoosh_edge.presets import ENV_PROVIDERS, PRESETS
 
 _PROVIDER_KEYS = {
     "name", "type", "base_url", "api_key", "models", "timeout_s", "connect_timeout_s",

@@ -14,11 +14,11 @@ from hoosh_edge.backends.providers.base import CallContext, ChatBackend
 from hoosh_edge.backends.providers.catalog import ListsItsModels, ProviderModels, listed_ids
 from hoosh_edge.backends.providers.http import HttpClient
 from hoosh_edge.config import ProviderConfig
+from hoosh_edge.config.presets import ANTHROPIC_API_VERSION
 from hoosh_edge.errors import UpstreamError
 from hoosh_edge.formats.anthropic_request import to_messages_request
 from hoosh_edge.formats.anthropic_response import error_text, to_chat_completion
 from hoosh_edge.formats.anthropic_stream import StreamTranslator
-from hoosh_edge.presets import ANTHROPIC_API_VERSION
 
 
 class AnthropicProvider(ListsItsModels, ChatBackend):
