@@ -167,13 +167,9 @@ class HttpClient:
         """
         key = (url, tuple(headers.items()))
         template = self._templates.get(key)
-        if template is None:
-            prepared = self.session.prepare_request(requests.Request("POST", url, headers=headers))
-            template = (prepared, self.session.get_adapter(url))
-            if len(self._templates) >= 64:
-                self._templates.clear()  # a bound, though URLs and headers are few per provider
-            self._templates[key] = template
-        base, adapter = template
+        if template is None or (template[2] is not None and template[2].pool is None):
+            template = self._template(url, headers)  # new, or its pool was closed (evicted)
+        base, adapter, pool, path = template
         prep = requests.PreparedRequest()
         prep.method, prep.url, prep.hooks = base.method, base.url, base.hooks
         prep.headers = base.headers.copy()
@@ -182,9 +178,12 @@ class HttpClient:
         session = self.session
         settings = {"timeout": timeout, "verify": session.verify, "cert": session.cert,
                     "proxies": session.proxies}  # fmt: skip
-        resp = requests.hooks.dispatch_hook(
-            "response", prep.hooks, adapter.send(prep, stream=stream, **settings), **settings
-        )
+        if pool is None:
+            resp = requests.hooks.dispatch_hook(
+                "response", prep.hooks, adapter.send(prep, stream=stream, **settings), **settings
+            )
+        else:
+            resp = _response(prep, _urlopen(pool, path, prep, timeout, adapter.max_retries), url)
         if "Set-Cookie" in resp.headers:
             requests.cookies.extract_cookies_to_jar(session.cookies, prep, resp.raw)
         if resp.is_redirect:
@@ -194,6 +193,24 @@ class HttpClient:
         if not stream:
             resp.content  # noqa: B018 - read it all now, as Session.send does
         return resp
+
+    def _template(self, url: str, headers: dict[str, str]) -> tuple[Any, Any, Any, str]:
+        """The request as the session prepares it, its adapter, and the pool to send it on."""
+        # The pool (and path) only when no proxy or response hook needs requests' own send.
+        prepared = self.session.prepare_request(requests.Request("POST", url, headers=headers))
+        adapter = self.session.get_adapter(url)
+        pool, path = None, ""
+        direct = isinstance(adapter, HTTPAdapter) and not any(prepared.hooks.values())
+        if direct and not requests.utils.select_proxy(url, self.session.proxies):
+            # The pool requests itself would pick (TLS settings included), looked up once.
+            pool = adapter.get_connection_with_tls_context(prepared, self.session.verify,
+                                                           cert=self.session.cert)  # fmt: skip
+            adapter.cert_verify(pool, url, self.session.verify, self.session.cert)
+            path = prepared.path_url
+        if len(self._templates) >= 64:
+            self._templates.clear()  # a bound, though URLs and headers are few per provider
+        template = self._templates[(url, tuple(headers.items()))] = (prepared, adapter, pool, path)
+        return template
 
     def status_error(self, resp: requests.Response) -> UpstreamStatus:
         """Turn an upstream error answer into an error whose message the client may see."""
@@ -271,6 +288,48 @@ def _arrivals(resp: requests.Response) -> Iterator[bytes]:
         raise requests.exceptions.ConnectionError(f"read timed out: {e}") from e
     except (urllib3.exceptions.ProtocolError, OSError) as e:
         raise requests.exceptions.ConnectionError(str(e)) from e
+
+
+def _urlopen(pool: Any, path: str, prep: requests.PreparedRequest, timeout: tuple[float, float],
+             retries: Any) -> urllib3.BaseHTTPResponse:  # fmt: skip
+    """``HTTPAdapter.send`` without its per-call pool lookup: urllib3 errors as requests' own."""
+    try:
+        return pool.urlopen(method="POST", url=path, body=prep.body, headers=prep.headers,
+                            redirect=False, assert_same_host=False, preload_content=False,
+                            decode_content=False, retries=retries, chunked=False,
+                            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))  # fmt: skip
+    except (urllib3.exceptions.ProtocolError, OSError) as e:
+        raise requests.exceptions.ConnectionError(e, request=prep) from e
+    except urllib3.exceptions.MaxRetryError as e:
+        reason = e.reason
+        if isinstance(reason, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
+            reason, urllib3.exceptions.NewConnectionError
+        ):
+            raise requests.exceptions.ConnectTimeout(e, request=prep) from e
+        if isinstance(reason, urllib3.exceptions.SSLError):
+            raise requests.exceptions.SSLError(e, request=prep) from e
+        raise requests.exceptions.ConnectionError(e, request=prep) from e
+    except urllib3.exceptions.ClosedPoolError as e:
+        raise requests.exceptions.ConnectionError(e, request=prep) from e
+    except urllib3.exceptions.SSLError as e:
+        raise requests.exceptions.SSLError(e, request=prep) from e
+    except urllib3.exceptions.ReadTimeoutError as e:
+        raise requests.exceptions.ReadTimeout(e, request=prep) from e
+    except urllib3.exceptions.HTTPError as e:
+        raise requests.exceptions.RequestException(e, request=prep) from e
+
+
+def _response(prep: requests.PreparedRequest, raw: Any, url: str) -> requests.Response:
+    """``HTTPAdapter.build_response`` less the per-response cookie jar nobody here reads."""
+    resp = requests.Response()
+    resp.status_code = raw.status
+    resp.headers = requests.structures.CaseInsensitiveDict(raw.headers)
+    resp.encoding = requests.utils.get_encoding_from_headers(resp.headers)
+    resp.raw = raw
+    resp.reason = raw.reason
+    resp.url = url
+    resp.request = prep
+    return resp
 
 
 def _short(e: Exception) -> str:
