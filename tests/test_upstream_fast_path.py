@@ -86,6 +86,32 @@ def test_a_streamed_json_post_is_read_as_it_arrives(upstream):
     resp.close()
 
 
+def test_the_direct_pool_keeps_requests_errors_a_refused_port_and_a_late_answer():
+    import socket
+
+    from hoosh_edge.errors import UpstreamError, UpstreamTimeout
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    http = HttpClient(ProviderConfig(name="up", type="openai", base_url=dead, max_retries=0))
+    with pytest.raises(UpstreamError, match="cannot connect") as refused:
+        http.post(f"{dead}/new", body={"n": 1}, headers={})
+    assert not isinstance(refused.value, UpstreamTimeout)
+
+    silent = socket.socket()  # accepts (the kernel does) but never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        cfg = ProviderConfig(name="up", type="openai", base_url=url, timeout_s=0.3)
+        with pytest.raises(UpstreamTimeout, match="no answer within 0.3s") as late:
+            HttpClient(cfg).post(f"{url}/new", body={"n": 2}, headers={})
+        assert late.value.may_have_billed  # sent: never retried, booked at its reservation
+    finally:
+        silent.close()
+
+
 class _NoThreads:
     """A thread pool that fails the test if a lookup is sent to it."""
 
