@@ -33,7 +33,6 @@ from gevent.pywsgi import WSGIHandler, WSGIServer
 
 from hoosh_edge.config import ServerConfig
 from hoosh_edge.errors import RequestTimeout
-from hoosh_edge.serve.headers import read_headers
 
 log = logging.getLogger("hoosh_edge")
 wsgi_log = logging.getLogger("hoosh_edge.wsgi")
@@ -242,9 +241,6 @@ class GatewayHandler(WSGIHandler):
         except OSError:
             pass  # the peer went away
         return False
-
-    def MessageClass(self, fp: Any, *_: Any) -> Any:  # noqa: N802 - pywsgi's name
-        return read_headers(fp)
 
     def read_request(self, raw_requestline: str) -> Any:
         ok = super().read_request(raw_requestline)
