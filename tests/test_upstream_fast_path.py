@@ -112,6 +112,40 @@ def test_the_direct_pool_keeps_requests_errors_a_refused_port_and_a_late_answer(
         silent.close()
 
 
+def test_a_kept_alive_connection_the_upstream_closed_is_not_reused():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted = []
+
+    def serve() -> None:
+        # Each connection gets one keep-alive answer, then the upstream closes it (idle timeout).
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                data += conn.recv(65536)
+            body = b'{"ok":true}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        http = HttpClient(ProviderConfig(name="up", type="openai", base_url=url, max_retries=0))
+        assert http.post(f"{url}/new", body={"n": 1}, headers={}).json() == {"ok": True}
+        thread.join(0.5)  # the upstream has closed the first connection by now
+        assert http.post(f"{url}/new", body={"n": 2}, headers={}).json() == {"ok": True}
+        assert len(accepted) == 2  # a new connection, not the closed one (no retry allowed)
+    finally:
+        listener.close()
+
+
 class _NoThreads:
     """A thread pool that fails the test if a lookup is sent to it."""
 

@@ -13,11 +13,13 @@ import json
 import logging
 import os
 import random
+import select
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import gevent
+import gevent.monkey
 import requests
 import sseclient
 import urllib3
@@ -29,6 +31,7 @@ from hoosh_edge.errors import UpstreamError, UpstreamStatus, UpstreamTimeout, re
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
+_os_poll = gevent.monkey.get_original("select", "poll")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -207,6 +210,9 @@ class HttpClient:
                                                            cert=self.session.cert)  # fmt: skip
             adapter.cert_verify(pool, url, self.session.verify, self.session.cert)
             path = prepared.path_url
+            stock = {urllib3.connection.HTTPConnection: _HTTPConnection,
+                     urllib3.connection.HTTPSConnection: _HTTPSConnection}  # fmt: skip
+            pool.ConnectionCls = stock.get(pool.ConnectionCls, pool.ConnectionCls)
         if len(self._templates) >= 64:
             self._templates.clear()  # a bound, though URLs and headers are few per provider
         template = self._templates[(url, tuple(headers.items()))] = (prepared, adapter, pool, path)
@@ -288,6 +294,28 @@ def _arrivals(resp: requests.Response) -> Iterator[bytes]:
         raise requests.exceptions.ConnectionError(f"read timed out: {e}") from e
     except (urllib3.exceptions.ProtocolError, OSError) as e:
         raise requests.exceptions.ConnectionError(str(e)) from e
+
+
+def _still_open(conn: urllib3.connection.HTTPConnection) -> bool:
+    """urllib3's ``is_connected`` (nothing to read, not even EOF) asked with the OS's poll.
+
+    urllib3 asks before reusing each kept-alive connection; gevent's patched poll sets up and
+    tears down a watcher for that zero-timeout question, several times the cost of the syscall,
+    which never blocks the hub.
+    """
+    if conn.sock is None:
+        return False
+    poller = _os_poll()
+    poller.register(conn.sock, select.POLLIN)
+    return not poller.poll(0)
+
+
+class _HTTPConnection(urllib3.connection.HTTPConnection):
+    is_connected = property(_still_open)  # type: ignore[assignment]
+
+
+class _HTTPSConnection(urllib3.connection.HTTPSConnection):
+    is_connected = property(_still_open)  # type: ignore[assignment]
 
 
 def _urlopen(pool: Any, path: str, prep: requests.PreparedRequest, timeout: tuple[float, float],
