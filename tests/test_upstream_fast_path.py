@@ -146,6 +146,31 @@ def test_a_kept_alive_connection_the_upstream_closed_is_not_reused():
         listener.close()
 
 
+def test_an_answer_cut_short_is_an_upstream_error_not_a_crash():
+    import socket
+
+    from hoosh_edge.errors import UpstreamError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"choices":')
+        conn.close()  # 89 bytes short
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        http = HttpClient(ProviderConfig(name="up", type="openai", base_url=url, max_retries=0))
+        with pytest.raises(UpstreamError, match="request failed"):
+            http.post(f"{url}/new", body={"n": 1}, headers={})
+    finally:
+        listener.close()
+
+
 class _NoThreads:
     """A thread pool that fails the test if a lookup is sent to it."""
 

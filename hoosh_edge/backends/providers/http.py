@@ -13,25 +13,23 @@ import json
 import logging
 import os
 import random
-import select
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import gevent
-import gevent.monkey
 import requests
 import sseclient
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from hoosh_edge.backends.providers import direct
 from hoosh_edge.config import ProviderConfig
 from hoosh_edge.errors import UpstreamError, UpstreamStatus, UpstreamTimeout, redact
 
 log = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504, 529})
-_os_poll = gevent.monkey.get_original("select", "poll")
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -186,15 +184,16 @@ class HttpClient:
                 "response", prep.hooks, adapter.send(prep, stream=stream, **settings), **settings
             )
         else:
-            resp = _response(prep, _urlopen(pool, path, prep, timeout, adapter.max_retries), url)
+            raw = direct.urlopen(pool, path, prep, timeout, adapter.max_retries)
+            resp = direct.response(prep, raw, url)
         if "Set-Cookie" in resp.headers:
             requests.cookies.extract_cookies_to_jar(session.cookies, prep, resp.raw)
         if resp.is_redirect:
             history = [resp, *session.resolve_redirects(resp, prep, stream=stream, **settings)]
             resp = history.pop()
             resp.history = history
-        if not stream:
-            resp.content  # noqa: B018 - read it all now, as Session.send does
+        if not stream and resp._content is False:
+            direct.read_all(resp)  # read it all now, as Session.send does
         return resp
 
     def _template(self, url: str, headers: dict[str, str]) -> tuple[Any, Any, Any, str]:
@@ -203,16 +202,14 @@ class HttpClient:
         prepared = self.session.prepare_request(requests.Request("POST", url, headers=headers))
         adapter = self.session.get_adapter(url)
         pool, path = None, ""
-        direct = isinstance(adapter, HTTPAdapter) and not any(prepared.hooks.values())
-        if direct and not requests.utils.select_proxy(url, self.session.proxies):
+        plain = isinstance(adapter, HTTPAdapter) and not any(prepared.hooks.values())
+        if plain and not requests.utils.select_proxy(url, self.session.proxies):
             # The pool requests itself would pick (TLS settings included), looked up once.
             pool = adapter.get_connection_with_tls_context(prepared, self.session.verify,
                                                            cert=self.session.cert)  # fmt: skip
             adapter.cert_verify(pool, url, self.session.verify, self.session.cert)
             path = prepared.path_url
-            stock = {urllib3.connection.HTTPConnection: _HTTPConnection,
-                     urllib3.connection.HTTPSConnection: _HTTPSConnection}  # fmt: skip
-            pool.ConnectionCls = stock.get(pool.ConnectionCls, pool.ConnectionCls)
+            direct.check_with_os_poll(pool)
         if len(self._templates) >= 64:
             self._templates.clear()  # a bound, though URLs and headers are few per provider
         template = self._templates[(url, tuple(headers.items()))] = (prepared, adapter, pool, path)
@@ -294,70 +291,6 @@ def _arrivals(resp: requests.Response) -> Iterator[bytes]:
         raise requests.exceptions.ConnectionError(f"read timed out: {e}") from e
     except (urllib3.exceptions.ProtocolError, OSError) as e:
         raise requests.exceptions.ConnectionError(str(e)) from e
-
-
-def _still_open(conn: urllib3.connection.HTTPConnection) -> bool:
-    """urllib3's ``is_connected`` (nothing to read, not even EOF) asked with the OS's poll.
-
-    urllib3 asks before reusing each kept-alive connection; gevent's patched poll sets up and
-    tears down a watcher for that zero-timeout question, several times the cost of the syscall,
-    which never blocks the hub.
-    """
-    if conn.sock is None:
-        return False
-    poller = _os_poll()
-    poller.register(conn.sock, select.POLLIN)
-    return not poller.poll(0)
-
-
-class _HTTPConnection(urllib3.connection.HTTPConnection):
-    is_connected = property(_still_open)  # type: ignore[assignment]
-
-
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    is_connected = property(_still_open)  # type: ignore[assignment]
-
-
-def _urlopen(pool: Any, path: str, prep: requests.PreparedRequest, timeout: tuple[float, float],
-             retries: Any) -> urllib3.BaseHTTPResponse:  # fmt: skip
-    """``HTTPAdapter.send`` without its per-call pool lookup: urllib3 errors as requests' own."""
-    try:
-        return pool.urlopen(method="POST", url=path, body=prep.body, headers=prep.headers,
-                            redirect=False, assert_same_host=False, preload_content=False,
-                            decode_content=False, retries=retries, chunked=False,
-                            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]))  # fmt: skip
-    except (urllib3.exceptions.ProtocolError, OSError) as e:
-        raise requests.exceptions.ConnectionError(e, request=prep) from e
-    except urllib3.exceptions.MaxRetryError as e:
-        reason = e.reason
-        if isinstance(reason, urllib3.exceptions.ConnectTimeoutError) and not isinstance(
-            reason, urllib3.exceptions.NewConnectionError
-        ):
-            raise requests.exceptions.ConnectTimeout(e, request=prep) from e
-        if isinstance(reason, urllib3.exceptions.SSLError):
-            raise requests.exceptions.SSLError(e, request=prep) from e
-        raise requests.exceptions.ConnectionError(e, request=prep) from e
-    except urllib3.exceptions.ClosedPoolError as e:
-        raise requests.exceptions.ConnectionError(e, request=prep) from e
-    except urllib3.exceptions.SSLError as e:
-        raise requests.exceptions.SSLError(e, request=prep) from e
-    except urllib3.exceptions.ReadTimeoutError as e:
-        raise requests.exceptions.ReadTimeout(e, request=prep) from e
-    except urllib3.exceptions.HTTPError as e:
-        raise requests.exceptions.RequestException(e, request=prep) from e
-
-
-def _response(prep: requests.PreparedRequest, raw: Any, url: str) -> requests.Response:
-    """``HTTPAdapter.build_response`` less the per-response cookie jar nobody here reads."""
-    resp = requests.Response()
-    resp.status_code = raw.status
-    resp.headers = requests.structures.CaseInsensitiveDict(raw.headers)
-    resp.encoding = requests.utils.get_encoding_from_headers(resp.headers)
-    resp.raw = raw
-    resp.reason = raw.reason
-    resp.url = url
-    resp.request = prep
-    return resp
 
 
 def _short(e: Exception) -> str:
