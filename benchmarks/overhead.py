@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/overhead.py [--requests 400] [--concurrency 1,8,32]
         [--durability full,normal] [--stream] [--gateway-root OTHER_CHECKOUT ...]
+        [--profile PREFIX]
 
 The fake OpenAI upstream and one gateway per durability setting each run in their own process on
 loopback; the load comes from threads here, each with its own keep-alive session (as an SDK client
@@ -18,6 +19,8 @@ first's.
 from __future__ import annotations
 
 import argparse
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from _procs import spawn_fake_openai, spawn_gateway, stop  # noqa: E402
+from layers import summarize  # noqa: E402
 
 from tests.procstat import cpu_seconds  # noqa: E402
 
@@ -104,6 +108,16 @@ def measure(
     return rps, lat, (cpu_seconds(pid) - before) / calls
 
 
+def profiled(out: Path | None, pid: int) -> subprocess.Popen | None:
+    """Start py-spy on ``pid`` (GIL-holding samples only, 500 a second) writing ``out``."""
+    if out is None:
+        return None
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen([spy, "record", "--pid", str(pid), "--rate", "500", "--format", "raw",
+                             "--output", str(out), "--nonblocking", "--gil"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+
+
 def pct(values: list[float], p: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
@@ -117,6 +131,8 @@ def main() -> None:
                     help="server.durability values to compare (comma-separated): full fsyncs "
                          "each paid call's ledger entry")  # fmt: skip
     ap.add_argument("--stream", action="store_true", help="stream=true chat (SSE)")
+    ap.add_argument("--profile", metavar="PREFIX",
+                    help="py-spy each gateway row into PREFIX-<row>-c<N>.txt, print its layers")  # fmt: skip
     ap.add_argument("--gateway-root", type=Path, action="append",
                     help="a checkout whose hoosh_edge.py to run (default: this one); repeat it "
                          "to compare checkouts in one run")  # fmt: skip
@@ -152,7 +168,15 @@ def main() -> None:
                       f"{pct(d_lat, 99) * 1e3:>7.2f} | {'':>12} {d_cpu * 1e3:>11.2f}")  # fmt: skip
                 first: dict[str, tuple[float, float]] = {}
                 for label, gw, url in gateways:
+                    out = None
+                    if args.profile:
+                        out = Path(f"{args.profile}-{label.replace(' ', '-')}-c{c}.txt").resolve()
+                    spy = profiled(out, gw.pid)
+                    time.sleep(0.5 if spy else 0)  # py-spy attaches
                     g_rps, g_lat, g_cpu = measure(gw.pid, url, {}, args.requests, c, body)
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        spy.wait(30)
                     g50 = pct(g_lat, 50)
                     mode = label.split()[-1]
                     ratio = ""
@@ -169,6 +193,8 @@ def main() -> None:
                         f"     (mean latency of {label} at {c}: "
                         f"{statistics.mean(g_lat) * 1e3:.2f} ms)"
                     )
+                    if out is not None:
+                        print(summarize(out, top=15) if out.exists() else f"no profile: {out}")
         finally:
             for _, gw, _ in gateways:
                 stop(gw)
