@@ -21,12 +21,14 @@ _ALPHABET = st.sampled_from(list(b"aZ-_: \t\r\n:\x0b\x0c\x1c\x1d\x1e\x85\xe9\x7f
 
 
 def _parsed(parse, raw: bytes) -> tuple:
+    fp = io.BufferedReader(io.BytesIO(raw + b"GET /next HTTP/1.1\r\n"))
     try:
-        msg = parse(io.BufferedReader(io.BytesIO(raw + b"GET /next HTTP/1.1\r\n")))
+        msg = parse(fp)
     except Exception as e:  # noqa: BLE001 - the kind of failure is part of what is compared
         return ("raised", type(e).__name__, str(e))
-    return (type(msg), getattr(msg, "status", None), msg.items(), [type(d) for d in msg.defects],
-            msg.get("content-length"), msg.get_all("x"))  # fmt: skip
+    rest = fp.read()  # where the next request starts
+    return (rest, type(msg), getattr(msg, "status", None), msg.items(),
+            [type(d) for d in msg.defects], msg.get("content-length"), msg.get_all("x"))  # fmt: skip
 
 
 def _same(raw: bytes) -> None:
