@@ -86,6 +86,91 @@ def test_a_streamed_json_post_is_read_as_it_arrives(upstream):
     resp.close()
 
 
+def test_the_direct_pool_keeps_requests_errors_a_refused_port_and_a_late_answer():
+    import socket
+
+    from hoosh_edge.errors import UpstreamError, UpstreamTimeout
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    http = HttpClient(ProviderConfig(name="up", type="openai", base_url=dead, max_retries=0))
+    with pytest.raises(UpstreamError, match="cannot connect") as refused:
+        http.post(f"{dead}/new", body={"n": 1}, headers={})
+    assert not isinstance(refused.value, UpstreamTimeout)
+
+    silent = socket.socket()  # accepts (the kernel does) but never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)
+    try:
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        cfg = ProviderConfig(name="up", type="openai", base_url=url, timeout_s=0.3)
+        with pytest.raises(UpstreamTimeout, match="no answer within 0.3s") as late:
+            HttpClient(cfg).post(f"{url}/new", body={"n": 2}, headers={})
+        assert late.value.may_have_billed  # sent: never retried, booked at its reservation
+    finally:
+        silent.close()
+
+
+def test_a_kept_alive_connection_the_upstream_closed_is_not_reused():
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted = []
+
+    def serve() -> None:
+        # Each connection gets one keep-alive answer, then the upstream closes it (idle timeout).
+        for _ in range(2):
+            conn, _ = listener.accept()
+            accepted.append(conn)
+            data = b""
+            while b"\r\n\r\n" not in data or not data.endswith(b"}"):
+                data += conn.recv(65536)
+            body = b'{"ok":true}'
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (len(body), body))  # fmt: skip
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        http = HttpClient(ProviderConfig(name="up", type="openai", base_url=url, max_retries=0))
+        assert http.post(f"{url}/new", body={"n": 1}, headers={}).json() == {"ok": True}
+        thread.join(0.5)  # the upstream has closed the first connection by now
+        assert http.post(f"{url}/new", body={"n": 2}, headers={}).json() == {"ok": True}
+        assert len(accepted) == 2  # a new connection, not the closed one (no retry allowed)
+    finally:
+        listener.close()
+
+
+def test_an_answer_cut_short_is_an_upstream_error_not_a_crash():
+    import socket
+
+    from hoosh_edge.errors import UpstreamError
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(65536)
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{"choices":')
+        conn.close()  # 89 bytes short
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+        http = HttpClient(ProviderConfig(name="up", type="openai", base_url=url, max_retries=0))
+        with pytest.raises(UpstreamError, match="request failed"):
+            http.post(f"{url}/new", body={"n": 1}, headers={})
+    finally:
+        listener.close()
+
+
 class _NoThreads:
     """A thread pool that fails the test if a lookup is sent to it."""
 

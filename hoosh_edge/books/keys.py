@@ -46,6 +46,7 @@ _PREFIX_LEN = 8  # random characters kept in clear as the lookup id
 _RANDOM_BYTES = 32  # 43 url-safe characters
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _RESERVED = re.compile(r"^(admin|static-\d+)$")
+ACTIVE_KEYS_TTL_S = 0.1  # how stale has_active_keys() may be about another process's change
 _COLUMNS = (
     "name, prefix, allowed_models, rpm, max_concurrent, budget_usd, "
     "created_at, last_used_at, revoked_at"
@@ -156,6 +157,8 @@ def _record(row: Any) -> KeyRecord:
 class KeyStore:
     """Keys in the ``api_keys`` table: create, list, revoke, authenticate."""
 
+    _active_keys: tuple[bool, float] | None = None  # has_active_keys(): (answer, when read)
+
     def __init__(
         self,
         db: Database,
@@ -213,6 +216,7 @@ class KeyStore:
                 f"VALUES ({', '.join(':' + c for c in row)}, :prefix, :key_hash)",
                 {**row, "prefix": prefix, "key_hash": hash_key(key)},
             )
+        self._active_keys = None  # has_active_keys() reads again
         record = self.get(name)
         assert record is not None
         return record, key
@@ -231,10 +235,19 @@ class KeyStore:
         return [self._with_pending(_record(r)) for r in rows]
 
     def has_active_keys(self) -> bool:
-        """Whether any stored key is not revoked."""
+        """Whether any stored key is not revoked (read again after ACTIVE_KEYS_TTL_S at most)."""
+        # Asked on every request: the answer is kept, forgotten by this process's own create()
+        # and revoke() at once, and re-read after ACTIVE_KEYS_TTL_S for the CLI's changes (a
+        # CLI run takes several times longer than that, so its next request sees the change).
+        now = time.monotonic()
+        known = self._active_keys
+        if known is not None and now - known[1] < ACTIVE_KEYS_TTL_S:
+            return known[0]
         with self.db.read() as db:
             sql = "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)"
-            return bool(db.execute(sql).fetchone()[0])
+            active = bool(db.execute(sql).fetchone()[0])
+        self._active_keys = (active, now)
+        return active
 
     def revoke(self, name: str, *, keep_one: str | None = None) -> bool:
         """Revoke a key; False if there is no such active key.
@@ -257,7 +270,8 @@ class KeyStore:
                 "UPDATE api_keys SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                 [_utc(self.clock()), name],
             )
-            return cur.rowcount > 0
+        self._active_keys = None  # has_active_keys() reads again
+        return cur.rowcount > 0
 
     def authenticate(self, presented: str) -> KeyRecord | None:
         """The active key matching ``presented``, compared in constant time; None otherwise."""

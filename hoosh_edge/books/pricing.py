@@ -210,6 +210,8 @@ class PriceTable:
 
     def __init__(self, overrides: dict[str, dict[str, Any]] | None = None) -> None:
         self.overrides: dict[str, dict[str, Any]] = {}
+        # lookup()'s answers: Price is frozen and the table never changes once built.
+        self._found: dict[tuple[str, str], Price | None] = {}
         for model, fields in (overrides or {}).items():
             where = f'pricing."{model}"'
             if not isinstance(fields, dict):
@@ -250,6 +252,16 @@ class PriceTable:
 
     def lookup(self, provider: str, model: str) -> Price | None:
         """The price of ``model`` at ``provider``, or None when nobody knows it."""
+        # Asked twice per paid call; a table never changes (a reload builds a new one).
+        key = (provider, model)
+        if key in self._found:
+            return self._found[key]
+        if len(self._found) >= 1024:
+            self._found.clear()  # a bound: clients choose model names under a glob
+        price = self._found[key] = self._lookup(provider, model)
+        return price
+
+    def _lookup(self, provider: str, model: str) -> Price | None:
         bundled = self._bundled(provider, model)
         names = [f"{provider}/{model}", *_candidates(model)]
         if "/" in model:

@@ -10,7 +10,8 @@ lock, whichever thread takes it. Greenlets wait with gevent's own primitives (``
 ``gevent.event``, ``gevent.queue``), which is what this code base uses on the hub.
 
 ``python hoosh_edge.py``, ``hoosh-edge serve`` and ``python -m hoosh_edge serve`` all call
-``patch_gevent()`` before anything else is imported.
+``patch_gevent()`` before anything else is imported. It also gives ``http.client`` the header
+parser of ``headers.py`` (the same result, without the email package for plain blocks).
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def patch_gevent() -> None:
         gevent.config.resolver = RESOLVER
     if not monkey.is_module_patched("socket"):
         monkey.patch_all(**UNPATCHED)
+    from hoosh_edge.serve import headers
+
+    headers.install()
 
 
 def threading_warning() -> str | None:

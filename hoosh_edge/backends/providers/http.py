@@ -23,6 +23,7 @@ import sseclient
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from hoosh_edge.backends.providers import direct
 from hoosh_edge.config import ProviderConfig
 from hoosh_edge.errors import UpstreamError, UpstreamStatus, UpstreamTimeout, redact
 
@@ -167,13 +168,9 @@ class HttpClient:
         """
         key = (url, tuple(headers.items()))
         template = self._templates.get(key)
-        if template is None:
-            prepared = self.session.prepare_request(requests.Request("POST", url, headers=headers))
-            template = (prepared, self.session.get_adapter(url))
-            if len(self._templates) >= 64:
-                self._templates.clear()  # a bound, though URLs and headers are few per provider
-            self._templates[key] = template
-        base, adapter = template
+        if template is None or (template[2] is not None and template[2].pool is None):
+            template = self._template(url, headers)  # new, or its pool was closed (evicted)
+        base, adapter, pool, path = template
         prep = requests.PreparedRequest()
         prep.method, prep.url, prep.hooks = base.method, base.url, base.hooks
         prep.headers = base.headers.copy()
@@ -182,18 +179,41 @@ class HttpClient:
         session = self.session
         settings = {"timeout": timeout, "verify": session.verify, "cert": session.cert,
                     "proxies": session.proxies}  # fmt: skip
-        resp = requests.hooks.dispatch_hook(
-            "response", prep.hooks, adapter.send(prep, stream=stream, **settings), **settings
-        )
+        if pool is None:
+            resp = requests.hooks.dispatch_hook(
+                "response", prep.hooks, adapter.send(prep, stream=stream, **settings), **settings
+            )
+        else:
+            raw = direct.urlopen(pool, path, prep, timeout, adapter.max_retries)
+            resp = direct.response(prep, raw, url)
         if "Set-Cookie" in resp.headers:
             requests.cookies.extract_cookies_to_jar(session.cookies, prep, resp.raw)
         if resp.is_redirect:
             history = [resp, *session.resolve_redirects(resp, prep, stream=stream, **settings)]
             resp = history.pop()
             resp.history = history
-        if not stream:
-            resp.content  # noqa: B018 - read it all now, as Session.send does
+        if not stream and resp._content is False:
+            direct.read_all(resp)  # read it all now, as Session.send does
         return resp
+
+    def _template(self, url: str, headers: dict[str, str]) -> tuple[Any, Any, Any, str]:
+        """The request as the session prepares it, its adapter, and the pool to send it on."""
+        # The pool (and path) only when no proxy or response hook needs requests' own send.
+        prepared = self.session.prepare_request(requests.Request("POST", url, headers=headers))
+        adapter = self.session.get_adapter(url)
+        pool, path = None, ""
+        plain = isinstance(adapter, HTTPAdapter) and not any(prepared.hooks.values())
+        if plain and not requests.utils.select_proxy(url, self.session.proxies):
+            # The pool requests itself would pick (TLS settings included), looked up once.
+            pool = adapter.get_connection_with_tls_context(prepared, self.session.verify,
+                                                           cert=self.session.cert)  # fmt: skip
+            adapter.cert_verify(pool, url, self.session.verify, self.session.cert)
+            path = prepared.path_url
+            direct.check_with_os_poll(pool)
+        if len(self._templates) >= 64:
+            self._templates.clear()  # a bound, though URLs and headers are few per provider
+        template = self._templates[(url, tuple(headers.items()))] = (prepared, adapter, pool, path)
+        return template
 
     def status_error(self, resp: requests.Response) -> UpstreamStatus:
         """Turn an upstream error answer into an error whose message the client may see."""
