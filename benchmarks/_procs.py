@@ -32,16 +32,21 @@ def spawn_gateway(config_text: str, tmp: Path, root: Path = ROOT) -> tuple[subpr
     """``python hoosh_edge.py`` (of the checkout ``root``) on a free port with this config."""
     cfg = Path(tmp) / "bench.toml"
     cfg.write_text(config_text)
+    return spawn_listening([str(Path(root) / "hoosh_edge.py"), "--config", str(cfg), "--port", "0"],
+                           tmp)  # fmt: skip
+
+
+def spawn_listening(argv: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
+    """``python ARGV...`` whose first line ends in the URL it listens on; the child and that URL."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}
     env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen([sys.executable, str(Path(root) / "hoosh_edge.py"), "--config", str(cfg),
-                             "--port", "0"], stdout=subprocess.PIPE, text=True, cwd=tmp,
+    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True, cwd=cwd,
                             env=env)  # fmt: skip
     assert proc.stdout is not None
     first = proc.stdout.readline()
     if "listening on" not in first:
         proc.kill()
-        raise SystemExit(f"gateway did not start: {first!r}")
+        raise SystemExit(f"{Path(argv[0]).name} did not start: {first!r}")
     return proc, first.strip().rsplit(" ", 1)[-1]
 
 

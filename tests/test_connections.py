@@ -192,13 +192,20 @@ def _read_response(sock: socket.socket) -> bytes:
     """One whole response with a Content-Length body."""
     data = b""
     while b"\r\n\r\n" not in data:
-        data += sock.recv(4096)
+        data += _recv(sock)
     head, _, body = data.partition(b"\r\n\r\n")
     length = next(int(h.split(b":")[1]) for h in head.split(b"\r\n") if
                   h.lower().startswith(b"content-length:"))  # fmt: skip
     while len(body) < length:
-        body += sock.recv(4096)
+        body += _recv(sock)
     return head
+
+
+def _recv(sock: socket.socket) -> bytes:
+    """The next bytes; a close before the response is whole fails the test (never a spin)."""
+    chunk = sock.recv(4096)
+    assert chunk, "the gateway closed the connection before a whole response"
+    return chunk
 
 
 def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(gateway_factory):
@@ -215,6 +222,31 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(gateway_
     sock.close()
     assert ok and got == b""
     assert 0.9 < time.monotonic() - started < 3
+    assert metric(gw, 'hoosh_connection_timeouts_total{phase="idle"}') == 1
+    assert_clean_log(gw)
+
+
+def test_a_kept_alive_connection_restarts_its_timers_for_every_request(gateway_factory):
+    """Each connection's header and idle timers serve request after request: none fires late."""
+    gw = gateway_factory("[server]\nheader_timeout_s = 1\nkeepalive_timeout_s = 1\n")
+    request = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+    sock = connect(gw)
+    for _ in range(5):  # 2 s in all, twice either timeout: each request starts them afresh
+        sock.sendall(request)
+        assert _read_response(sock).startswith(b"HTTP/1.1 200")
+        time.sleep(0.4)
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers that never end
+    ok, got = closed_within(sock, 5)
+    sock.close()
+    assert ok and got.startswith(b"HTTP/1.1 408"), got
+    idle = connect(gw)
+    for _ in range(3):
+        idle.sendall(request)
+        assert _read_response(idle).startswith(b"HTTP/1.1 200")
+    ok, got = closed_within(idle, 5)  # and then says nothing
+    idle.close()
+    assert ok and got == b""
+    assert metric(gw, 'hoosh_connection_timeouts_total{phase="header"}') == 1
     assert metric(gw, 'hoosh_connection_timeouts_total{phase="idle"}') == 1
     assert_clean_log(gw)
 
