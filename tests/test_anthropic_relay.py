@@ -12,7 +12,8 @@ import json
 import anthropic
 import requests
 
-from tests.fake_anthropic import API_KEY, FakeAnthropic, Reply, message, message_events
+from tests.fake_anthropic import FakeAnthropic, Reply, message, message_events
+from tests.test_anthropic_e2e import anthropic_toml
 from tests.test_anthropic_format import expected_upstream
 
 MODEL = "claude-3-5-haiku-latest"
@@ -45,18 +46,6 @@ REQUEST = {
     "top_k": 40,
     "metadata": {"user_id": "user-7"},
 }  # fmt: skip
-
-
-def anthropic_toml(fake: FakeAnthropic) -> str:
-    return f"""
-[[providers]]
-name = "claude"
-type = "anthropic"
-base_url = "{fake.url}"
-api_key = "{API_KEY}"
-models = ["claude-*"]
-timeout_s = 5
-"""
 
 
 def stopped_by_sequence() -> Reply:

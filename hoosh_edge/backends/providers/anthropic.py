@@ -31,9 +31,6 @@ class AnthropicProvider(ListsItsModels, ChatBackend):
         self.catalog = ProviderModels(cfg, self._list_models)
         self.api_version = cfg.api_version or ANTHROPIC_API_VERSION
 
-    def serves(self, model: str) -> bool:
-        return self.cfg.serves(model)
-
     def _list_models(self) -> list[str]:
         return listed_ids(
             self.http.get_json(f"{self.cfg.base_url}/models?limit=1000", headers=self._headers())

@@ -15,6 +15,8 @@ from collections.abc import Callable
 
 import gevent
 
+from hoosh_edge.config import ProviderConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -73,9 +75,14 @@ def listed_ids(doc: object) -> list[str]:
 
 
 class ListsItsModels:
-    """``model_ids`` and ``listing`` for a provider whose ``catalog`` is a ProviderModels."""
+    """``serves``, ``model_ids`` and ``listing`` for a provider whose ``catalog`` is a
+    ProviderModels and whose ``cfg`` is its ProviderConfig."""
 
     catalog: ProviderModels
+    cfg: ProviderConfig
+
+    def serves(self, model: str) -> bool:
+        return self.cfg.serves(model)
 
     def model_ids(self) -> list[str]:
         return self.catalog.named()

@@ -28,9 +28,6 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         self.http = HttpClient(cfg)
         self.catalog = ProviderModels(cfg, self._list_models)
 
-    def serves(self, model: str) -> bool:
-        return self.cfg.serves(model)
-
     def _list_models(self) -> list[str]:
         return listed_ids(
             self.http.get_json(f"{self.cfg.base_url}/models", headers=self._headers())
