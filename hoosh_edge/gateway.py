@@ -25,6 +25,7 @@ from hoosh_edge.errors import HooshError, ModelNotFound, StorageUnavailable
 from hoosh_edge.exposure import Exposure
 from hoosh_edge.limits import RateLimiter
 from hoosh_edge.metrics import Metrics
+from hoosh_edge.pipeline.gauges import gateway_gauges
 from hoosh_edge.pipeline.router import Router
 
 log = logging.getLogger("hoosh_edge")
@@ -69,8 +70,6 @@ class Gateway:
         self.inflight = 0  # requests whose response has not finished (a stream counts to its end)
         self.router = Router(config, self.local_backends + build_providers(config))
         self.router.release = accountant.release
-        from hoosh_edge.pipeline.gauges import gateway_gauges
-
         self.metrics.gauge_callback(lambda: gateway_gauges(self))
 
     def start_probe(self, interval_s: float = 15.0) -> None:

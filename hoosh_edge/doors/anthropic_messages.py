@@ -116,14 +116,7 @@ def create_message() -> Response:
         resp = jsonify(to_message(result.doc, msg_id, stops))
     else:
         events = StreamEvents(msg_id, served.model or req["model"], result.prompt_bound, stops)
-
-        def done() -> tuple[int, dict[str, Any]]:
-            result.close()
-            return result.status, served.fields
-
-        if served.provider == "cache":
-            g.log_fields = served.fields
-        resp = Response(logged_stream(framed_events(events, result), done),
+        resp = Response(logged_stream(framed_events(events, result), result),
                         mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
     resp.headers["request-id"] = g.request_id  # where Anthropic's SDKs look for it

@@ -7,14 +7,14 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from flask import Response, current_app, g, request
 
 from hoosh_edge.doors.bodies import read_json
 from hoosh_edge.errors import HooshError
-from hoosh_edge.pipeline.call import CacheAsk, CallContext, Caller, Served
+from hoosh_edge.pipeline.call import CacheAsk, CallContext, Caller, ChunkStream, Served
 
 __all__ = ["gateway", "inference_headers", "read_json", "caller", "cache_ask", "cache_directives",
            "call_context", "served_headers", "log_access", "logged_stream"]  # fmt: skip
@@ -108,20 +108,20 @@ def log_access(rid: str, method: str, path: str, status: int, duration_s: float,
     access_log.info(json.dumps(line, separators=(",", ":")))
 
 
-def logged_stream(frames: Iterator[bytes],
-                  done: Callable[[], tuple[int, dict[str, Any]]]) -> Iterator[bytes]:  # fmt: skip
-    """``frames``, then the stream's access line once it ended (outside the request context).
-
-    ``done()`` closes what the frames read from and gives (status, access-line fields).
-    """
+def logged_stream(frames: Iterator[bytes], stream: ChunkStream) -> Iterator[bytes]:
+    """``frames`` made from ``stream``; once they end, the stream is closed (which settles its
+    books) and its access line is written, outside the request context by then."""
     rid, path, started = g.request_id, request.path, g.get("started", time.monotonic())
+    key = g.get("key_name")
     g.logs_itself = True
 
     def body() -> Iterator[bytes]:
         try:
             yield from frames
         finally:
-            status, fields = done()
-            log_access(rid, "POST", path, status, time.monotonic() - started, fields)
+            stream.close()
+            fields = stream.served.fields
+            log_access(rid, "POST", path, stream.status, time.monotonic() - started,
+                       {"key": key, **fields} if key else fields)  # fmt: skip
 
     return body()

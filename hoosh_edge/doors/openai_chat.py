@@ -79,23 +79,6 @@ def stream_response(stream: ChunkStream, ids: Stamp, include_usage: bool) -> Res
                                          "usage": stream.usage}))  # fmt: skip
         yield b"data: [DONE]\n\n"
 
-    def done() -> tuple[int, dict[str, Any]]:
-        stream.close()
-        return stream.status, stream.served.fields
-
-    served = stream.served
-    if served.provider == "cache":
-        g.log_fields = served.fields
-    body = (
-        logged_stream(frames(), done) if served.provider != "cache" else _closing(frames(), stream)
-    )
-    resp = Response(body, mimetype="text/event-stream",
+    resp = Response(logged_stream(frames(), stream), mimetype="text/event-stream",
                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})  # fmt: skip
-    return served_headers(resp, served)
-
-
-def _closing(frames: Iterator[bytes], stream: ChunkStream) -> Iterator[bytes]:
-    try:
-        yield from frames
-    finally:
-        stream.close()
+    return served_headers(resp, stream.served)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,13 +62,15 @@ class ChunkStream:
     says: 200, the error's status, or 499 when the caller went away.
     """
 
-    def __init__(self, served: Served, items: Iterator[Any], prompt_bound: int) -> None:
+    def __init__(self, served: Served, prompt_bound: int,
+                 items: Callable[[ChunkStream], Iterator[Any]]) -> None:  # fmt: skip
+        """``items(stream)`` makes the chunks; it sets ``usage``, ``error`` and ``status``."""
         self.served = served
         self.prompt_bound = prompt_bound
         self.usage: dict[str, Any] | None = None
         self.error: HooshError | None = None
         self.status = 200
-        self._items = items
+        self._items = items(self)
 
     def __iter__(self) -> Iterator[Any]:
         return self._items

@@ -148,14 +148,14 @@ class ChatCall:
             doc["model"] = model
             return ChatAnswer(doc, served, self.prompt_bound)
 
-        def items() -> Iterator[Any]:
+        def items(_stream: ChunkStream) -> Iterator[Any]:
             for chunk in replay_chunks(doc):
                 if chunk.get("choices"):
                     chunk["model"] = model
                     yield chunk
-            stream.usage = usage
 
-        stream = ChunkStream(served, items(), self.prompt_bound)
+        stream = ChunkStream(served, self.prompt_bound, items)
+        stream.usage = usage  # known before the first chunk: the stored answer's
         return stream
 
     def request_for(self, target: Target) -> dict[str, Any]:
@@ -266,9 +266,8 @@ class ChatCall:
         selected = first if isinstance(first, Selected) else None
         target = selected.target if selected else None
         served = self.served(target, selected.hold if selected else None)
-        stream = ChunkStream(served, iter(()), self.prompt_bound)
-        stream._items = self._items(stream, source, first)
-        return stream
+        return ChunkStream(served, self.prompt_bound,
+                           lambda stream: self._items(stream, source, first))  # fmt: skip
 
     def _items(self, stream: ChunkStream, source: Any, first: Any) -> Iterator[Any]:
         """The chunks of the chosen target; settles, stores and records when it ends."""
@@ -325,7 +324,7 @@ class ChatCall:
                 stream.usage = stream.usage or usage
                 fields = record_chat(self.gw.metrics, target, usage, cache=self.cache_state)
                 fields["stream"] = True
-                stream.served.fields = {"key": self.key, **fields} if self.key else fields
+                stream.served.fields = fields
 
 
 def _prepend(first: Any, rest: Iterator[Any]) -> Iterator[Any]:

@@ -50,12 +50,7 @@ class AnthropicProvider(ListsItsModels, ChatBackend):
     def complete(self, model: str, req: dict[str, Any], ctx: CallContext) -> dict:
         body = self._body(model, req, stream=False)
         resp = self.http.post(f"{self.cfg.base_url}/messages", body=body, headers=self._headers())
-        try:
-            doc = resp.json()
-        except ValueError:
-            raise UpstreamError(
-                self.http.clean(f"{self.name} answered with invalid JSON: {resp.text[:200]!r}")
-            ) from None
+        doc = self.http.answer_json(resp)
         if isinstance(doc, dict) and doc.get("type") == "error":
             raise UpstreamError(self.http.clean(f"{self.name} reported: {error_text(doc)}"))
         if not isinstance(doc, dict) or not isinstance(doc.get("content"), list):

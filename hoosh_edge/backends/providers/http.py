@@ -97,6 +97,15 @@ class HttpClient:
         except ValueError:
             raise UpstreamError(f"{cfg.name}: GET {url} answered with invalid JSON") from None
 
+    def answer_json(self, resp: requests.Response) -> Any:
+        """The JSON of a whole answer; anything else is an upstream error (secrets redacted)."""
+        try:
+            return resp.json()
+        except ValueError:
+            raise UpstreamError(
+                self.clean(f"{self.cfg.name} answered with invalid JSON: {resp.text[:200]!r}")
+            ) from None
+
     def post(
         self,
         url: str,

@@ -50,12 +50,7 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         resp = self.http.post(
             f"{self.cfg.base_url}/chat/completions", body=body, headers=self._headers()
         )
-        try:
-            doc = resp.json()
-        except ValueError:
-            raise UpstreamError(
-                self.http.clean(f"{self.name} answered with invalid JSON: {resp.text[:200]!r}")
-            ) from None
+        doc = self.http.answer_json(resp)
         if not isinstance(doc, dict) or not isinstance(doc.get("choices"), list):
             raise UpstreamError(f"{self.name} answered without 'choices': {str(doc)[:200]}")
         problem = completion_problem(doc)
