@@ -338,6 +338,8 @@ def test_smollm2_turns_and_a_restart_reuse_the_prompt_losslessly(gateway_factory
     assert prompt_a2 <= cached < prompt_a3
     live, _, live_cached = turn(alone, a3)
     assert after == live and live_cached == cached
+    shown = requests.get(gw.url + "/admin/status.json", timeout=5).json()["prompt_cache"]
+    assert shown["hits"] == 1 and shown["disk_entries"] >= 2 and 0 < shown["ram_bytes"] < 128 * MiB
 
 
 @pytest.mark.slow
@@ -361,3 +363,28 @@ def test_smollm2_a_shared_system_prompt_restored_answers_as_a_fresh_model():
         fresh_engine.pool.slot("tiny").unload()  # nothing of this prompt stays for the next one
         cold = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
         assert warm == cold, question
+
+
+def test_files_are_private_and_a_full_disk_is_said_once(tmp_path, caplog, monkeypatch):
+    import errno
+
+    from hoosh_edge.books import prompt_states
+
+    folder = tmp_path / "states"
+    store = PromptStateStore(folder, ram_bytes=MiB, disk_bytes=MiB)
+    store.put("m", [1, 2, 3], blob(100))
+    wait_for(lambda: store.stats()["disk_entries"] == 1)
+    assert folder.stat().st_mode & 0o777 == 0o700
+    assert files(folder)[0].stat().st_mode & 0o777 == 0o600
+
+    def full(*_a):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(prompt_states.os, "replace", full)  # the disk fills up
+    with caplog.at_level(logging.WARNING, logger="hoosh_edge.books.prompt_states"):
+        for i in range(3):
+            store.put("m", [9, i], blob(100))
+        store.close()
+    assert caplog.text.count("cannot write") == 1
+    assert store.stats()["ram_entries"] == 4 and store.stats()["disk_entries"] == 1
+    assert list(folder.glob("*.tmp")) == []  # no half-written file left behind

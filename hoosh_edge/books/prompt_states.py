@@ -78,8 +78,10 @@ class PromptStateStore:
         self.lookups = self.hits = self.dropped_files = 0
         self._queue: queue.Queue[Entry | None] = queue.Queue(WRITE_QUEUE)
         self._writer: threading.Thread | None = None
+        self._failing = False
         if self.folder is not None:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            # The tokens in a state file are the prompt itself: for the gateway's user alone.
+            self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._scan()
             self._writer = threading.Thread(target=self._write_loop, name="prompt-states",
                                             daemon=True)  # fmt: skip
@@ -231,9 +233,12 @@ class PromptStateStore:
         while (entry := self._queue.get()) is not None:
             try:
                 self._write(entry)
+                self._failing = False
             except OSError as e:
-                log.warning("prompt states: cannot write to %s (%s); kept in RAM only",
-                            self.folder, e)  # fmt: skip
+                if not self._failing:  # once until a write succeeds again: no log flood
+                    log.warning("prompt states: cannot write to %s (%s); kept in RAM only",
+                                self.folder, e)  # fmt: skip
+                self._failing = True
             except Exception:  # noqa: BLE001 - the writer thread must outlive any one file
                 log.exception("prompt states: writing a state failed")
 
@@ -249,11 +254,16 @@ class PromptStateStore:
         name = hashlib.sha256(entry.space.encode() + entry.tokens.tobytes()).hexdigest()[:40]
         path = self.folder / (name + SUFFIX)
         tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(MAGIC + struct.pack("<I", len(header)) + header)
-            fh.write(entry.tokens.astype("<i4").tobytes())
-            fh.write(blob)
-        os.replace(tmp, path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "wb") as fh:
+                fh.write(MAGIC + struct.pack("<I", len(header)) + header)
+                fh.write(entry.tokens.astype("<i4").tobytes())
+                fh.write(blob)
+            os.replace(tmp, path)
+        except OSError:
+            _unlink(tmp)  # a full disk leaves no half file behind
+            raise
         with self._lock:
             if entry.dropped:
                 _unlink(path)
