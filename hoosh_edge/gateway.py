@@ -19,6 +19,7 @@ from hoosh_edge.books.db import Database
 from hoosh_edge.books.keys import Authenticator, KeyStore, StaticKeys
 from hoosh_edge.books.ledger import SpendLedger
 from hoosh_edge.books.pricing import PriceTable
+from hoosh_edge.books.prompt_states import PromptStateStore
 from hoosh_edge.books.spend import Accountant
 from hoosh_edge.config import Config
 from hoosh_edge.errors import HooshError, ModelNotFound, StorageUnavailable
@@ -51,7 +52,8 @@ class Gateway:
 
     def __init__(self, config: Config, *, pool: ModelPool, speech: LocalSpeech,
                  local_backends: list[ChatBackend], db: Database, ledger: SpendLedger,
-                 accountant: Accountant, cache: ResponseCache, keys: KeyStore) -> None:  # fmt: skip
+                 accountant: Accountant, cache: ResponseCache, keys: KeyStore,
+                 prompt_states: PromptStateStore | None = None) -> None:  # fmt: skip
         self.config = config
         self.started_at = time.time()
         self.pool = pool
@@ -62,6 +64,7 @@ class Gateway:
         self.accountant = accountant
         self.cache = cache
         self.keys = keys
+        self.prompt_states = prompt_states
         self.metrics = Metrics()
         self.accountant.metrics = self.metrics
         self.auth = Authenticator(keys, StaticKeys(config.server.api_keys, config.server.admin_key))
@@ -198,6 +201,23 @@ class Gateway:
                         "they are lost", len(self.accountant.pending))  # fmt: skip
         self.keys.flush_last_used()
         self.db.close()
+        if self.prompt_states is not None:
+            self.prompt_states.close()  # the writes still queued reach the disk
+
+
+def prompt_state_store(config: Config) -> PromptStateStore | None:
+    """The saved prompt states of the on-device chat models, as ``[local.llm]`` bounds them."""
+    c = config.llm
+    if not (c.prompt_cache_mb or c.prompt_cache_disk_mb):
+        return None
+    folder: Path | None = Path(config.server.data_dir) / "prompt-states"
+    try:
+        return PromptStateStore(folder, ram_bytes=c.prompt_cache_mb << 20,
+                                disk_bytes=c.prompt_cache_disk_mb << 20)  # fmt: skip
+    except OSError as e:
+        log.warning("prompt cache: cannot use %s (%s); saved prompt states stay in RAM",
+                    folder, e)  # fmt: skip
+        return PromptStateStore(None, ram_bytes=c.prompt_cache_mb << 20)
 
 
 def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool = True) -> Gateway:
@@ -212,24 +232,28 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
     found = discover_local_models(models_dir) if models_dir.is_dir() else LocalModels()
     pool = pool if pool is not None else ModelPool()
     backends: list[ChatBackend] = []
+    db = Database.open(Path(config.server.data_dir),
+                       synchronous=config.server.durability.upper())  # fmt: skip
     llm = configured_models(config.llm, found.llm)
+    states = prompt_state_store(config) if llm else None
     if llm:
         from hoosh_edge.backends.engines.llama import LlamaEngine
 
         c = config.llm
+        if states is not None:
+            pool.caches.append(states)
         engine = LlamaEngine(llm, pool, n_threads=c.n_threads, n_ctx=c.n_ctx,
-                             keep_alive_s=c.keep_alive_s, max_queue=c.max_queue)  # fmt: skip
+                             keep_alive_s=c.keep_alive_s, max_queue=c.max_queue,
+                             states=states)  # fmt: skip
         backends.append(LocalChat(engine))
     speech = LocalSpeech(pool, configured_models(config.stt, found.stt),
                          configured_models(config.tts, found.tts), config.stt, config.tts)  # fmt: skip
-    db = Database.open(Path(config.server.data_dir),
-                       synchronous=config.server.durability.upper())  # fmt: skip
     ledger = SpendLedger(db, timezone=config.timezone)
     ledger.seed_rules([dict(b) for b in config.budgets])
     gw = Gateway(config, pool=pool, speech=speech, local_backends=backends, db=db, ledger=ledger,
                  accountant=Accountant(ledger, PriceTable(dict(config.pricing))),
                  cache=ResponseCache(db, CachePolicy.from_config(config.cache)),
-                 keys=KeyStore(db))  # fmt: skip
+                 keys=KeyStore(db), prompt_states=states)  # fmt: skip
     if start:
         for mid in config.llm.preload:
             if not llm or mid not in llm:

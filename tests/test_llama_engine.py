@@ -121,6 +121,7 @@ def test_stream_framing_and_exact_length(tiny_gguf):
         "prompt_tokens": p,
         "completion_tokens": 20,
         "total_tokens": p + 20,
+        "prompt_tokens_details": {"cached_tokens": 0},  # a fresh model: nothing to reuse
     }
     assert engine.tokenize_count("tiny", HI) == p
 

@@ -35,7 +35,7 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
     where = f"local.{kind}."
     allowed = {"n_threads", "keep_alive_s", "max_queue", "preload", "models"}
     if kind == "llm":
-        allowed |= {"n_ctx"}
+        allowed |= {"n_ctx", "prompt_cache_mb", "prompt_cache_disk_mb"}
     if kind == "stt":
         allowed |= {"max_audio_s"}
     if kind == "tts":
@@ -61,6 +61,11 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
     max_audio_s = float(typed(t, "max_audio_s", (int, float), where, src, d.max_audio_s))
     if not 0 < max_audio_s <= 86400:
         raise ConfigError(f"{src}: '{where}max_audio_s' must be > 0 and at most 86400 (a day)")
+    cache_mb = {}
+    for key in ("prompt_cache_mb", "prompt_cache_disk_mb"):
+        cache_mb[key] = typed(t, key, int, where, src, getattr(d, key))
+        if not 0 <= cache_mb[key] <= 1 << 20:
+            raise ConfigError(f"{src}: '{where}{key}' must be between 0 (off) and 1048576 MB")
     max_input_chars = typed(t, "max_input_chars", int, where, src, d.max_input_chars)
     if max_input_chars < 1:
         raise ConfigError(f"{src}: '{where}max_input_chars' must be >= 1")
@@ -74,6 +79,7 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
         default_voice=typed(t, "default_voice", str, where, src, None),
         max_audio_s=max_audio_s,
         max_input_chars=max_input_chars,
+        **cache_mb,
     )
 
 

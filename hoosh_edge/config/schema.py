@@ -89,6 +89,8 @@ class LocalEngineConfig:
     default_voice: str | None = None  # tts only
     max_audio_s: float = 600.0  # stt only: longest upload decoded (header and data both checked)
     max_input_chars: int = 4096  # tts only: longest text one /v1/audio/speech request may send
+    prompt_cache_mb: int = 256  # llm only: RAM for saved prompt states (0 = off)
+    prompt_cache_disk_mb: int = 1024  # llm only: their files under data_dir (0 = RAM only)
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,10 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
         "spend": _section("spend", lambda: spend_status(ledger)),
         "orphans": _section("orphans", lambda: orphan_summary(ledger)),
         "cache": _section("cache", gw.cache.stats),
+        "prompt_cache": _section(
+            "prompt_cache",
+            lambda: gw.prompt_states.stats() if gw.prompt_states is not None else None,
+        ),  # fmt: skip
         "requests": _section("requests", lambda: request_totals(gw.metrics)),
         "storage": _section("storage", gw.storage_report),
         "workers": _section("workers", workers.status),

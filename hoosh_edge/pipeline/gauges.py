@@ -69,6 +69,15 @@ def gateway_gauges(gw: Gateway) -> list[Gauge]:
             [({}, books["dropped_usage"])],
         )
     )
+    if gw.prompt_states is not None:
+        ps = gw.prompt_states.stats()
+        out.append(("hoosh_prompt_cache_bytes", "Bytes of saved prompt states",
+                    [({"where": "ram"}, ps["ram_bytes"]), ({"where": "disk"}, ps["disk_bytes"])]))  # fmt: skip
+        out.append(("hoosh_prompt_cache_entries", "Saved prompt states", [({}, ps["entries"])]))
+        out.append(("hoosh_prompt_cache_restores", "Saved prompt states restored since start",
+                    [({}, ps["hits"])]))  # fmt: skip
+        out.append(("hoosh_prompt_cache_lookups", "Generations that looked for a saved state",
+                    [({}, ps["lookups"])]))  # fmt: skip
     st = gw.cache.stats()
     out.append(
         ("hoosh_cache_entries", "Answers in the response cache", [({}, st.get("entries", 0))])

@@ -13,6 +13,11 @@ How a request runs:
 - Closing the generator (client gone) stops the producer at its next token and waits for it to
   return before the slot is released, so two requests never touch one ``Llama`` at once.
 - The effective context of a model is ``min(n_ctx, the model's training context)``.
+- With a ``StateStore`` (``states``), a generation starts from the saved state sharing the
+  longest prefix with its prompt and files its own state after it (``prompt_cache``). The usage
+  chunk says how many prompt tokens were reused (``prompt_tokens_details.cached_tokens``). The
+  capture runs after the usage chunk is handed over: the caller has its answer while the model
+  stays taken until the capture is done.
 - How a request becomes a prompt, its limits and its sampling: ``llama_prompt``.
 """
 
@@ -34,6 +39,12 @@ from hoosh_edge.backends.engines.llama_prompt import (
     template_messages,
 )
 from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
+from hoosh_edge.backends.engines.prompt_cache import (
+    ModelDigest,
+    PromptStates,
+    StateStore,
+    live_reuse,
+)
 from hoosh_edge.errors import ModelNotFound
 from hoosh_edge.threads import ThreadStream, run_blocking
 from hoosh_edge.workers import native_lock
@@ -53,8 +64,11 @@ class LlamaEngine:
         n_ctx: int = 4096,
         keep_alive_s: float = 300,
         max_queue: int = 4,
+        states: StateStore | None = None,
     ) -> None:
         self.pool = pool
+        self.states = states
+        self._digests: dict[str, ModelDigest] = {}
         self.paths = dict(models)
         self.n_threads = n_threads or os.cpu_count() or 1
         self.n_ctx: dict[str, int] = {}
@@ -108,11 +122,15 @@ class LlamaEngine:
         slot = self._slot(model_id)
         messages = template_messages(req)
         check_tools(req)
-        with slot.use() as m:
+        held = slot.use()
+        m = held.__enter__()
+        stream: ThreadStream[dict[str, Any]] | None = None
+        answered = False
+        try:
             prep = run_blocking(prepare, m, messages, req, owner=model_id)
             # A small buffer bounds the tokens made in vain when the client goes away. The first
             # token waits for the whole prompt: allow 20 prompt tokens a second before "stuck".
-            stream: ThreadStream[dict[str, Any]] = ThreadStream(
+            stream = ThreadStream(
                 self._generate,
                 m,
                 prep,
@@ -120,12 +138,22 @@ class LlamaEngine:
                 owner=model_id,
                 expect_s=len(prep.prompt) / 20,
             )
-            try:
-                yield from stream
-            finally:
+            for item in stream:
+                yield item
+                if "usage" in item:
+                    answered = True  # the last item; the producer may still be keeping state
+                    break
+        finally:
+            if answered and m.states is not None:
+                import gevent
+
+                gevent.spawn(_release_after, stream, held)
+            else:
                 # The producer must be out of llama.cpp before another request gets the model.
-                stream.close()
-                stream.join()
+                if stream is not None:
+                    stream.close()
+                    stream.join()
+                held.__exit__(None, None, None)
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -144,7 +172,11 @@ class LlamaEngine:
             n_threads_batch=self.n_threads,
             verbose=False,
         )
-        return loaded(llm, n_ctx)
+        m = loaded(llm, n_ctx)
+        if self.states is not None:
+            digest = self._digests.get(path) or self._digests.setdefault(path, ModelDigest(path))
+            m.states = PromptStates(self.states, llm, path, digest)
+        return m
 
     def _generate(self, m: LoadedLlama, prep: Prepared) -> Iterator[dict[str, Any]]:
         """Runs in a pool thread: sample tokens and turn them into chunks."""
@@ -156,6 +188,10 @@ class LlamaEngine:
             llm = m.llm
             vocab = llm._model.vocab
             llm.set_seed(prep.seed)
+            if m.states is not None:
+                reused = m.states.restore(llm, prep.prompt)
+            else:
+                reused = live_reuse(llm, prep.prompt)
             decoder = codecs.getincrementaldecoder("utf-8")("replace")
             held, n, finish, first, cut = "", 0, "length", True, None
             # Logprobs of tokens whose text is held back travel with the chunk that sends it.
@@ -195,10 +231,16 @@ class LlamaEngine:
                 final["choices"][0]["delta"] = {}
             yield final
             p = len(prep.prompt)
-            yield {
-                "choices": [],
-                "usage": {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n},
-            }
+            usage = {"prompt_tokens": p, "completion_tokens": n, "total_tokens": p + n,
+                     "prompt_tokens_details": {"cached_tokens": reused}}  # fmt: skip
+            yield {"choices": [], "usage": usage}
+            if m.states is not None:
+                m.states.keep(llm)
+        except GeneratorExit:
+            # The caller left mid-answer: the prompt it paid for is still worth keeping.
+            if m.states is not None:
+                m.states.keep(llm)
+            raise
         finally:
             with self._active_lock:
                 self._active -= 1
@@ -249,3 +291,10 @@ def _cut_at_stop(text: str, stops: list[str], final: bool = False) -> tuple[str,
                 hold = k
                 break
     return text[: len(text) - hold], text[len(text) - hold :], None
+
+
+def _release_after(stream: ThreadStream[Any] | None, held: Any) -> None:
+    """Give the model back once the producer (keeping the prompt's state) has returned."""
+    if stream is not None:
+        stream.join()
+    held.__exit__(None, None, None)

@@ -40,6 +40,7 @@ class LoadedLlama:
     formatter: Any  # llama_chat_format.Jinja2ChatFormatter
     n_ctx: int
     stop_ids: frozenset[int]
+    states: Any = None  # prompt_cache.PromptStates when the engine keeps prompt states
 
     def close(self) -> None:
         self.llm.close()

@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import gevent
 import gevent.lock
@@ -125,6 +125,13 @@ class ModelSlot:
         return True
 
 
+class RamCache(Protocol):
+    """A cache whose RAM the pool counts (``books.prompt_states.PromptStateStore``)."""
+
+    def ram_room(self) -> int: ...
+    def cap_ram_room(self, room: int) -> None: ...
+
+
 class ModelPool:
     """All on-device models of this box and the memory they may use."""
 
@@ -138,6 +145,9 @@ class ModelPool:
         self.reserve_bytes = reserve_bytes
         self._mem_available = mem_available
         self._reaper: gevent.Greenlet | None = None
+        # RAM caches beside the models (saved prompt states): what they may still grow by counts
+        # in every load, and they give their RAM back before a model is refused.
+        self.caches: list[RamCache] = []
 
     def register(self, slot: ModelSlot) -> ModelSlot:
         slot.pool = self
@@ -152,7 +162,8 @@ class ModelPool:
         avail = self._mem_available()
         if avail is None:
             return  # neither /proc/meminfo nor a cgroup limit: nothing to judge by
-        need = slot.estimate_bytes + self.reserve_bytes
+        growth = sum(c.ram_room() for c in self.caches)
+        need = slot.estimate_bytes + self.reserve_bytes + growth
         if need <= avail:
             return
         idle = sorted(
@@ -164,10 +175,23 @@ class ModelPool:
             avail = self._mem_available() or 0
             if need <= avail:
                 return
+        model_need = slot.estimate_bytes + self.reserve_bytes
+        if growth and model_need <= avail:
+            # The model fits, its caches' full bound does not: the caches get what is left.
+            room = avail - model_need
+            for c in self.caches:
+                given = min(c.ram_room(), room)
+                c.cap_ram_room(given)
+                room -= given
+            log.warning("less memory than %s and the saved prompt states' bound need: the "
+                        "prompt states may now grow by %d MiB only", slot.key,
+                        (avail - model_need) // MiB)  # fmt: skip
+            return
         raise InsufficientMemory(
             f"Not enough free memory to load '{slot.key}': it needs about "
-            f"{slot.estimate_bytes // MiB} MiB (+{self.reserve_bytes // MiB} MiB reserve) and "
-            f"{avail // MiB} MiB is available.",
+            f"{slot.estimate_bytes // MiB} MiB (+{self.reserve_bytes // MiB} MiB reserve"
+            + (f", +{growth // MiB} MiB for saved prompt states" if growth else "")
+            + f") and {avail // MiB} MiB is available.",
         )
 
     def unload_idle(self, now: float | None = None) -> list[str]:
