@@ -76,6 +76,10 @@ class ProviderConfig:
         return any(fnmatch.fnmatchcase(model, pat) for pat in self.models)
 
 
+# [local.tts] phonemizer: what turns text into Piper's phonemes (backends/engines/phonemizer.py).
+PHONEMIZERS = ("auto", "piper-phonemize", "espeak-ng")
+
+
 @dataclass(frozen=True)
 class LocalEngineConfig:
     """One on-device engine (``[local.llm]``, ``[local.stt]`` or ``[local.tts]``)."""
@@ -89,6 +93,7 @@ class LocalEngineConfig:
     default_voice: str | None = None  # tts only
     max_audio_s: float = 600.0  # stt only: longest upload decoded (header and data both checked)
     max_input_chars: int = 4096  # tts only: longest text one /v1/audio/speech request may send
+    phonemizer: str = "auto"  # tts only: auto | piper-phonemize | espeak-ng
 
 
 @dataclass(frozen=True)

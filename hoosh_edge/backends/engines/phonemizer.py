@@ -1,0 +1,160 @@
+"""Which phonemizer turns text into Piper's phonemes: the one place that chooses.
+
+``[local.tts] phonemizer``: ``piper-phonemize`` (the wheel, with its own espeak-ng and data;
+published for CPython 3.9-3.11 only), ``espeak-ng`` (the system's libespeak-ng through ctypes,
+any Python) or ``auto`` (the wheel where it is installed, else the system library). Both give the
+same phonemes (tests/test_phonemizer_parity.py). One phonemizer per process: espeak-ng's state
+is global.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from hoosh_edge.backends.engines import espeak
+from hoosh_edge.config.schema import PHONEMIZERS as CHOICES
+from hoosh_edge.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+INSTALL = {
+    "piper-phonemize": "pip install piper-phonemize (wheels for Python 3.9-3.11 only)",
+    "espeak-ng": "sudo apt-get install libespeak-ng1 espeak-ng-data",
+}
+
+
+class Phonemizer(Protocol):
+    """Text -> Piper's phonemes, one list per sentence."""
+
+    name: str
+    detail: str
+
+    def espeak(self, text: str, voice: str) -> list[list[str]]: ...
+
+    def codepoints(self, text: str) -> list[list[str]]: ...
+
+
+class PiperPhonemize:
+    """The ``piper-phonemize`` wheel, reading the espeak-ng data it ships."""
+
+    name = "piper-phonemize"
+
+    def __init__(self) -> None:
+        import piper_phonemize
+
+        self._pp = piper_phonemize
+        self._data = str(Path(piper_phonemize.__file__).parent / "espeak-ng-data")
+        version = _dist_version("piper-phonemize")
+        self.detail = f"piper-phonemize {version} (its bundled espeak-ng, data {self._data})"
+
+    def espeak(self, text: str, voice: str) -> list[list[str]]:
+        with espeak.ESPEAK_LOCK:
+            try:
+                return self._pp.phonemize_espeak(text, voice, self._data)
+            finally:
+                self._pp.phonemize_espeak("", voice, self._data)  # see EspeakPhonemizer.espeak
+
+    def codepoints(self, text: str) -> list[list[str]]:
+        return self._pp.phonemize_codepoints(text)
+
+
+class EspeakPhonemizer:
+    """The system's libespeak-ng through ctypes (``espeak.EspeakNG``)."""
+
+    name = "espeak-ng"
+
+    def __init__(self, library: str | None = None, data_dir: str | None = None) -> None:
+        with espeak.ESPEAK_LOCK:
+            self._ng = espeak.EspeakNG(library, data_dir)
+        self.detail = f"{self._ng.library} {self._ng.version} (data {self._ng.data_dir})"
+
+    def espeak(self, text: str, voice: str) -> list[list[str]]:
+        with espeak.ESPEAK_LOCK:
+            try:
+                return self._ng.phonemize(text, voice)
+            finally:
+                # espeak-ng keeps the character it read past the last clause for its next call;
+                # an empty text takes it, so one request's "dot" never opens the next one's.
+                self._ng.phonemize("", voice)
+
+    def codepoints(self, text: str) -> list[list[str]]:
+        """piper-phonemize's ``phonemize_codepoints``: case-folded, decomposed, one sentence."""
+        return [list(unicodedata.normalize("NFD", text.casefold()))]
+
+
+@dataclass(frozen=True)
+class PhonemizerStatus:
+    """What /v1/health, the status page and ``hoosh-edge doctor`` say about the phonemizer."""
+
+    configured: str
+    in_use: str | None
+    detail: str
+    fix: str | None  # what to install, when none can be used
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"configured": self.configured, "in_use": self.in_use, "detail": self.detail,
+                "fix": self.fix}  # fmt: skip
+
+
+_made: dict[str, Phonemizer] = {}
+_made_lock = threading.Lock()
+
+
+def resolve(choice: str = "auto") -> Phonemizer:
+    """The phonemizer ``choice`` names, loaded once per process; ServiceUnavailable says why not."""
+    if choice not in CHOICES:
+        raise ValueError(f"phonemizer must be one of {', '.join(CHOICES)}, not {choice!r}")
+    order = ("piper-phonemize", "espeak-ng") if choice == "auto" else (choice,)
+    reasons = []
+    with _made_lock:
+        for name in order:
+            if name in _made:
+                return _made[name]
+            try:
+                made: Phonemizer = (
+                    PiperPhonemize() if name == "piper-phonemize" else EspeakPhonemizer()
+                )
+            except (ImportError, OSError, espeak.EspeakUnavailable) as e:
+                reasons.append(f"{name}: {e}")
+                continue
+            _made[name] = made
+            return made
+    fix = " or ".join(INSTALL[n] for n in order)
+    raise ServiceUnavailable(
+        f"Text-to-speech needs a phonemizer and none can be used ({'; '.join(reasons)}). "
+        f"Install one: {fix}.",
+        code="phonemizer_unavailable",
+    )
+
+
+def status(choice: str = "auto") -> PhonemizerStatus:
+    """Resolve ``choice`` and say what is in use, or what to install."""
+    try:
+        p = resolve(choice)
+    except ServiceUnavailable as e:
+        fix = " or ".join(INSTALL[n] for n in (CHOICES[1:] if choice == "auto" else (choice,)))
+        return PhonemizerStatus(choice, None, str(e), fix)
+    return PhonemizerStatus(choice, p.name, p.detail, None)
+
+
+def installed() -> dict[str, bool]:
+    """Which phonemizers this machine has, without loading either (for the doctor)."""
+    return {
+        "piper-phonemize": importlib.util.find_spec("piper_phonemize") is not None,
+        "espeak-ng": espeak.find_library() is not None,
+    }
+
+
+def _dist_version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "(version unknown)"
