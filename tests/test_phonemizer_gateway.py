@@ -1,0 +1,158 @@
+"""``[local.tts] phonemizer`` through the real gateway: health, status page, doctor, speech.
+
+With the espeak-ng path forced, speech works and /v1/health, /admin/status.json, the status page
+and ``hoosh-edge doctor`` name it; with no phonemizer to be had, voices stay listed and each of
+those says what to install, and a speech request is a clear 503, never silence.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import openai
+import pytest
+import requests
+
+from hoosh_edge.config import ConfigError, load_config
+from tests.conftest import require
+from tests.synth_piper import make_voice
+from tests.test_audio_api import word_error_rate
+from tests.test_cli import cli_env
+from tests.test_status_page import PageFields, chromium, needs_chromium
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_LIBRARY = os.path.join(os.sep, "nonexistent", "libespeak-ng.so.1")
+APT_HINT = "sudo apt-get install libespeak-ng1 espeak-ng-data"
+
+
+def tts_config(voice: str, phonemizer: str) -> str:
+    return f'[local.tts]\nphonemizer = "{phonemizer}"\n[local.tts.voices]\ntiny = "{voice}"\n'
+
+
+def speak(gw, text: str = "Hello there. How are you?") -> requests.Response:
+    body = {"model": "tts-1", "voice": "alloy", "input": text, "response_format": "wav"}
+    return requests.post(gw.url + "/v1/audio/speech", json=body, timeout=60)
+
+
+def doctor(config: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "hoosh_edge", "doctor", "--config", str(config)],
+        capture_output=True, text=True, timeout=120, env={**cli_env(), **(env or {})},
+        cwd=config.parent,
+    )  # fmt: skip
+
+
+def test_the_config_key_takes_three_values_and_names_itself_otherwise(tmp_path):
+    cfg = tmp_path / "c.toml"
+    for value in ("auto", "piper-phonemize", "espeak-ng"):
+        cfg.write_text(f'[local.tts]\nphonemizer = "{value}"\n')
+        assert load_config(cfg, env={}).tts.phonemizer == value
+    assert load_config(None, env={}).tts.phonemizer == "auto"
+    for bad in ('"espeak"', "1", '""'):
+        cfg.write_text(f"[local.tts]\nphonemizer = {bad}\n")
+        with pytest.raises(ConfigError, match=r"local\.tts\.phonemizer"):
+            load_config(cfg, env={})
+    cfg.write_text('[local.stt]\nphonemizer = "espeak-ng"\n')  # a tts key only
+    with pytest.raises(ConfigError, match=r"local\.stt\.phonemizer"):
+        load_config(cfg, env={})
+
+
+def test_forced_espeak_ng_speaks_and_every_report_names_it(gateway_factory, tmp_path):
+    gw = gateway_factory(tts_config(make_voice(str(tmp_path)), "espeak-ng"))
+    r = speak(gw)
+    assert r.status_code == 200 and r.content.startswith(b"RIFF") and len(r.content) > 1000
+    health = requests.get(gw.url + "/v1/health", timeout=10).json()
+    tts = health["tts"]
+    assert tts["state"] == "ok" and tts["voices"] == ["tiny"]
+    assert tts["phonemizer"]["configured"] == "espeak-ng"
+    assert tts["phonemizer"]["in_use"] == "espeak-ng" and tts["phonemizer"]["fix"] is None
+    assert "libespeak-ng" in tts["phonemizer"]["detail"]
+    status = requests.get(gw.url + "/admin/status.json", timeout=10).json()
+    assert status["tts"] == tts
+    out = doctor(gw.config_path)
+    line = next(x for x in out.stdout.splitlines() if "phonemizer" in x)
+    assert line.startswith("[ok] phonemizer espeak-ng (local.tts.phonemizer = 'espeak-ng')"), line
+
+
+def test_auto_prefers_piper_phonemize_where_it_is_installed(gateway_factory, tmp_path):
+    has_wheel = importlib.util.find_spec("piper_phonemize") is not None
+    if sys.version_info < (3, 12):
+        require(has_wheel, "piper-phonemize is in the local extra on Python 3.11")
+    gw = gateway_factory(tts_config(make_voice(str(tmp_path)), "auto"))
+    assert speak(gw).status_code == 200
+    ph = requests.get(gw.url + "/v1/health", timeout=10).json()["tts"]["phonemizer"]
+    expected = "piper-phonemize" if has_wheel else "espeak-ng"
+    assert ph["configured"] == "auto" and ph["in_use"] == expected
+
+
+def test_no_phonemizer_is_said_everywhere_and_speech_is_a_clear_503(gateway_factory, tmp_path):
+    env = {"HOOSH_ESPEAK_LIBRARY": NO_LIBRARY}
+    gw = gateway_factory(tts_config(make_voice(str(tmp_path)), "espeak-ng"), env=env)
+    assert "tiny" in [
+        m["id"] for m in requests.get(gw.url + "/v1/models", timeout=10).json()["data"]
+    ]
+    health = requests.get(gw.url + "/v1/health", timeout=10).json()
+    assert health["status"] == "degraded"
+    tts = health["tts"]
+    assert tts["state"] == "unavailable" and tts["phonemizer"]["in_use"] is None
+    assert tts["phonemizer"]["fix"] == APT_HINT and NO_LIBRARY in tts["phonemizer"]["detail"]
+    for _ in range(2):  # the slot's failed load leaves nothing behind: the same answer again
+        r = speak(gw)
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "phonemizer_unavailable" and APT_HINT in err["message"]
+        assert err["type"] == "server_error"
+    assert requests.get(gw.url + "/health", timeout=5).ok
+    assert any("cannot speak" in line and APT_HINT in line for line in gw.stderr_lines)
+    out = doctor(gw.config_path, env)
+    assert out.returncode == 1, out.stdout
+    lines = out.stdout.splitlines()
+    i = next(i for i, x in enumerate(lines) if "phonemizer" in x)
+    assert lines[i].startswith("[!!] phonemizer (local.tts.phonemizer = 'espeak-ng')"), lines[i]
+    assert lines[i + 1] == f"     fix: {APT_HINT}"
+
+
+@needs_chromium
+def test_the_status_page_shows_the_phonemizer_or_what_to_install(gateway_factory, tmp_path):
+    voice = make_voice(str(tmp_path))
+    good = gateway_factory(tts_config(voice, "espeak-ng"))
+    page = PageFields(chromium(tmp_path, good.url + "/", "--dump-dom"))
+    assert "tts" not in page.hidden
+    assert page.by_id["tts"].startswith("Speech phonemizer: espeak-ng (libespeak-ng")
+    bad = gateway_factory(tts_config(voice, "espeak-ng"), env={"HOOSH_ESPEAK_LIBRARY": NO_LIBRARY})
+    page = PageFields(chromium(tmp_path, bad.url + "/", "--dump-dom"))
+    assert page.by_id["tts"] == f"Speech cannot be made: no phonemizer. Install: {APT_HINT}"
+
+
+@pytest.mark.slow
+def test_real_round_trip_through_the_espeak_ng_path(gateway_factory):
+    """joe speaks through libespeak-ng, whisper hears it: the same WER bound as test_audio_api."""
+    models = ROOT / "models"
+    voice, whisper = models / "en_US-joe-medium.onnx", models / "ggml-tiny.en.bin"
+    require(
+        voice.exists() and whisper.exists(), "run scripts/setup to pull joe and whisper-tiny.en"
+    )
+    gw = gateway_factory(f"""
+[local.stt.models]
+"whisper-tiny.en" = "{whisper}"
+[local.tts]
+phonemizer = "espeak-ng"
+[local.tts.voices]
+joe = "{voice}"
+""")
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0, timeout=120)
+    sentence = ("The quick brown fox jumps over the lazy dog. "
+                "Please turn on the kitchen lights at seven o'clock.")  # fmt: skip
+    wav = client.audio.speech.create(model="tts-1", voice="joe", input=sentence,
+                                     response_format="wav").read()  # fmt: skip
+    assert wav.startswith(b"RIFF")
+    ph = requests.get(gw.url + "/v1/health", timeout=10).json()["tts"]["phonemizer"]
+    assert ph["in_use"] == "espeak-ng"
+    text = client.audio.transcriptions.create(model="whisper-1", file=("s.wav", wav)).text
+    wer = word_error_rate(sentence, text)
+    print(f"espeak-ng path round trip: WER {wer:.3f} ({text!r})")
+    assert wer < 0.2, (text, wer)
