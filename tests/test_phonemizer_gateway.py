@@ -17,6 +17,7 @@ import openai
 import pytest
 import requests
 
+from hoosh_edge.backends.engines.phonemizer import install_hint
 from hoosh_edge.config import ConfigError, load_config
 from tests.conftest import require
 from tests.synth_piper import make_voice
@@ -59,6 +60,16 @@ def test_the_config_key_takes_three_values_and_names_itself_otherwise(tmp_path):
     cfg.write_text('[local.stt]\nphonemizer = "espeak-ng"\n')  # a tts key only
     with pytest.raises(ConfigError, match=r"local\.stt\.phonemizer"):
         load_config(cfg, env={})
+
+
+def test_the_fix_fits_the_python():
+    wheel = "pip install piper-phonemize (wheels for Python 3.9-3.11 only)"
+    assert install_hint("auto", (3, 11)) == f"{wheel} or {APT_HINT}"
+    assert install_hint("auto", (3, 13)) == install_hint("espeak-ng", (3, 11)) == APT_HINT
+    assert install_hint("piper-phonemize", (3, 10)) == wheel
+    assert install_hint("piper-phonemize", (3, 13)) == (
+        f'set phonemizer = "espeak-ng" and {APT_HINT} (piper-phonemize has no wheel for Python 3.13)'
+    )
 
 
 def test_forced_espeak_ng_speaks_and_every_report_names_it(gateway_factory, tmp_path):
@@ -116,6 +127,21 @@ def test_no_phonemizer_is_said_everywhere_and_speech_is_a_clear_503(gateway_fact
     assert lines[i + 1] == f"     fix: {APT_HINT}"
 
 
+def test_auto_with_neither_installed_names_both_ways(gateway_factory, tmp_path):
+    """No wheel importable (a package that refuses to import shadows it) and no library."""
+    shadow = tmp_path / "shadow" / "piper_phonemize"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("no piper-phonemize here")\n')
+    env = {"HOOSH_ESPEAK_LIBRARY": NO_LIBRARY, "PYTHONPATH": str(shadow.parent)}
+    gw = gateway_factory(tts_config(make_voice(str(tmp_path)), "auto"), env=env)
+    ph = requests.get(gw.url + "/v1/health", timeout=10).json()["tts"]["phonemizer"]
+    assert ph["in_use"] is None and "no piper-phonemize here" in ph["detail"]
+    wheel = "pip install piper-phonemize (wheels for Python 3.9-3.11 only)"
+    assert ph["fix"] == (APT_HINT if sys.version_info >= (3, 12) else f"{wheel} or {APT_HINT}")
+    r = speak(gw)
+    assert r.status_code == 503 and ph["fix"] in r.json()["error"]["message"]
+
+
 @needs_chromium
 def test_the_status_page_shows_the_phonemizer_or_what_to_install(gateway_factory, tmp_path):
     voice = make_voice(str(tmp_path))
@@ -125,7 +151,7 @@ def test_the_status_page_shows_the_phonemizer_or_what_to_install(gateway_factory
     assert page.by_id["tts"].startswith("Speech phonemizer: espeak-ng (libespeak-ng")
     bad = gateway_factory(tts_config(voice, "espeak-ng"), env={"HOOSH_ESPEAK_LIBRARY": NO_LIBRARY})
     page = PageFields(chromium(tmp_path, bad.url + "/", "--dump-dom"))
-    assert page.by_id["tts"] == f"Speech cannot be made: no phonemizer. Install: {APT_HINT}"
+    assert page.by_id["tts"] == f"Speech cannot be made: no phonemizer. To fix: {APT_HINT}"
 
 
 @pytest.mark.slow

@@ -179,7 +179,7 @@ function renderTts(tts) {
   p.dataset.state = tts.state;
   p.textContent = tts.state === "ok"
     ? "Speech phonemizer: " + ph.in_use + " (" + ph.detail + ")"
-    : "Speech cannot be made: no phonemizer. Install: " + ph.fix;
+    : "Speech cannot be made: no phonemizer. To fix: " + ph.fix;
 }
 
 function renderProviders(providers) {

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import sys
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ INSTALL = {
     "piper-phonemize": "pip install piper-phonemize (wheels for Python 3.9-3.11 only)",
     "espeak-ng": "sudo apt-get install libespeak-ng1 espeak-ng-data",
 }
+WHEEL_PYTHONS = (3, 12)  # piper-phonemize publishes no wheel from this Python on
 
 
 class Phonemizer(Protocol):
@@ -125,10 +127,9 @@ def resolve(choice: str = "auto") -> Phonemizer:
                 continue
             _made[name] = made
             return made
-    fix = " or ".join(INSTALL[n] for n in order)
     raise ServiceUnavailable(
         f"Text-to-speech needs a phonemizer and none can be used ({'; '.join(reasons)}). "
-        f"Install one: {fix}.",
+        f"To fix: {install_hint(choice)}.",
         code="phonemizer_unavailable",
     )
 
@@ -138,9 +139,23 @@ def status(choice: str = "auto") -> PhonemizerStatus:
     try:
         p = resolve(choice)
     except ServiceUnavailable as e:
-        fix = " or ".join(INSTALL[n] for n in (CHOICES[1:] if choice == "auto" else (choice,)))
-        return PhonemizerStatus(choice, None, str(e), fix)
+        return PhonemizerStatus(choice, None, str(e), install_hint(choice))
     return PhonemizerStatus(choice, p.name, p.detail, None)
+
+
+def install_hint(choice: str, python: tuple[int, int] | None = None) -> str:
+    """What to install so that ``choice`` can be used on this Python (or on ``python``)."""
+    python = python or (sys.version_info[0], sys.version_info[1])
+    no_wheel = python >= WHEEL_PYTHONS
+    if choice == "espeak-ng" or (choice == "auto" and no_wheel):
+        return INSTALL["espeak-ng"]
+    if choice == "piper-phonemize" and no_wheel:
+        py = f"{python[0]}.{python[1]}"
+        return (f'set phonemizer = "espeak-ng" and {INSTALL["espeak-ng"]} (piper-phonemize '
+                f"has no wheel for Python {py})")  # fmt: skip
+    if choice == "piper-phonemize":
+        return INSTALL["piper-phonemize"]
+    return f"{INSTALL['piper-phonemize']} or {INSTALL['espeak-ng']}"
 
 
 def installed() -> dict[str, bool]:
