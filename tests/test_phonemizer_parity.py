@@ -174,3 +174,15 @@ def test_an_unknown_espeak_voice_is_an_error_not_silence():
 def test_a_missing_library_names_what_to_install():
     with pytest.raises(espeak.EspeakUnavailable, match="cannot load"):
         espeak.EspeakNG(os.path.join(os.sep, "nonexistent", "libespeak-ng.so.1"))
+
+
+def test_threads_in_several_languages_get_what_one_thread_gets(voices):
+    """espeak-ng's state is global: the lock and the voice set on every call keep texts apart."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    work = corpus()[::5]
+    for which in (0, 1):
+        serial = [voices[lang][which].phonemize(text) for lang, text in work]
+        with ThreadPoolExecutor(8) as pool:
+            threaded = list(pool.map(lambda w, i=which: voices[w[0]][i].phonemize(w[1]), work))
+        assert threaded == serial, which
