@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import re
 import threading
 import unicodedata
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ _CLAUSE_MARKS: dict[str, tuple[str, bool]] = {
     "\uff1b": ("", False),  # full-width semicolon
     "\uff1f": ("", True),  # full-width question mark
 }
+# espeak-ng's IsRomanU: the letters after which an ordinal-dot language reads "." as an ordinal.
+_ROMAN = frozenset("IVXL")
+_ROMAN_OR_SPACE = frozenset("IVXL \t\n\r")
 # Closing marks espeak-ng reads past after a clause's punctuation ("Stop!" she said).
 _CLOSERS = frozenset(")]}>\"'\u201d\u2019\u00bb\u203a")
 
@@ -146,6 +150,8 @@ class EspeakNG:
         lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
         found = ctypes.c_char_p()
         self.version = (lib.espeak_Info(ctypes.byref(found)) or b"?").decode("ascii", "replace")
+        self._voice = ""
+        self._ordinal_dot: dict[str, bool] = {}
         self._lib = lib
         self.library = path
         # Where espeak-ng really reads its data (its default, ESPEAK_DATA_PATH, or ``data_dir``).
@@ -160,6 +166,7 @@ class EspeakNG:
         """Select an espeak voice (``en-us``, ``de``, ...); ValueError if espeak-ng has none."""
         if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
             raise ValueError(f"espeak-ng has no voice {voice!r}")
+        self._voice = voice
 
     def clauses(self, text: str, *, use_terminator_call: bool = True) -> list[Clause]:
         """Text -> espeak-ng's clauses in the current voice, each with Piper's mark."""
@@ -169,6 +176,8 @@ class EspeakNG:
         ptr = ctypes.c_void_p(base)
         out: list[Clause] = []
         fork = self._with_terminator if use_terminator_call else None
+        ordinal_dot = fork is None and self.ordinal_dot()
+        carried = ""
         while ptr.value is not None:
             start = ptr.value - base
             if fork is not None:
@@ -179,10 +188,43 @@ class EspeakNG:
             else:
                 ipa = self._lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_AUTO, _PHONEMES_IPA)
                 end = len(raw) if ptr.value is None else ptr.value - base
-                mark, ends = clause_mark(raw[start:end].decode("utf-8", "replace"),
-                                         last=ptr.value is None)  # fmt: skip
+                seg = raw[start:end].decode("utf-8", "replace")
+                last = ptr.value is None
+                mark, ends = clause_mark(seg, last=last, ordinal_dot=ordinal_dot, carried=carried)
+                # The character read past this clause is the first of the next one.
+                carried = seg[-1:] if not last and not seg[-1:].isspace() else ""
             out.append(Clause((ipa or b"").decode("utf-8", "replace"), mark, ends))
+            if ipa is None or (ptr.value is not None and ptr.value - base <= start):
+                break  # espeak-ng could not decode the text, or read none of it: never spin
         return out
+
+    def ordinal_dot(self) -> bool:
+        """Whether the current voice reads "V." as an ordinal, not a full stop (de, da, fi, ...).
+
+        espeak-ng's NUM_ORDINAL_DOT languages never end a clause at a dot after a Roman numeral
+        (I, V, X, L); the dot is then no mark for Piper. Seen from outside: "X V. Y" stays one
+        clause. Asked once per voice.
+        """
+        if self._voice not in self._ordinal_dot:
+            self._ordinal_dot[self._voice] = self._probe_ordinal_dot()
+        return self._ordinal_dot[self._voice]
+
+    def _probe_ordinal_dot(self) -> bool:
+        raw = ctypes.create_string_buffer(b"X V. Y")
+        ptr = ctypes.c_void_p(ctypes.addressof(raw))
+        clauses = 0
+        while ptr.value is not None and clauses < 3:
+            self._lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_AUTO, _PHONEMES_IPA)
+            clauses += 1
+        self._drain()
+        return clauses == 1
+
+    def _drain(self) -> None:
+        """Let espeak-ng take the character it read past the last text, so it opens no other."""
+        empty = ctypes.create_string_buffer(b"")
+        ptr = ctypes.c_void_p(ctypes.addressof(empty))
+        while ptr.value is not None:
+            self._lib.espeak_TextToPhonemes(ctypes.byref(ptr), _CHARS_AUTO, _PHONEMES_IPA)
 
     def phonemize(self, text: str, voice: str, **kw: bool) -> list[list[str]]:
         """What ``piper_phonemize.phonemize_espeak`` returns: one phoneme list per sentence."""
@@ -203,31 +245,50 @@ class EspeakNG:
         return sentences
 
 
-def clause_mark(consumed: str, *, last: bool) -> tuple[str, bool]:
+def clause_mark(
+    consumed: str, *, last: bool, ordinal_dot: bool = False, carried: str = ""
+) -> tuple[str, bool]:
     """Piper's mark for a clause, and whether it ends a sentence, from the text espeak-ng read.
 
-    espeak-ng reads one character past a clause's punctuation and the blank after it (the
-    start of the next clause, which it keeps for the next call) or the closing quote or bracket,
-    so that character is dropped before the punctuation is looked at.
+    ``consumed`` is what espeak-ng read for this clause; ``carried`` the character it had read
+    past the clause before, which opens this one. espeak-ng reads one character past a clause's punctuation and the blank after it
+    (the start of the next clause, which it keeps for the next call) or past a closing quote or
+    bracket, so that character is dropped before the punctuation is looked at.
     """
     s = consumed.rstrip("\x00")
     if not last and s and not s[-1].isspace():
         s = s[:-1]
-    paragraph = "\n\n" in s[len(s.rstrip()) :].replace("\r", "")
+    newlines = s[len(s.rstrip()) :].count("\n")
     s = s.rstrip()
+    closed = bool(s) and s[-1] in _CLOSERS
     while s and s[-1] in _CLOSERS:
         s = s[:-1]
     stripped = s
     while s and s[-1] in _CLAUSE_MARKS:
         s = s[:-1]
     run = stripped[len(s) :]
-    if not run:
-        # No punctuation: the end of the text or of a paragraph ends a sentence; a clause that
-        # espeak-ng cut for length does not.
-        return "", last or paragraph
+    ends_clause = bool(run)
+    if ordinal_dot and run[:1] == "." and run[:3] != "..." and _after_roman_numeral(carried + s):
+        # "Ludwig XIV." in German, Danish, Finnish ...: an ordinal, no full stop, unless a
+        # line break follows it at once.
+        ends_clause = newlines == 1 and not closed
+    if newlines >= 2 and not (closed and ends_clause):
+        return "", True  # a paragraph's end: a sentence ends, and Piper marks it not at all
+    if not ends_clause:
+        return "", last  # the end of the text, or a clause espeak-ng cut for length
     if run.startswith("..."):
         return _CLAUSE_MARKS["\u2026"]
     return _CLAUSE_MARKS[run[0]]
+
+
+def _after_roman_numeral(clause: str) -> bool:
+    """espeak-ng's test before an ordinal dot: a Roman letter after another or after a blank.
+
+    The clause starts after a blank, and espeak-ng reads three dots or more as an ellipsis and a
+    blank.
+    """
+    text = re.sub(r"\.{3,}", "\u2026 ", clause)
+    return text[-1:] in _ROMAN and (text[-2:-1] or " ") in _ROMAN_OR_SPACE
 
 
 def _drop_language_flags(phonemes: list[str]) -> list[str]:
