@@ -25,10 +25,10 @@ from tests.conftest import require, require_module
 CORPUS = Path(__file__).parent / "fixtures" / "phonemizer_corpus.tsv"
 
 # The one difference on the corpus, and it is espeak-ng's code, not ours and not its data:
-# libespeak-ng 1.51 stresses English "one" at the end of a clause as primary (wˈʌn), the
-# 1.52-dev fork inside the piper-phonemize wheel as secondary (wˌʌn). Swapping the two data
-# folders changes nothing; swapping the libraries moves the difference with them. One id differs
-# ("ˈ" 120 against "ˌ" 121 in the espeak id map).
+# libespeak-ng 1.51 gives English "one"/"ones" as the last word of a clause primary stress
+# (wˈʌn; "Which one?" wˌɪtʃ wˈʌn), the 1.52-dev fork inside the piper-phonemize wheel secondary
+# (wˌʌn; wˈɪtʃ wˌʌn). Swapping the two data folders changes nothing; swapping the libraries
+# moves the difference with them. Here one id differs ("ˈ" against "ˌ").
 KNOWN_IN_1_51 = {
     ("en-us", "One, two, three, four, five."): (
         "wˌʌn, tˈuː, θɹˈiː, fˈoːɹ, fˈaɪv.",  # piper-phonemize
