@@ -8,6 +8,7 @@ those says what to install, and a speech request is a clear 503, never silence.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,7 @@ import requests
 
 from hoosh_edge.backends.engines.phonemizer import install_hint
 from hoosh_edge.config import ConfigError, load_config
-from tests.conftest import require
+from tests.conftest import require, require_module
 from tests.synth_piper import make_voice
 from tests.test_audio_api import word_error_rate
 from tests.test_cli import cli_env
@@ -140,6 +141,24 @@ def test_auto_with_neither_installed_names_both_ways(gateway_factory, tmp_path):
     assert ph["fix"] == (APT_HINT if sys.version_info >= (3, 12) else f"{wheel} or {APT_HINT}")
     r = speak(gw)
     assert r.status_code == 503 and ph["fix"] in r.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("phonemizer", ["espeak-ng", "piper-phonemize"])
+def test_a_voice_naming_an_unknown_espeak_voice_is_a_clear_503(
+    gateway_factory, tmp_path, phonemizer
+):
+    require_module("piper_phonemize", "piper-phonemize is in the local extra (Python 3.11)")
+    voice = make_voice(str(tmp_path))
+    cfg = json.loads(Path(voice + ".json").read_text(encoding="utf-8"))
+    cfg["espeak"] = {"voice": "xx-nowhere"}
+    Path(voice + ".json").write_text(json.dumps(cfg), encoding="utf-8")
+    gw = gateway_factory(tts_config(voice, phonemizer))
+    for _ in range(2):
+        r = speak(gw)
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "voice_unavailable" and "'xx-nowhere'" in err["message"]
+    assert requests.get(gw.url + "/health", timeout=5).ok
 
 
 @needs_chromium

@@ -32,7 +32,7 @@ WHEEL_PYTHONS = (3, 12)  # piper-phonemize publishes no wheel from this Python o
 
 
 class Phonemizer(Protocol):
-    """Text -> Piper's phonemes, one list per sentence."""
+    """Text -> Piper's phonemes, one list per sentence; ValueError for an unknown espeak voice."""
 
     name: str
     detail: str
@@ -58,9 +58,11 @@ class PiperPhonemize:
     def espeak(self, text: str, voice: str) -> list[list[str]]:
         with espeak.ESPEAK_LOCK:
             try:
-                return self._pp.phonemize_espeak(text, voice, self._data)
-            finally:
-                self._pp.phonemize_espeak("", voice, self._data)  # see EspeakPhonemizer.espeak
+                sentences = self._pp.phonemize_espeak(text, voice, self._data)
+            except RuntimeError as e:  # its only error: "Failed to set eSpeak-ng voice"
+                raise ValueError(f"espeak-ng has no voice {voice!r} ({e})") from None
+            self._pp.phonemize_espeak("", voice, self._data)  # see EspeakPhonemizer.espeak
+        return sentences
 
     def codepoints(self, text: str) -> list[list[str]]:
         return self._pp.phonemize_codepoints(text)
@@ -78,12 +80,11 @@ class EspeakPhonemizer:
 
     def espeak(self, text: str, voice: str) -> list[list[str]]:
         with espeak.ESPEAK_LOCK:
-            try:
-                return self._ng.phonemize(text, voice)
-            finally:
-                # espeak-ng keeps the character it read past the last clause for its next call;
-                # an empty text takes it, so one request's "dot" never opens the next one's.
-                self._ng.phonemize("", voice)
+            sentences = self._ng.phonemize(text, voice)
+            # espeak-ng keeps the character it read past the last clause for its next call; an
+            # empty text takes it, so one request's "dot" never opens the next one's.
+            self._ng.phonemize("", voice)
+        return sentences
 
     def codepoints(self, text: str) -> list[list[str]]:
         """piper-phonemize's ``phonemize_codepoints``: case-folded, decomposed, one sentence."""

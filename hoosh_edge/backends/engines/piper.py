@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from hoosh_edge.backends.engines.phonemizer import Phonemizer, resolve
-from hoosh_edge.errors import DeadlineExceeded, InvalidRequest
+from hoosh_edge.errors import DeadlineExceeded, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,16 @@ class PiperVoice:
         opts.intra_op_num_threads = max(0, int(n_threads))
         opts.inter_op_num_threads = 1  # a VITS graph is one chain; more pools only cost memory
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if config.phoneme_type == "espeak":
+            try:
+                chosen.espeak("", config.espeak_voice)
+            except ValueError:  # a voice file naming a language espeak-ng lacks
+                raise ServiceUnavailable(
+                    f"Voice {os.path.basename(onnx_path)} cannot speak: its .onnx.json names espeak "
+                    f"voice {config.espeak_voice!r}, which {chosen.name} lacks "
+                    "(espeak-ng --voices lists them).",
+                    code="voice_unavailable",
+                ) from None
         session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
         return cls(session, config, onnx_path, chosen)
 
