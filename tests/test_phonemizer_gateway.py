@@ -128,12 +128,27 @@ def test_no_phonemizer_is_said_everywhere_and_speech_is_a_clear_503(gateway_fact
     assert lines[i + 1] == f"     fix: {APT_HINT}"
 
 
-def test_auto_with_neither_installed_names_both_ways(gateway_factory, tmp_path):
-    """No wheel importable (a package that refuses to import shadows it) and no library."""
+def without_the_wheel(tmp_path: Path) -> str:
+    """A PYTHONPATH on which ``import piper_phonemize`` fails, as on Python 3.12+."""
     shadow = tmp_path / "shadow" / "piper_phonemize"
     shadow.mkdir(parents=True)
     (shadow / "__init__.py").write_text('raise ImportError("no piper-phonemize here")\n')
-    env = {"HOOSH_ESPEAK_LIBRARY": NO_LIBRARY, "PYTHONPATH": str(shadow.parent)}
+    return str(shadow.parent)
+
+
+def test_auto_without_the_wheel_speaks_through_libespeak_ng(gateway_factory, tmp_path):
+    """A Python 3.13 box: no piper-phonemize, the system library there."""
+    env = {"PYTHONPATH": without_the_wheel(tmp_path)}
+    gw = gateway_factory(tts_config(make_voice(str(tmp_path)), "auto"), env=env)
+    r = speak(gw)
+    assert r.status_code == 200 and r.content.startswith(b"RIFF")
+    health = requests.get(gw.url + "/v1/health", timeout=10).json()
+    assert health["tts"]["state"] == "ok" and health["tts"]["phonemizer"]["in_use"] == "espeak-ng"
+
+
+def test_auto_with_neither_installed_names_both_ways(gateway_factory, tmp_path):
+    """No wheel importable (a package that refuses to import shadows it) and no library."""
+    env = {"HOOSH_ESPEAK_LIBRARY": NO_LIBRARY, "PYTHONPATH": without_the_wheel(tmp_path)}
     gw = gateway_factory(tts_config(make_voice(str(tmp_path)), "auto"), env=env)
     ph = requests.get(gw.url + "/v1/health", timeout=10).json()["tts"]["phonemizer"]
     assert ph["in_use"] is None and "no piper-phonemize here" in ph["detail"]
