@@ -116,11 +116,9 @@ class LocalSpeech:
 
     def tts_report(self) -> dict[str, Any]:
         """The text-to-speech part of /v1/health and the status page."""
-        if not self.tts:  # nothing to speak with: say what is installed, load nothing
-            from hoosh_edge.backends.engines.phonemizer import installed
-
+        if not self.tts:  # no voice, so no phonemizer is loaded into the process for it
             return {"voices": [], "state": "no_voices",
-                    "phonemizer": {"configured": self.phonemizer_choice, "installed": installed()}}  # fmt: skip
+                    "phonemizer": {"configured": self.phonemizer_choice}}  # fmt: skip
         state = self.phonemizer_status().as_dict()
         ok = state["in_use"] is not None
         return {"voices": list(self.tts), "state": "ok" if ok else "unavailable",

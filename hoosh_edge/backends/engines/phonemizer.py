@@ -3,14 +3,12 @@
 ``[local.tts] phonemizer``: ``piper-phonemize`` (the wheel, with its own espeak-ng and data;
 published for CPython 3.9-3.11 only), ``espeak-ng`` (the system's libespeak-ng through ctypes,
 any Python) or ``auto`` (the wheel where it is installed, else the system library). Both give the
-same phonemes (tests/test_phonemizer_parity.py). One phonemizer per process: espeak-ng's state
-is global.
+same phoneme ids (tests/test_phonemizer_parity.py). Each is loaded once per process and used
+under ``espeak.ESPEAK_LOCK``: espeak-ng's state is global.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import logging
 import sys
 import threading
 import unicodedata
@@ -22,13 +20,11 @@ from hoosh_edge.backends.engines import espeak
 from hoosh_edge.config.schema import PHONEMIZERS as CHOICES
 from hoosh_edge.errors import ServiceUnavailable
 
-log = logging.getLogger(__name__)
-
 INSTALL = {
     "piper-phonemize": "pip install piper-phonemize (wheels for Python 3.9-3.11 only)",
     "espeak-ng": "sudo apt-get install libespeak-ng1 espeak-ng-data",
 }
-WHEEL_PYTHONS = (3, 12)  # piper-phonemize publishes no wheel from this Python on
+NO_WHEEL_FROM = (3, 12)  # piper-phonemize publishes no wheel from this Python on
 
 
 class Phonemizer(Protocol):
@@ -147,7 +143,7 @@ def status(choice: str = "auto") -> PhonemizerStatus:
 def install_hint(choice: str, python: tuple[int, int] | None = None) -> str:
     """What to install so that ``choice`` can be used on this Python (or on ``python``)."""
     python = python or (sys.version_info[0], sys.version_info[1])
-    no_wheel = python >= WHEEL_PYTHONS
+    no_wheel = python >= NO_WHEEL_FROM
     if choice == "espeak-ng" or (choice == "auto" and no_wheel):
         return INSTALL["espeak-ng"]
     if choice == "piper-phonemize" and no_wheel:
@@ -157,14 +153,6 @@ def install_hint(choice: str, python: tuple[int, int] | None = None) -> str:
     if choice == "piper-phonemize":
         return INSTALL["piper-phonemize"]
     return f"{INSTALL['piper-phonemize']} or {INSTALL['espeak-ng']}"
-
-
-def installed() -> dict[str, bool]:
-    """Which phonemizers this machine has, without loading either (for the doctor)."""
-    return {
-        "piper-phonemize": importlib.util.find_spec("piper_phonemize") is not None,
-        "espeak-ng": espeak.find_library() is not None,
-    }
 
 
 def _dist_version(dist: str) -> str:

@@ -2,9 +2,8 @@
 
 Text goes through ``split_sentences`` -> espeak-ng phonemes (a ``phonemizer.Phonemizer``: the
 ``piper-phonemize`` wheel or the system's libespeak-ng) -> the voice's phoneme ids -> the VITS
-graph -> int16 PCM. Every call
-here BLOCKS for as long as the model runs; the caller runs it in a pool thread
-(``hoosh_edge.threads.run_blocking`` / ``ThreadStream``).
+graph -> int16 PCM. Every call here BLOCKS for as long as the model runs; the caller runs it in a
+pool thread (``hoosh_edge.threads.run_blocking`` / ``ThreadStream``).
 """
 
 from __future__ import annotations
