@@ -20,7 +20,8 @@ SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
 SERVICE_USER="hoosh-edge"
 DEFAULT_MODELS=(smollm2 whisper-tiny.en joe)
-APT_PACKAGES=(python3-venv python3-dev build-essential cmake)
+# libespeak-ng1 + espeak-ng-data: Piper's phonemes where no piper-phonemize wheel exists (3.12+).
+APT_PACKAGES=(python3-venv python3-dev build-essential cmake libespeak-ng1 espeak-ng-data)
 
 # The paths the installed system uses (written into the config and the unit as they are).
 OPT_DIR=/opt/hoosh-edge

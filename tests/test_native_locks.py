@@ -51,7 +51,7 @@ import numpy as np, soundfile, soxr, sqlite3, onnxruntime, llama_cpp
 import llama_cpp.llama_chat_format
 from hoosh_edge import threads, workers
 from hoosh_edge.books.db import Database
-from hoosh_edge.backends.engines import piper as piper_mod
+from hoosh_edge.backends.engines import espeak as espeak_mod
 from hoosh_edge.backends.engines.audio_in import decode_audio
 from hoosh_edge.backends.engines.piper import PiperVoice
 from hoosh_edge.backends.engines.whisper import WhisperModel
@@ -112,7 +112,7 @@ report["gevent_locks_in_libraries"] = found
 report["named_locks"] = {
     "soundfile.SoundFile._sf_error_lock": type(soundfile.SoundFile._sf_error_lock).__module__,
     "logging._lock": type(logging._lock).__module__,
-    "hoosh_edge.backends.engines.piper._ESPEAK_LOCK": type(piper_mod._ESPEAK_LOCK).__module__,
+    "hoosh_edge.backends.engines.espeak.ESPEAK_LOCK": type(espeak_mod.ESPEAK_LOCK).__module__,
 }
 # A pool thread that ever blocked on a gevent primitive (a contended gevent lock, gevent's
 # sleep) got a hub of its own; only the main thread may have one.

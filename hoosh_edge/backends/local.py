@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 
@@ -20,6 +20,9 @@ from hoosh_edge.backends.providers.base import CallContext, ChatBackend
 from hoosh_edge.config import LocalEngineConfig
 from hoosh_edge.errors import InvalidRequest
 from hoosh_edge.threads import ThreadStream, run_blocking
+
+if TYPE_CHECKING:
+    from hoosh_edge.backends.engines.phonemizer import PhonemizerStatus
 
 log = logging.getLogger("hoosh_edge")
 
@@ -85,15 +88,41 @@ class LocalSpeech:
                     loader=lambda p=path: WhisperModel.load(p, stt_cfg.n_threads),
                     estimate_bytes=WhisperModel.estimate_bytes(path),
                     keep_alive_s=stt_cfg.keep_alive_s, max_queue=stt_cfg.max_queue))  # fmt: skip
+        self.phonemizer_choice = tts_cfg.phonemizer
+        self._phonemizer: PhonemizerStatus | None = None
         if self.tts:
             from hoosh_edge.backends.engines.piper import PiperVoice
 
+            # Said once at start: voices without a phonemizer would answer 503, not fall silent.
+            state = self.phonemizer_status()
+            if state.in_use is None:
+                log.warning("local text-to-speech voices %s cannot speak: %s",
+                            ", ".join(self.tts), state.detail)  # fmt: skip
             for vid, path in self.tts.items():
                 pool.register(ModelSlot(
                     key=f"tts:{vid}", kind="tts",
-                    loader=lambda p=path: PiperVoice.load(p, tts_cfg.n_threads),
+                    loader=lambda p=path: PiperVoice.load(p, tts_cfg.n_threads,
+                                                          tts_cfg.phonemizer),
                     estimate_bytes=PiperVoice.estimate_bytes(path),
                     keep_alive_s=tts_cfg.keep_alive_s, max_queue=tts_cfg.max_queue))  # fmt: skip
+
+    def phonemizer_status(self) -> PhonemizerStatus:
+        """Which phonemizer the voices use, or what to install (loaded on first ask)."""
+        if self._phonemizer is None or self._phonemizer.in_use is None:
+            from hoosh_edge.backends.engines.phonemizer import status
+
+            self._phonemizer = status(self.phonemizer_choice)
+        return self._phonemizer
+
+    def tts_report(self) -> dict[str, Any]:
+        """The text-to-speech part of /v1/health and the status page."""
+        if not self.tts:  # no voice, so no phonemizer is loaded into the process for it
+            return {"voices": [], "state": "no_voices",
+                    "phonemizer": {"configured": self.phonemizer_choice}}  # fmt: skip
+        state = self.phonemizer_status().as_dict()
+        ok = state["in_use"] is not None
+        return {"voices": list(self.tts), "state": "ok" if ok else "unavailable",
+                "phonemizer": state}  # fmt: skip
 
     def model_ids(self) -> list[str]:
         ids = list(self.stt) + list(self.tts)

@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from hoosh_edge.config import Config
@@ -85,6 +86,20 @@ def _doctor_database(data_dir: Path) -> int:
     return 1
 
 
+def _doctor_phonemizer(choice: str, report: Callable[..., None]) -> None:
+    """Which phonemizer Piper voices would use under ``[local.tts] phonemizer``, or what to install."""
+    from hoosh_edge.backends.engines.phonemizer import status
+
+    state = status(choice)
+    if state.in_use is not None:
+        report(
+            True, f"phonemizer {state.in_use} (local.tts.phonemizer = {choice!r}): {state.detail}"
+        )
+    else:
+        report(False, f"phonemizer (local.tts.phonemizer = {choice!r}): none can be used; "
+               "text-to-speech voices will answer 503", state.fix)  # fmt: skip
+
+
 def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     """Check what the gateway needs and say what to fix."""
     import importlib.util
@@ -100,10 +115,10 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
     for mod, pkg in (("flask", "flask"), ("gevent", "gevent"), ("requests", "requests"),
                      ("sqlite_utils", "sqlite-utils"), ("llama_cpp", "llama-cpp-python"),
                      ("pywhispercpp", "pywhispercpp"), ("onnxruntime", "onnxruntime"),
-                     ("piper_phonemize", "piper-phonemize"), ("soundfile", "soundfile"),
-                     ("soxr", "soxr")):  # fmt: skip
+                     ("soundfile", "soundfile"), ("soxr", "soxr")):  # fmt: skip
         found = importlib.util.find_spec(mod) is not None
         report(found, f"package {pkg}", f"pip install '{pkg}' (or scripts/setup)")
+    _doctor_phonemizer(config.tts.phonemizer, report)
     from hoosh_edge.backends import modelstore
     from hoosh_edge.device import mem_available_bytes
 

@@ -19,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from hoosh_edge.config.providers import env_providers, parse_provider
 from hoosh_edge.config.schema import (
+    PHONEMIZERS,
     Config,
     ConfigError,
     LocalEngineConfig,
@@ -39,7 +40,7 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
     if kind == "stt":
         allowed |= {"max_audio_s"}
     if kind == "tts":
-        allowed |= {"default_voice", "voices", "max_input_chars"}
+        allowed |= {"default_voice", "voices", "max_input_chars", "phonemizer"}
         allowed.discard("models")
     check_keys(t, allowed, where, src)
     table_key = "voices" if kind == "tts" else "models"
@@ -69,6 +70,11 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
     max_input_chars = typed(t, "max_input_chars", int, where, src, d.max_input_chars)
     if max_input_chars < 1:
         raise ConfigError(f"{src}: '{where}max_input_chars' must be >= 1")
+    phonemizer = typed(t, "phonemizer", str, where, src, d.phonemizer)
+    if phonemizer not in PHONEMIZERS:
+        raise ConfigError(
+            f"{src}: '{where}phonemizer' must be one of {', '.join(PHONEMIZERS)}, not {phonemizer!r}"
+        )
     return LocalEngineConfig(
         n_threads=n_threads,
         n_ctx=n_ctx,
@@ -80,6 +86,7 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
         max_audio_s=max_audio_s,
         max_input_chars=max_input_chars,
         **cache_mb,
+        phonemizer=phonemizer,
     )
 
 

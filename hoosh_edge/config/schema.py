@@ -76,6 +76,10 @@ class ProviderConfig:
         return any(fnmatch.fnmatchcase(model, pat) for pat in self.models)
 
 
+# [local.tts] phonemizer: what turns text into Piper's phonemes (backends/engines/phonemizer.py).
+PHONEMIZERS = ("auto", "piper-phonemize", "espeak-ng")
+
+
 @dataclass(frozen=True)
 class LocalEngineConfig:
     """One on-device engine (``[local.llm]``, ``[local.stt]`` or ``[local.tts]``)."""
@@ -91,6 +95,7 @@ class LocalEngineConfig:
     max_input_chars: int = 4096  # tts only: longest text one /v1/audio/speech request may send
     prompt_cache_mb: int = 256  # llm only: RAM for saved prompt states (0 = off)
     prompt_cache_disk_mb: int = 1024  # llm only: their files under data_dir (0 = RAM only)
+    phonemizer: str = "auto"  # tts only: auto | piper-phonemize | espeak-ng
 
 
 @dataclass(frozen=True)

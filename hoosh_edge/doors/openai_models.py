@@ -52,8 +52,11 @@ def health() -> Response:
         healthy = False
     if any(p["stuck"] for p in pools.values()):
         healthy = False
+    tts = gw.speech.tts_report()  # which phonemizer speaks, or what to install
+    if tts["state"] == "unavailable":
+        healthy = False
     body = {"status": "ok" if healthy else "degraded", "providers": providers,
-            "local_models": gw.local_status(), "workers": pools}  # fmt: skip
+            "local_models": gw.local_status(), "tts": tts, "workers": pools}  # fmt: skip
     if storage is not None:
         body["storage"] = storage
     return jsonify(body)

@@ -120,6 +120,7 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
         "uptime_s": round(time.time() - gw.started_at, 1),
         "device": _section("device", device.snapshot),
         "models": _section("models", gw.pool.status),
+        "tts": _section("tts", gw.speech.tts_report),
         "providers": _section("providers", lambda: provider_health(gw)),
         "budgets": _section("budgets", lambda: budget_status(ledger)),
         "spend": _section("spend", lambda: spend_status(ledger)),

@@ -168,6 +168,20 @@ function renderModels(models) {
   }
 }
 
+// Which phonemizer the voices speak through, or, when none can be used, what to install.
+function renderTts(tts) {
+  tts = section(tts);
+  const p = $("tts");
+  p.hidden = !tts || !tts.voices || tts.voices.length === 0;
+  if (p.hidden) return;
+  const ph = tts.phonemizer;
+  p.className = tts.state === "ok" ? "muted" : "problem";
+  p.dataset.state = tts.state;
+  p.textContent = tts.state === "ok"
+    ? "Speech phonemizer: " + ph.in_use + " (" + ph.detail + ")"
+    : "Speech cannot be made: no phonemizer. To fix: " + ph.fix;
+}
+
 function renderProviders(providers) {
   providers = section(providers) || [];
   const body = $("providers").tBodies[0];
@@ -200,6 +214,7 @@ function render(data) {
   renderRequests(data.requests);
   renderBudgets(data.budgets);
   renderModels(data.models);
+  renderTts(data.tts);
   renderProviders(data.providers);
   setText("updated", "updated " + new Date().toLocaleTimeString());
   $("conn").className = "dot ok";

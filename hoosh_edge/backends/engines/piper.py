@@ -1,9 +1,9 @@
 """Piper text-to-speech: a voice (``.onnx`` + ``.onnx.json``) run by onnxruntime.
 
-Text goes through ``split_sentences`` -> espeak-ng phonemes (``piper_phonemize``, whose wheel
-bundles the espeak-ng data) -> the voice's phoneme ids -> the VITS graph -> int16 PCM. Every call
-here BLOCKS for as long as the model runs; the caller runs it in a pool thread
-(``hoosh_edge.threads.run_blocking`` / ``ThreadStream``).
+Text goes through ``split_sentences`` -> espeak-ng phonemes (a ``phonemizer.Phonemizer``: the
+``piper-phonemize`` wheel or the system's libespeak-ng) -> the voice's phoneme ids -> the VITS
+graph -> int16 PCM. Every call here BLOCKS for as long as the model runs; the caller runs it in a
+pool thread (``hoosh_edge.threads.run_blocking`` / ``ThreadStream``).
 """
 
 from __future__ import annotations
@@ -12,24 +12,20 @@ import json
 import logging
 import os
 import re
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hoosh_edge.errors import DeadlineExceeded, InvalidRequest
+from hoosh_edge.backends.engines.phonemizer import Phonemizer, resolve
+from hoosh_edge.errors import DeadlineExceeded, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
 BOS, EOS, PAD = "^", "$", "_"
 MIN_SPEED, MAX_SPEED = 0.25, 4.0  # the range OpenAI's /v1/audio/speech accepts
-
-# espeak-ng keeps global state and is not thread-safe; every phonemize call goes through this.
-_ESPEAK_LOCK = threading.Lock()
 
 # Words whose trailing period does not end a sentence.
 _ABBREVIATIONS = frozenset(
@@ -149,18 +145,24 @@ def config_path(onnx_path: str) -> str:
 class PiperVoice:
     """One loaded Piper voice; ``synthesize_stream`` yields int16 mono LE PCM per sentence."""
 
-    def __init__(self, session: Any, config: VoiceConfig, onnx_path: str) -> None:
+    def __init__(
+        self, session: Any, config: VoiceConfig, onnx_path: str, phonemizer: Phonemizer
+    ) -> None:
         self._session = session
         self.config = config
         self.onnx_path = onnx_path
         self.sample_rate = config.sample_rate
         inputs = {i.name for i in session.get_inputs()}
         self._use_sid = config.num_speakers > 1 and "sid" in inputs
-        self._espeak_data = str(_espeak_data_dir())
+        self.phonemizer = phonemizer
 
     @classmethod
-    def load(cls, onnx_path: str, n_threads: int = 0) -> PiperVoice:
-        """Read ``<onnx_path>.json`` and open the graph; ``n_threads=0`` lets onnxruntime choose."""
+    def load(cls, onnx_path: str, n_threads: int = 0, phonemizer: str = "auto") -> PiperVoice:
+        """Read ``<onnx_path>.json`` and open the graph; ``n_threads=0`` lets onnxruntime choose.
+
+        ``phonemizer`` is ``[local.tts] phonemizer``; ServiceUnavailable if it cannot be had.
+        """
+        chosen = resolve(phonemizer)
         import onnxruntime as ort
 
         with open(config_path(onnx_path), encoding="utf-8") as f:
@@ -169,8 +171,18 @@ class PiperVoice:
         opts.intra_op_num_threads = max(0, int(n_threads))
         opts.inter_op_num_threads = 1  # a VITS graph is one chain; more pools only cost memory
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if config.phoneme_type == "espeak":
+            try:
+                chosen.espeak("", config.espeak_voice)
+            except ValueError:  # a voice file naming a language espeak-ng lacks
+                raise ServiceUnavailable(
+                    f"Voice {os.path.basename(onnx_path)} cannot speak: its .onnx.json names espeak "
+                    f"voice {config.espeak_voice!r}, which {chosen.name} lacks "
+                    "(espeak-ng --voices lists them).",
+                    code="voice_unavailable",
+                ) from None
         session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
-        return cls(session, config, onnx_path)
+        return cls(session, config, onnx_path, chosen)
 
     @staticmethod
     def estimate_bytes(onnx_path: str) -> int:
@@ -180,15 +192,11 @@ class PiperVoice:
 
     def phonemize(self, text: str) -> list[str]:
         """Text -> one flat phoneme list (espeak's own sentence splits joined by a space)."""
-        import piper_phonemize
-
-        with _ESPEAK_LOCK:
-            if self.config.phoneme_type == "text":
-                sentences = piper_phonemize.phonemize_codepoints(text)
-            else:
-                sentences = piper_phonemize.phonemize_espeak(
-                    text, self.config.espeak_voice, self._espeak_data
-                )
+        text = text.replace("\x00", " ")  # C strings: a NUL would end the text there
+        if self.config.phoneme_type == "text":
+            sentences = self.phonemizer.codepoints(text)
+        else:
+            sentences = self.phonemizer.espeak(text, self.config.espeak_voice)
         phonemes: list[str] = []
         for sentence in sentences:
             if phonemes and sentence:
@@ -278,13 +286,3 @@ def _check_speed(speed: float) -> float:
     if not MIN_SPEED <= speed <= MAX_SPEED:
         raise InvalidRequest(f"speed must be between {MIN_SPEED} and {MAX_SPEED}", param="speed")
     return speed
-
-
-def _espeak_data_dir() -> Path:
-    """The espeak-ng data shipped inside the piper_phonemize wheel."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("piper_phonemize")
-    if spec is None or spec.origin is None:
-        raise RuntimeError("piper_phonemize is not installed (pip install piper-phonemize)")
-    return Path(spec.origin).parent / "espeak-ng-data"
