@@ -3,6 +3,7 @@
 # (arm64, x86_64). Run as root; safe to run again (it upgrades the code, keeps config and data).
 #
 #   sudo scripts/install.sh                     install (or upgrade) and start the service
+#   sudo scripts/install.sh --pyz FILE          the same from one hoosh-edge.pyz (scripts/build-pyz)
 #   sudo scripts/install.sh --uninstall         remove the service, venv and user; keep config + data
 #   sudo scripts/install.sh --uninstall --purge also remove /etc/hoosh-edge and /var/lib/hoosh-edge
 #
@@ -12,8 +13,10 @@
 #   --dry-run    print the steps, change nothing
 #   --no-models  do not pull the default models
 #   --no-apt     do not apt-get install the build prerequisites (only warn when missing)
+#   --pyz FILE   install FILE (a hoosh-edge.pyz built for this machine's Python) instead of a venv:
+#                no compiler, no pip, nothing to build
 #   --uninstall, --purge   see above
-# Environment: PYTHON (default python3) creates the venv.
+# Environment: PYTHON (default python3) creates the venv, or runs the single file.
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +30,8 @@ OPT_DIR=/opt/hoosh-edge
 ETC_DIR=/etc/hoosh-edge
 STATE_DIR=/var/lib/hoosh-edge
 MODELS_DIR="$STATE_DIR/models"
+# Where the single file unpacks its packages (the unit's CacheDirectory=).
+CACHE_DIR=/var/cache/hoosh-edge
 UNIT_PATH=/etc/systemd/system/hoosh-edge.service
 
 ROOT="/"
@@ -35,9 +40,10 @@ NO_MODELS=0
 NO_APT=0
 UNINSTALL=0
 PURGE=0
+PYZ=""
 
 usage() {
-    sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -52,6 +58,8 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY_RUN=1 ;;
         --no-models) NO_MODELS=1 ;;
         --no-apt) NO_APT=1 ;;
+        --pyz) [ $# -ge 2 ] || die "--pyz needs a file"; PYZ="$2"; shift ;;
+        --pyz=*) PYZ="${1#--pyz=}" ;;
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;
         -h | --help) usage; exit 0 ;;
@@ -61,6 +69,11 @@ while [ $# -gt 0 ]; do
 done
 [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge only goes with --uninstall"
 [ -n "$ROOT" ] || die "--root needs a directory"
+if [ -n "$PYZ" ]; then
+    [ "$UNINSTALL" = 0 ] || die "--pyz does not go with --uninstall"
+    [ -f "$PYZ" ] || die "--pyz: no file $PYZ"
+    PYZ="$(cd "$(dirname "$PYZ")" && pwd)/$(basename "$PYZ")"
+fi
 
 # SYSTEM=1: the real machine. Anything else is a tree under ROOT where users, ownership, apt and
 # systemd do not apply.
@@ -81,6 +94,9 @@ else
 fi
 OPT="$PREFIX$OPT_DIR"
 VENV="$OPT/venv"
+BIN="$OPT/bin/hoosh-edge"  # the unit's ExecStart: the venv's console script or the file's launcher
+PYZ_DEST="$OPT/hoosh-edge.pyz"
+CACHE="$PREFIX$CACHE_DIR"
 ETC="$PREFIX$ETC_DIR"
 STATE="$PREFIX$STATE_DIR"
 MODELS="$PREFIX$MODELS_DIR"
@@ -132,6 +148,13 @@ check_platform() {
         die "hoosh-edge needs Python 3.10 or newer; $PYTHON is $("$PYTHON" --version 2>&1)"
     fi
     note "$("$PYTHON" --version 2>&1) ($(command -v "$PYTHON"))"
+    if [ -n "$PYZ" ]; then
+        # The file checks the Python before it unpacks anything; --built-for stops right there.
+        local built_for
+        built_for="$("$PYTHON" "$PYZ" --built-for 2>&1)" \
+            || die "$PYZ cannot run on $PYTHON: $built_for"
+        note "$(basename "$PYZ"): $built_for"
+    fi
 }
 
 missing_apt_packages() {
@@ -172,6 +195,36 @@ create_user() {
         run useradd --system --user-group --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin --comment "hoosh-edge gateway" "$SERVICE_USER"
     fi
+}
+
+install_pyz() {
+    step "single file $PYZ_DEST from $PYZ"
+    run mkdir -p "$OPT/bin"
+    run install -m 0644 "$PYZ" "$PYZ_DEST"
+    local python
+    python="$(command -v "$PYTHON")"
+    note "launcher $BIN: $python $PYZ_DEST (packages unpacked once into $CACHE)"
+    if [ "$DRY_RUN" = 0 ]; then
+        local tmp
+        tmp="$(mktemp "$OPT/bin/.hoosh-edge.XXXXXX")"
+        # The CLI as the venv's console script would be; the service user has no home, so the
+        # packages unpack into the cache folder unless the caller names another.
+        cat >"$tmp" <<EOF
+#!/bin/sh
+# Installed by scripts/install.sh --pyz: the single file, run by the Python it was built for.
+: "\${HOOSH_EDGE_CACHE:=$CACHE}"
+export HOOSH_EDGE_CACHE
+exec $(printf '%q' "$python") $(printf '%q' "$PYZ_DEST") "\$@"
+EOF
+        chmod 0755 "$tmp"
+        mv -f -- "$tmp" "$BIN"
+    fi
+    if [ -e "$VENV" ]; then
+        note "removing the venv of an earlier install ($VENV): the file replaces it"
+        run rm -rf -- "${VENV:?}"
+    fi
+    run mkdir -p "$OPT/docs"
+    run install -m 0644 "$SRC/docs/operating.md" "$OPT/docs/operating.md"
 }
 
 install_venv() {
@@ -215,6 +268,12 @@ install_venv() {
         trap - EXIT
     fi
     install_manifest
+    run mkdir -p "$OPT/bin"
+    run ln -sfn ../venv/bin/hoosh-edge "$BIN"
+    if [ -e "$PYZ_DEST" ]; then
+        note "removing the single file of an earlier install ($PYZ_DEST): the venv replaces it"
+        run rm -f -- "$PYZ_DEST"
+    fi
     run mkdir -p "$OPT/docs"
     run install -m 0644 "$SRC/docs/operating.md" "$OPT/docs/operating.md"
 }
@@ -297,15 +356,21 @@ make_state() {
     step "state $STATE (database) and $MODELS (model files)"
     run mkdir -p "$STATE" "$MODELS"
     run chmod 0750 "$STATE"
+    if [ -n "$PYZ" ]; then
+        note "cache $CACHE (the single file's unpacked packages)"
+        run mkdir -p "$CACHE"
+        run chmod 0755 "$CACHE"
+    fi
     if [ "$SYSTEM" = 1 ]; then
         run chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE"
+        [ -z "$PYZ" ] || run chown "$SERVICE_USER:$SERVICE_USER" "$CACHE"
     fi
 }
 
 pull_models() {
     step "default models (${DEFAULT_MODELS[*]})"
     if [ "$NO_MODELS" = 1 ]; then
-        note "skipped (--no-models); later: sudo -u $SERVICE_USER $OPT_DIR/venv/bin/hoosh-edge models pull NAME --models-dir $MODELS_DIR"
+        note "skipped (--no-models); later: sudo -u $SERVICE_USER $OPT_DIR/bin/hoosh-edge models pull NAME --models-dir $MODELS_DIR"
         return
     fi
     local model
@@ -314,9 +379,9 @@ pull_models() {
             # As the service user, so the files belong to it; from / because root's cwd may be
             # unreadable to it.
             run runuser -u "$SERVICE_USER" -- env -u HOOSH_EDGE_CONFIG -C / \
-                "$VENV/bin/hoosh-edge" models pull "$model" --models-dir "$MODELS"
+                "$BIN" models pull "$model" --models-dir "$MODELS"
         else
-            run env -u HOOSH_EDGE_CONFIG "$VENV/bin/hoosh-edge" models pull "$model" --models-dir "$MODELS"
+            run env -u HOOSH_EDGE_CONFIG "$BIN" models pull "$model" --models-dir "$MODELS"
         fi
     done
 }
@@ -341,12 +406,21 @@ install_unit() {
 do_install() {
     check_root
     check_platform
-    if [ ! -f "$SRC/pyproject.toml" ] || [ ! -f "$SRC/systemd/hoosh-edge.service" ]; then
-        die "run me from a hoosh-edge checkout ($SRC has no pyproject.toml)"
+    if [ ! -f "$SRC/hoosh-edge.example.toml" ] || [ ! -f "$SRC/systemd/hoosh-edge.service" ]; then
+        die "run me from a hoosh-edge checkout ($SRC has no hoosh-edge.example.toml)"
     fi
-    install_apt_packages
+    if [ -n "$PYZ" ]; then
+        step "build prerequisites: none for the single file"
+    else
+        [ -f "$SRC/pyproject.toml" ] || die "run me from a hoosh-edge checkout ($SRC has no pyproject.toml)"
+        install_apt_packages
+    fi
     create_user
-    install_venv
+    if [ -n "$PYZ" ]; then
+        install_pyz
+    else
+        install_venv
+    fi
     write_config
     make_state
     pull_models
@@ -377,9 +451,9 @@ do_uninstall() {
     if systemd_running; then
         run systemctl daemon-reload
     fi
-    step "removing $OPT (venv)"
-    if [ -e "$OPT" ]; then
-        run rm -rf -- "${OPT:?}"
+    step "removing $OPT (venv or single file) and $CACHE"
+    if [ -e "$OPT" ] || [ -e "$CACHE" ]; then
+        run rm -rf -- "${OPT:?}" "${CACHE:?}"
     else
         note "not there"
     fi

@@ -17,7 +17,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "install.sh"
 UNIT = ROOT / "systemd" / "hoosh-edge.service"
-EXEC_START = "/opt/hoosh-edge/venv/bin/hoosh-edge"
+EXEC_START = "/opt/hoosh-edge/bin/hoosh-edge"
 
 
 def run_install(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

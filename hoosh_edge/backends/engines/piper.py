@@ -280,11 +280,27 @@ def _check_speed(speed: float) -> float:
     return speed
 
 
+# espeak-ng keeps its data path in a 160-byte buffer: a longer one is cut short and espeak exits
+# the whole process at the first phoneme ("Error processing file .../phontab"). Deep installs
+# reach it: the single file unpacks under ~/.cache/hoosh-edge/hoosh-edge.pyz_<sha256>/.
+ESPEAK_PATH_MAX = 159
+
+
 def _espeak_data_dir() -> Path:
-    """The espeak-ng data shipped inside the piper_phonemize wheel."""
+    """The espeak-ng data shipped inside the piper_phonemize wheel (by a short path if need be)."""
     import importlib.util
 
     spec = importlib.util.find_spec("piper_phonemize")
     if spec is None or spec.origin is None:
         raise RuntimeError("piper_phonemize is not installed (pip install piper-phonemize)")
-    return Path(spec.origin).parent / "espeak-ng-data"
+    data = Path(spec.origin).parent / "espeak-ng-data"
+    if len(os.fsencode(data)) <= ESPEAK_PATH_MAX:
+        return data
+    import tempfile
+
+    # A private directory (mode 0700, random name) holds the alias: nobody else can swap it.
+    alias = Path(tempfile.mkdtemp(prefix="hoosh-espeak-")) / "espeak-ng-data"
+    alias.symlink_to(data, target_is_directory=True)
+    if len(os.fsencode(alias)) > ESPEAK_PATH_MAX:
+        raise RuntimeError(f"espeak-ng cannot use {data}: its path is over {ESPEAK_PATH_MAX} bytes")
+    return alias
