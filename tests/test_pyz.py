@@ -35,6 +35,7 @@ def bare_env(cache: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.endswith("_API_KEY")}
     env["HOOSH_EDGE_CACHE"] = str(cache)
     env["PYTHONUNBUFFERED"] = "1"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # for source trees; the file's cache gets .pyc anyway
     return env
 
 
@@ -230,6 +231,8 @@ def test_second_start_reuses_what_the_first_unpacked(gw: PyzGateway, bare: Path,
                                                      cache: Path, fake: FakeOpenAI) -> None:  # fmt: skip
     (build,) = builds(cache)
     before = build.stat().st_mtime_ns
+    # The first start left bytecode for what it imported: later starts do not compile again.
+    assert list((build / "site-packages/hoosh_edge/__pycache__").glob("app.*.pyc"))
     second = PyzGateway(
         bare, box / "hoosh-edge.pyz", box / "again", config_text(fake, box, "data2"), cache
     )
@@ -259,7 +262,8 @@ def test_every_subcommand_runs_from_the_file(gw: PyzGateway, bare: Path, box: Pa
 
     c = str(gw.config_path)
     made = cli(bare, box, cache, "keys", "create", "laptop", "--config", c)
-    assert made.returncode == 0 and re.search(r"hk-[A-Za-z0-9_-]{43}", made.stdout), made.stderr
+    key = re.search(r"hk-[A-Za-z0-9_-]{43}", made.stdout)
+    assert made.returncode == 0 and key, made.stderr
     keys = cli(bare, box, cache, "keys", "list", "--config", c)
     assert keys.returncode == 0 and "laptop" in keys.stdout, keys.stderr
     models = cli(bare, box, cache, "models", "list", "--config", c)
@@ -273,8 +277,10 @@ def test_every_subcommand_runs_from_the_file(gw: PyzGateway, bare: Path, box: Pa
     assert "[ok] package onnxruntime" in doctor.stdout and "Traceback" not in doctor.stderr
     status = cli(bare, box, cache, "status", "--server", gw.url, "--config", c)
     assert status.returncode == 0 and "smollm2" in status.stdout, status.stdout + status.stderr
-    chat = cli(bare, box, cache, "chat", "--server", gw.url, "--config", c, "Say", "hi")
-    assert chat.returncode == 0 and chat.stdout.strip(), chat.stderr
+    # With a key made, the gateway asks every caller for one (the CLI too).
+    chat = cli(bare, box, cache, "chat", "--server", gw.url, "--api-key", key[0], "--config", c,
+               "-m", "gpt-4o-mini", "from", "the", "CLI")  # fmt: skip
+    assert chat.returncode == 0 and "Echo: from the CLI" in chat.stdout, chat.stderr
 
 
 @pytest.mark.usefixtures("systemd_analyze_path")
