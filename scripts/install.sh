@@ -30,8 +30,9 @@ OPT_DIR=/opt/hoosh-edge
 ETC_DIR=/etc/hoosh-edge
 STATE_DIR=/var/lib/hoosh-edge
 MODELS_DIR="$STATE_DIR/models"
-# Where the single file unpacks its packages (the unit's CacheDirectory=).
-CACHE_DIR=/var/cache/hoosh-edge
+# Where the single file's packages are unpacked, by this script as root: read-only to the service,
+# like a venv (the unit's HOOSH_EDGE_CACHE).
+CACHE_DIR=/opt/hoosh-edge/cache
 UNIT_PATH=/etc/systemd/system/hoosh-edge.service
 
 ROOT="/"
@@ -203,12 +204,12 @@ install_pyz() {
     run install -m 0644 "$PYZ" "$PYZ_DEST"
     local python
     python="$(command -v "$PYTHON")"
-    note "launcher $BIN: $python $PYZ_DEST (packages unpacked once into $CACHE)"
+    note "launcher $BIN: $python $PYZ_DEST (packages in $CACHE)"
     if [ "$DRY_RUN" = 0 ]; then
         local tmp
         tmp="$(mktemp "$OPT/bin/.hoosh-edge.XXXXXX")"
-        # The CLI as the venv's console script would be; the service user has no home, so the
-        # packages unpack into the cache folder unless the caller names another.
+        # The CLI as the venv's console script would be, on the packages unpacked below (the
+        # service user has no home, and cannot write here).
         cat >"$tmp" <<EOF
 #!/bin/sh
 # Installed by scripts/install.sh --pyz: the single file, run by the Python it was built for.
@@ -218,6 +219,20 @@ exec $(printf '%q' "$python") $(printf '%q' "$PYZ_DEST") "\$@"
 EOF
         chmod 0755 "$tmp"
         mv -f -- "$tmp" "$BIN"
+    fi
+    # Unpack now, as root, with every module compiled: the service only reads (ProtectSystem=strict
+    # keeps /opt read-only to it), and cannot change the code it runs.
+    step "unpacking $(basename "$PYZ") into $CACHE"
+    run mkdir -p "$CACHE"
+    run chmod 0755 "$CACHE"
+    PYZ_BUILD=""
+    if [ "$DRY_RUN" = 0 ]; then
+        local out
+        out="$(env -u HOOSH_EDGE_CONFIG HOOSH_EDGE_CACHE="$CACHE" SHIV_COMPILE_PYC=1 "$BIN" --help)" \
+            || die "the installed file does not run: $BIN --help failed"
+        PYZ_BUILD="$(printf '%s\n' "$out" | sed -n 's|^Its packages are unpacked in \(.*\)/site-packages\.$|\1|p')"
+        [ -d "$PYZ_BUILD" ] || die "the installed file did not say where it unpacked ($out)"
+        note "$PYZ_BUILD"
     fi
     if [ -e "$VENV" ]; then
         note "removing the venv of an earlier install ($VENV): the file replaces it"
@@ -270,9 +285,9 @@ install_venv() {
     install_manifest
     run mkdir -p "$OPT/bin"
     run ln -sfn ../venv/bin/hoosh-edge "$BIN"
-    if [ -e "$PYZ_DEST" ]; then
+    if [ -e "$PYZ_DEST" ] || [ -e "$CACHE" ]; then
         note "removing the single file of an earlier install ($PYZ_DEST): the venv replaces it"
-        run rm -f -- "$PYZ_DEST"
+        run rm -rf -- "$PYZ_DEST" "${CACHE:?}"
     fi
     run mkdir -p "$OPT/docs"
     run install -m 0644 "$SRC/docs/operating.md" "$OPT/docs/operating.md"
@@ -356,14 +371,8 @@ make_state() {
     step "state $STATE (database) and $MODELS (model files)"
     run mkdir -p "$STATE" "$MODELS"
     run chmod 0750 "$STATE"
-    if [ -n "$PYZ" ]; then
-        note "cache $CACHE (the single file's unpacked packages)"
-        run mkdir -p "$CACHE"
-        run chmod 0755 "$CACHE"
-    fi
     if [ "$SYSTEM" = 1 ]; then
         run chown -R "$SERVICE_USER:$SERVICE_USER" "$STATE"
-        [ -z "$PYZ" ] || run chown "$SERVICE_USER:$SERVICE_USER" "$CACHE"
     fi
 }
 
@@ -403,6 +412,23 @@ install_unit() {
     fi
 }
 
+prune_old_builds() {
+    # Earlier files' packages, now that the service runs the new one (restarted above).
+    local d
+    [ -n "$PYZ_BUILD" ] || return 0
+    for d in "$CACHE"/hoosh-edge.pyz_*; do
+        [ -e "$d" ] || continue
+        case "$d" in
+            "$PYZ_BUILD" | "$PYZ_BUILD".tmp) ;;
+            *) note "removing an earlier build's packages: $d"; rm -rf -- "$d" ;;
+        esac
+    done
+    for d in "$CACHE"/.hoosh-edge.pyz_*_lock; do
+        [ -e "$d" ] && [ "$d" != "$CACHE/.$(basename "$PYZ_BUILD")_lock" ] && rm -f -- "$d"
+    done
+    return 0
+}
+
 do_install() {
     check_root
     check_platform
@@ -425,6 +451,7 @@ do_install() {
     make_state
     pull_models
     install_unit
+    [ -z "$PYZ" ] || prune_old_builds
     step "done"
     if [ "$SYSTEM" = 1 ]; then
         note "status:  systemctl status hoosh-edge"
@@ -451,9 +478,9 @@ do_uninstall() {
     if systemd_running; then
         run systemctl daemon-reload
     fi
-    step "removing $OPT (venv or single file) and $CACHE"
-    if [ -e "$OPT" ] || [ -e "$CACHE" ]; then
-        run rm -rf -- "${OPT:?}" "${CACHE:?}"
+    step "removing $OPT (venv, or single file and its packages)"
+    if [ -e "$OPT" ]; then
+        run rm -rf -- "${OPT:?}"
     else
         note "not there"
     fi

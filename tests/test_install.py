@@ -115,7 +115,7 @@ def test_pyz_dry_run_plans_the_file_and_no_venv(tmp_path: Path) -> None:
     assert "hoosh-edge.pyz: CPython for this box" in out  # it asked the file what it is for
     assert f"install -m 0644 {pyz} {target}/opt/hoosh-edge/hoosh-edge.pyz" in out
     assert f"launcher {target}/opt/hoosh-edge/bin/hoosh-edge" in out
-    assert f"{target}/var/cache/hoosh-edge" in out
+    assert f"==> unpacking hoosh-edge.pyz into {target}/opt/hoosh-edge/cache" in out
     assert "build prerequisites: none" in out
     assert "-m venv" not in out and "pip install" not in out and "llama" not in out
     assert f"{target}/opt/hoosh-edge/bin/hoosh-edge models pull smollm2" in out

@@ -284,33 +284,38 @@ def test_every_subcommand_runs_from_the_file(gw: PyzGateway, bare: Path, box: Pa
 
 
 @pytest.mark.usefixtures("systemd_analyze_path")
-def test_install_sh_installs_the_service_from_the_file(pyz: Path, cache: Path,
-                                                       tmp_path: Path) -> None:  # fmt: skip
+def test_install_sh_installs_the_service_from_the_file(pyz: Path, tmp_path: Path) -> None:
     root = tmp_path / "root"
     env = {k: v for k, v in os.environ.items() if k != "HOOSH_EDGE_CONFIG"}
     env["PYTHON"] = getattr(sys, "_base_executable", sys.executable)
-    proc = subprocess.run(["bash", str(INSTALL), "--root", str(root), "--pyz", str(pyz),
-                           "--no-apt", "--no-models"], env=env, capture_output=True, text=True,
-                          timeout=600)  # fmt: skip
+    install = ["bash", str(INSTALL), "--root", str(root), "--pyz", str(pyz), "--no-apt",
+               "--no-models"]  # fmt: skip
+    proc = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     opt = root / "opt/hoosh-edge"
     assert not (opt / "venv").exists()
     assert (opt / "hoosh-edge.pyz").read_bytes() == pyz.read_bytes()
     launcher = opt / "bin/hoosh-edge"
     assert os.access(launcher, os.X_OK)
+    # Unpacked by the installer with every module compiled: the service only reads it.
+    (build,) = builds(opt / "cache")
+    assert list((build / "site-packages/llama_cpp/__pycache__").glob("llama.*.pyc"))
 
     # The launcher the unit starts serves, with the installed config moved to a scratch data dir.
     config = tmp_path / "config.toml"
     text = (root / "etc/hoosh-edge/config.toml").read_text()
     text = text.replace('data_dir = "/var/lib/hoosh-edge"', f'data_dir = "{tmp_path / "data"}"')
     config.write_text(text)
-    run_env = bare_env(cache)  # the module's cache: already unpacked, so this start is quick
+    run_env = bare_env(tmp_path / "unused")
+    del run_env["HOOSH_EDGE_CACHE"]  # the launcher names the installed packages itself
+    run_env["HOME"] = str(tmp_path / "home")  # so an unpack into ~/.cache would show
     serve = subprocess.Popen([str(launcher), "serve", "--config", str(config), "--port", "0"],
                              cwd="/", env=run_env, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
         assert serve.stdout is not None
         first = serve.stdout.readline()
+        assert not (tmp_path / "home").exists() and builds(opt / "cache") == [build]
         assert "listening on" in first, first + serve.stderr.read() if serve.stderr else first
         url = first.strip().rsplit(" ", 1)[-1]
         deadline = time.monotonic() + 60
@@ -332,3 +337,13 @@ def test_install_sh_installs_the_service_from_the_file(pyz: Path, cache: Path,
     verify = subprocess.run(["systemd-analyze", "verify", str(copy)], capture_output=True,
                             text=True, timeout=60)  # fmt: skip
     assert verify.returncode == 0, verify.stderr
+
+    # An upgrade keeps the packages the service now runs and drops an earlier file's.
+    old = opt / "cache" / "hoosh-edge.pyz_0123456789abcdef"
+    (old / "site-packages").mkdir(parents=True)
+    again = subprocess.run(install, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert (
+        builds(opt / "cache") == [build]
+        and f"removing an earlier build's packages: {old}" in again.stdout
+    )
