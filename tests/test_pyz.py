@@ -281,6 +281,14 @@ def test_every_subcommand_runs_from_the_file(gw: PyzGateway, bare: Path, box: Pa
     chat = cli(bare, box, cache, "chat", "--server", gw.url, "--api-key", key[0], "--config", c,
                "-m", "gpt-4o-mini", "from", "the", "CLI")  # fmt: skip
     assert chat.returncode == 0 and "Echo: from the CLI" in chat.stdout, chat.stderr
+    require(JOE.exists() and WHISPER.exists(), "joe and whisper-tiny.en are not pulled")
+    wav = box / "dinner.wav"
+    speak = cli(bare, box, cache, "speak", "--server", gw.url, "--api-key", key[0], "--config", c,
+                "--voice", "joe", "-o", str(wav), "Dinner", "is", "ready.")  # fmt: skip
+    assert speak.returncode == 0 and wav.read_bytes()[:4] == b"RIFF", speak.stderr
+    heard = cli(bare, box, cache, "transcribe", "--server", gw.url, "--api-key", key[0],
+                "--config", c, "--format", "text", str(wav))  # fmt: skip
+    assert heard.returncode == 0 and "dinner" in heard.stdout.lower(), heard.stderr
 
 
 @pytest.mark.usefixtures("systemd_analyze_path")
