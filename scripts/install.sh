@@ -3,6 +3,7 @@
 # (arm64, x86_64). Run as root; safe to run again (it upgrades the code, keeps config and data).
 #
 #   sudo scripts/install.sh                     install (or upgrade) and start the service
+#   sudo scripts/install.sh --pyz FILE          the same from one hoosh-edge.pyz (scripts/build-pyz)
 #   sudo scripts/install.sh --uninstall         remove the service, venv and user; keep config + data
 #   sudo scripts/install.sh --uninstall --purge also remove /etc/hoosh-edge and /var/lib/hoosh-edge
 #
@@ -12,8 +13,10 @@
 #   --dry-run    print the steps, change nothing
 #   --no-models  do not pull the default models
 #   --no-apt     do not apt-get install the build prerequisites (only warn when missing)
+#   --pyz FILE   install FILE (a hoosh-edge.pyz built for this machine's Python) instead of a venv:
+#                no compiler, no pip, nothing to build
 #   --uninstall, --purge   see above
-# Environment: PYTHON (default python3) creates the venv.
+# Environment: PYTHON (default python3) creates the venv, or runs the single file.
 set -euo pipefail
 
 SRC="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +31,9 @@ OPT_DIR=/opt/hoosh-edge
 ETC_DIR=/etc/hoosh-edge
 STATE_DIR=/var/lib/hoosh-edge
 MODELS_DIR="$STATE_DIR/models"
+# Where the single file's packages are unpacked, by this script as root: read-only to the service,
+# like a venv (the unit's HOOSH_EDGE_CACHE).
+CACHE_DIR=/opt/hoosh-edge/cache
 UNIT_PATH=/etc/systemd/system/hoosh-edge.service
 
 ROOT="/"
@@ -36,9 +42,10 @@ NO_MODELS=0
 NO_APT=0
 UNINSTALL=0
 PURGE=0
+PYZ=""
 
 usage() {
-    sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,19s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 die() {
@@ -53,6 +60,8 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY_RUN=1 ;;
         --no-models) NO_MODELS=1 ;;
         --no-apt) NO_APT=1 ;;
+        --pyz) [ $# -ge 2 ] || die "--pyz needs a file"; PYZ="$2"; shift ;;
+        --pyz=*) PYZ="${1#--pyz=}" ;;
         --uninstall) UNINSTALL=1 ;;
         --purge) PURGE=1 ;;
         -h | --help) usage; exit 0 ;;
@@ -62,6 +71,11 @@ while [ $# -gt 0 ]; do
 done
 [ "$PURGE" = 0 ] || [ "$UNINSTALL" = 1 ] || die "--purge only goes with --uninstall"
 [ -n "$ROOT" ] || die "--root needs a directory"
+if [ -n "$PYZ" ]; then
+    [ "$UNINSTALL" = 0 ] || die "--pyz does not go with --uninstall"
+    [ -f "$PYZ" ] || die "--pyz: no file $PYZ"
+    PYZ="$(cd "$(dirname "$PYZ")" && pwd)/$(basename "$PYZ")"
+fi
 
 # SYSTEM=1: the real machine. Anything else is a tree under ROOT where users, ownership, apt and
 # systemd do not apply.
@@ -82,6 +96,9 @@ else
 fi
 OPT="$PREFIX$OPT_DIR"
 VENV="$OPT/venv"
+BIN="$OPT/bin/hoosh-edge"  # the unit's ExecStart: the venv's console script or the file's launcher
+PYZ_DEST="$OPT/hoosh-edge.pyz"
+CACHE="$PREFIX$CACHE_DIR"
 ETC="$PREFIX$ETC_DIR"
 STATE="$PREFIX$STATE_DIR"
 MODELS="$PREFIX$MODELS_DIR"
@@ -133,6 +150,13 @@ check_platform() {
         die "hoosh-edge needs Python 3.10 or newer; $PYTHON is $("$PYTHON" --version 2>&1)"
     fi
     note "$("$PYTHON" --version 2>&1) ($(command -v "$PYTHON"))"
+    if [ -n "$PYZ" ]; then
+        # The file checks the Python before it unpacks anything; --built-for stops right there.
+        local built_for
+        built_for="$("$PYTHON" "$PYZ" --built-for 2>&1)" \
+            || die "$PYZ cannot run on $PYTHON: $built_for"
+        note "$(basename "$PYZ"): $built_for"
+    fi
 }
 
 missing_apt_packages() {
@@ -173,6 +197,50 @@ create_user() {
         run useradd --system --user-group --no-create-home --home-dir /nonexistent \
             --shell /usr/sbin/nologin --comment "hoosh-edge gateway" "$SERVICE_USER"
     fi
+}
+
+install_pyz() {
+    step "single file $PYZ_DEST from $PYZ"
+    run mkdir -p "$OPT/bin"
+    run install -m 0644 "$PYZ" "$PYZ_DEST"
+    local python
+    python="$(command -v "$PYTHON")"
+    note "launcher $BIN: $python $PYZ_DEST (packages in $CACHE)"
+    if [ "$DRY_RUN" = 0 ]; then
+        local tmp
+        tmp="$(mktemp "$OPT/bin/.hoosh-edge.XXXXXX")"
+        # The CLI as the venv's console script would be, on the packages unpacked below (the
+        # service user has no home, and cannot write here).
+        cat >"$tmp" <<EOF
+#!/bin/sh
+# Installed by scripts/install.sh --pyz: the single file, run by the Python it was built for.
+: "\${HOOSH_EDGE_CACHE:=$CACHE}"
+export HOOSH_EDGE_CACHE
+exec $(printf '%q' "$python") $(printf '%q' "$PYZ_DEST") "\$@"
+EOF
+        chmod 0755 "$tmp"
+        mv -f -- "$tmp" "$BIN"
+    fi
+    # Unpack now, as root, with every module compiled: the service only reads (ProtectSystem=strict
+    # keeps /opt read-only to it), and cannot change the code it runs.
+    step "unpacking $(basename "$PYZ") into $CACHE"
+    run mkdir -p "$CACHE"
+    run chmod 0755 "$CACHE"
+    PYZ_BUILD=""
+    if [ "$DRY_RUN" = 0 ]; then
+        local out
+        out="$(env -u HOOSH_EDGE_CONFIG HOOSH_EDGE_CACHE="$CACHE" SHIV_COMPILE_PYC=1 "$BIN" --help)" \
+            || die "the installed file does not run: $BIN --help failed"
+        PYZ_BUILD="$(printf '%s\n' "$out" | sed -n 's|^Its packages are unpacked in \(.*\)/site-packages\.$|\1|p')"
+        [ -d "$PYZ_BUILD" ] || die "the installed file did not say where it unpacked ($out)"
+        note "$PYZ_BUILD"
+    fi
+    if [ -e "$VENV" ]; then
+        note "removing the venv of an earlier install ($VENV): the file replaces it"
+        run rm -rf -- "${VENV:?}"
+    fi
+    run mkdir -p "$OPT/docs"
+    run install -m 0644 "$SRC/docs/operating.md" "$OPT/docs/operating.md"
 }
 
 install_venv() {
@@ -216,6 +284,12 @@ install_venv() {
         trap - EXIT
     fi
     install_manifest
+    run mkdir -p "$OPT/bin"
+    run ln -sfn ../venv/bin/hoosh-edge "$BIN"
+    if [ -e "$PYZ_DEST" ] || [ -e "$CACHE" ]; then
+        note "removing the single file of an earlier install ($PYZ_DEST): the venv replaces it"
+        run rm -rf -- "$PYZ_DEST" "${CACHE:?}"
+    fi
     run mkdir -p "$OPT/docs"
     run install -m 0644 "$SRC/docs/operating.md" "$OPT/docs/operating.md"
 }
@@ -306,7 +380,7 @@ make_state() {
 pull_models() {
     step "default models (${DEFAULT_MODELS[*]})"
     if [ "$NO_MODELS" = 1 ]; then
-        note "skipped (--no-models); later: sudo -u $SERVICE_USER $OPT_DIR/venv/bin/hoosh-edge models pull NAME --models-dir $MODELS_DIR"
+        note "skipped (--no-models); later: sudo -u $SERVICE_USER $OPT_DIR/bin/hoosh-edge models pull NAME --models-dir $MODELS_DIR"
         return
     fi
     local model
@@ -315,9 +389,9 @@ pull_models() {
             # As the service user, so the files belong to it; from / because root's cwd may be
             # unreadable to it.
             run runuser -u "$SERVICE_USER" -- env -u HOOSH_EDGE_CONFIG -C / \
-                "$VENV/bin/hoosh-edge" models pull "$model" --models-dir "$MODELS"
+                "$BIN" models pull "$model" --models-dir "$MODELS"
         else
-            run env -u HOOSH_EDGE_CONFIG "$VENV/bin/hoosh-edge" models pull "$model" --models-dir "$MODELS"
+            run env -u HOOSH_EDGE_CONFIG "$BIN" models pull "$model" --models-dir "$MODELS"
         fi
     done
 }
@@ -339,19 +413,46 @@ install_unit() {
     fi
 }
 
+prune_old_builds() {
+    # Earlier files' packages, now that the service runs the new one (restarted above).
+    local d
+    [ -n "$PYZ_BUILD" ] || return 0
+    for d in "$CACHE"/hoosh-edge.pyz_*; do
+        [ -e "$d" ] || continue
+        case "$d" in
+            "$PYZ_BUILD" | "$PYZ_BUILD".tmp) ;;
+            *) note "removing an earlier build's packages: $d"; rm -rf -- "$d" ;;
+        esac
+    done
+    for d in "$CACHE"/.hoosh-edge.pyz_*_lock; do
+        [ -e "$d" ] && [ "$d" != "$CACHE/.$(basename "$PYZ_BUILD")_lock" ] && rm -f -- "$d"
+    done
+    return 0
+}
+
 do_install() {
     check_root
     check_platform
-    if [ ! -f "$SRC/pyproject.toml" ] || [ ! -f "$SRC/systemd/hoosh-edge.service" ]; then
-        die "run me from a hoosh-edge checkout ($SRC has no pyproject.toml)"
+    if [ ! -f "$SRC/hoosh-edge.example.toml" ] || [ ! -f "$SRC/systemd/hoosh-edge.service" ]; then
+        die "run me from a hoosh-edge checkout ($SRC has no hoosh-edge.example.toml)"
     fi
-    install_apt_packages
+    if [ -n "$PYZ" ]; then
+        step "build prerequisites: none for the single file"
+    else
+        [ -f "$SRC/pyproject.toml" ] || die "run me from a hoosh-edge checkout ($SRC has no pyproject.toml)"
+        install_apt_packages
+    fi
     create_user
-    install_venv
+    if [ -n "$PYZ" ]; then
+        install_pyz
+    else
+        install_venv
+    fi
     write_config
     make_state
     pull_models
     install_unit
+    [ -z "$PYZ" ] || prune_old_builds
     step "done"
     if [ "$SYSTEM" = 1 ]; then
         note "status:  systemctl status hoosh-edge"
@@ -378,7 +479,7 @@ do_uninstall() {
     if systemd_running; then
         run systemctl daemon-reload
     fi
-    step "removing $OPT (venv)"
+    step "removing $OPT (venv, or single file and its packages)"
     if [ -e "$OPT" ]; then
         run rm -rf -- "${OPT:?}"
     else

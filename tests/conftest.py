@@ -122,9 +122,13 @@ class GatewayProcess:
         self.stderr_lines: list[str] = []
         self._drains: list[threading.Thread] = []
 
+    def command(self) -> list[str]:
+        """How the gateway is started: the checkout's quick start (a subclass may differ)."""
+        return [sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(self.config_path),
+                "--port", "0", *self.args]  # fmt: skip
+
     def start(self, timeout: float = 60) -> GatewayProcess:
-        cmd = [sys.executable, str(ROOT / "hoosh_edge.py"), "--config", str(self.config_path),
-               "--port", "0", *self.args]  # fmt: skip
+        cmd = self.command()
         self.proc = subprocess.Popen(
             cmd, cwd=self.tmp, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             text=True, preexec_fn=self.preexec_fn,

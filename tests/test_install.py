@@ -17,7 +17,7 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 INSTALL = ROOT / "scripts" / "install.sh"
 UNIT = ROOT / "systemd" / "hoosh-edge.service"
-EXEC_START = "/opt/hoosh-edge/venv/bin/hoosh-edge"
+EXEC_START = "/opt/hoosh-edge/bin/hoosh-edge"
 
 
 def run_install(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -90,8 +90,49 @@ def test_bad_options_are_refused(tmp_path: Path) -> None:
 
 def test_help_lists_the_options() -> None:
     out = run_install("--help").stdout
-    for opt in ("--root DIR", "--dry-run", "--no-models", "--no-apt", "--uninstall", "--purge"):
+    for opt in ("--root DIR", "--dry-run", "--no-models", "--no-apt", "--uninstall", "--purge",
+                "--pyz FILE"):  # fmt: skip
         assert opt in out
+
+
+def small_zipapp(path: Path, main: str) -> Path:
+    """A zipapp with this ``__main__``: how install.sh sees a file before it copies it (the real
+    hoosh-edge.pyz is installed and served in tests/test_pyz.py)."""
+    import zipapp
+
+    src = path.parent / (path.stem + "-src")
+    src.mkdir()
+    (src / "__main__.py").write_text(main)
+    zipapp.create_archive(src, path)
+    return path
+
+
+def test_pyz_dry_run_plans_the_file_and_no_venv(tmp_path: Path) -> None:
+    pyz = small_zipapp(tmp_path / "hoosh-edge.pyz", "print('CPython for this box')\n")
+    target = tmp_path / "root"
+    out = run_install("--root", str(target), "--dry-run", "--pyz", str(pyz)).stdout
+    assert not target.exists()
+    assert "hoosh-edge.pyz: CPython for this box" in out  # it asked the file what it is for
+    assert f"install -m 0644 {pyz} {target}/opt/hoosh-edge/hoosh-edge.pyz" in out
+    assert f"launcher {target}/opt/hoosh-edge/bin/hoosh-edge" in out
+    assert f"==> unpacking hoosh-edge.pyz into {target}/opt/hoosh-edge/cache" in out
+    assert "build prerequisites: none" in out
+    assert "-m venv" not in out and "pip install" not in out and "llama" not in out
+    assert f"{target}/opt/hoosh-edge/bin/hoosh-edge models pull smollm2" in out
+
+
+def test_pyz_for_another_python_or_no_file_is_refused(tmp_path: Path) -> None:
+    main = "import sys\nsys.stderr.write('this file is for CPython 3.99\\n')\nsys.exit(2)\n"
+    pyz = small_zipapp(tmp_path / "other.pyz", main)
+    proc = run_install("--root", str(tmp_path / "r"), "--pyz", str(pyz), check=False)
+    assert proc.returncode == 1 and "this file is for CPython 3.99" in proc.stderr, proc.stderr
+    assert not (tmp_path / "r/opt").exists()
+    proc = run_install(
+        "--root", str(tmp_path / "r"), "--pyz", str(tmp_path / "nope.pyz"), check=False
+    )
+    assert proc.returncode == 1 and "--pyz: no file" in proc.stderr
+    proc = run_install("--uninstall", "--pyz", str(pyz), check=False)
+    assert proc.returncode == 1 and "--pyz does not go with --uninstall" in proc.stderr
 
 
 # ---- the unit file ---------------------------------------------------------------------------------
@@ -182,6 +223,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_install_lays_out_the_tree(installed: Path) -> None:
     r = installed
     for path in ("opt/hoosh-edge/venv/bin/python", "opt/hoosh-edge/venv/bin/hoosh-edge",
+                 "opt/hoosh-edge/bin/hoosh-edge",
                  "opt/hoosh-edge/docs/operating.md", "etc/hoosh-edge/config.toml",
                  "etc/hoosh-edge/env", "etc/systemd/system/hoosh-edge.service"):  # fmt: skip
         assert (r / path).exists(), path

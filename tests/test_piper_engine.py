@@ -122,6 +122,36 @@ def test_espeak_phonemes_for_simple_english(tiny):
     assert tiny.phonemize("Hello world.") == list("həlˈoʊ wˈɜːld.")
 
 
+def test_espeak_data_under_a_deep_install_gets_a_short_path(tmp_path):
+    """The single file unpacks deep in ~/.cache: espeak-ng cuts a path over 159 bytes and exits
+    the process, so the engine hands it a short alias of the same data instead."""
+    import subprocess
+    import sys
+
+    import piper_phonemize
+
+    from hoosh_edge.backends.engines import espeak
+
+    real = os.path.join(os.path.dirname(piper_phonemize.__file__), "espeak-ng-data")
+    deep = tmp_path / ("d" * 120) / "site-packages" / "piper_phonemize"
+    deep.mkdir(parents=True)
+    (deep / "__init__.py").write_text("")
+    (deep / "espeak-ng-data").symlink_to(real)
+    assert len(str(deep / "espeak-ng-data")) > espeak.ESPEAK_PATH_MAX
+    code = (
+        "import piper_phonemize, sys; piper_phonemize.phonemize_espeak('hi', 'en-us', sys.argv[1])"
+    )
+    crash = subprocess.run([sys.executable, "-c", code, str(deep / "espeak-ng-data")],
+                           capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert crash.returncode != 0  # what the engine must not let happen to the gateway
+
+    short = espeak.short_data_path(deep / "espeak-ng-data")
+    assert len(str(short)) <= espeak.ESPEAK_PATH_MAX
+    assert os.readlink(short) == str(deep / "espeak-ng-data")
+    assert os.stat(short.parent).st_mode & 0o077 == 0  # private: nobody else can swap it
+    assert piper_phonemize.phonemize_espeak("hi", "en-us", str(short)) == [list("hˈaɪ")]
+
+
 def test_audio_length_follows_ids_and_speed(tiny):
     text = "The cat sat on the mat today."
     n_ids = len(tiny.phoneme_ids(tiny.phonemize(text)))

@@ -21,6 +21,7 @@ import re
 import threading
 import unicodedata
 from dataclasses import dataclass
+from pathlib import Path
 
 # One lock for every espeak-ng in the process (this library and the wheel's copy alike).
 ESPEAK_LOCK = threading.Lock()
@@ -92,6 +93,26 @@ SONAMES = ("libespeak-ng.so.1", "libespeak-ng.so")
 
 class EspeakUnavailable(RuntimeError):
     """libespeak-ng (or its data) cannot be loaded; the message says what to install."""
+
+
+# espeak-ng keeps its data path in a 160-byte buffer: a longer one is cut short and espeak exits
+# the whole process at the first phoneme ("Error processing file .../phontab"). Deep installs
+# reach it: the single file unpacks under ~/.cache/hoosh-edge/hoosh-edge.pyz_<sha256>/.
+ESPEAK_PATH_MAX = 159
+
+
+def short_data_path(data: Path) -> Path:
+    """``data``, or a short alias of it in a private folder when its path is too long for espeak."""
+    if len(os.fsencode(data)) <= ESPEAK_PATH_MAX:
+        return data
+    import tempfile
+
+    # A private directory (mode 0700, random name) holds the alias: nobody else can swap it.
+    alias = Path(tempfile.mkdtemp(prefix="hoosh-espeak-")) / "espeak-ng-data"
+    alias.symlink_to(data, target_is_directory=True)
+    if len(os.fsencode(alias)) > ESPEAK_PATH_MAX:
+        raise RuntimeError(f"espeak-ng cannot use {data}: its path is over {ESPEAK_PATH_MAX} bytes")
+    return alias
 
 
 def find_library() -> str | None:

@@ -47,7 +47,8 @@ class PiperPhonemize:
         import piper_phonemize
 
         self._pp = piper_phonemize
-        self._data = str(Path(piper_phonemize.__file__).parent / "espeak-ng-data")
+        self._data = str(espeak.short_data_path(Path(piper_phonemize.__file__).parent /
+                                                "espeak-ng-data"))  # fmt: skip
         version = _dist_version("piper-phonemize")
         self.detail = f"piper-phonemize {version} (its bundled espeak-ng, data {self._data})"
 
