@@ -276,8 +276,9 @@ class ChatCall:
         finished = False
         target, hold = (first.target, first.hold) if isinstance(first, Selected) else (None, None)
         recorder = ChatRecorder() if self.cache_key and self.cache_store else None
+        items = _prepend(first, source)
         try:
-            for item in _prepend(first, source):
+            for item in items:
                 if item is PUMP_KEEPALIVE:
                     yield KEEPALIVE
                     continue
@@ -311,6 +312,7 @@ class ChatCall:
             stream.status = stream.error.status
             log.exception("request %s: stream failed", self.ctx.request_id)
         finally:
+            items.close()  # closed here, not by the garbage collector in whatever greenlet runs
             source.close()
             self.release_flight()
             if not finished and stream.status == 200:

@@ -28,6 +28,8 @@ import os
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import gevent
+
 from hoosh_edge.backends.engines.gguf import kv_cache_bytes, read_gguf_metadata
 from hoosh_edge.backends.engines.llama_prompt import (
     LoadedLlama,
@@ -145,14 +147,18 @@ class LlamaEngine:
                     break
         finally:
             if answered and m.states is not None:
-                import gevent
-
                 gevent.spawn(_release_after, stream, held)
             else:
                 # The producer must be out of llama.cpp before another request gets the model.
                 if stream is not None:
                     stream.close()
-                    stream.join()
+                try:
+                    if stream is not None:
+                        stream.join()
+                except BaseException:
+                    # Killed while waiting: the model is given back once the producer is out.
+                    gevent.spawn(_release_after, stream, held)
+                    raise
                 held.__exit__(None, None, None)
 
     # -- internals -------------------------------------------------------------------------------
