@@ -221,7 +221,8 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
                              keep_alive_s=c.keep_alive_s, max_queue=c.max_queue)  # fmt: skip
         backends.append(LocalChat(engine))
     speech = LocalSpeech(pool, configured_models(config.stt, found.stt),
-                         configured_models(config.tts, found.tts), config.stt, config.tts)  # fmt: skip
+                         configured_models(config.tts, found.tts), config.stt, config.tts,
+                         models_dir=models_dir)  # fmt: skip
     db = Database.open(Path(config.server.data_dir),
                        synchronous=config.server.durability.upper())  # fmt: skip
     ledger = SpendLedger(db, timezone=config.timezone)

@@ -94,6 +94,9 @@ class LocalEngineConfig:
     max_audio_s: float = 600.0  # stt only: longest upload decoded (header and data both checked)
     max_input_chars: int = 4096  # tts only: longest text one /v1/audio/speech request may send
     phonemizer: str = "auto"  # tts only: auto | piper-phonemize | espeak-ng
+    # tts only: the espeak-ng data the espeak-ng path reads (None: models_dir/espeak-ng-data when
+    # pulled, else the system's); backends/engines/phonemizer.py espeak_data()
+    espeak_data: str | None = None
 
 
 @dataclass(frozen=True)
