@@ -129,6 +129,24 @@ def test_espeak_data_points_elsewhere_and_a_missing_folder_is_a_clear_503(
     assert out.returncode == 1 and f"     fix: {ph['fix']}" in out.stdout.splitlines()
 
 
+def test_a_data_path_too_long_for_libespeak_ng_is_refused_not_swapped_for_the_systems(
+    gateway_factory, tmp_path
+):
+    """espeak-ng keeps the path in a fixed buffer and, given a longer one, reads its default."""
+    deep = tmp_path.joinpath(*["d" * 50] * 4)  # well past 1.51's 160 bytes
+    deep.mkdir(parents=True)
+    (deep / "espeak-ng-data").symlink_to(fork_data())
+    gw = gateway_factory(config(make_voice(str(tmp_path)), tmp_path / "m",
+                                f'espeak_data = "{deep / "espeak-ng-data"}"\n'))  # fmt: skip
+    ph = phonemizer_report(gw)
+    assert ph["in_use"] is None and "did not take the data folder" in ph["detail"]
+    assert ph["fix"].startswith("move the espeak-ng data to a shorter path")
+    r = speak(gw)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "phonemizer_unavailable"
+    assert "shorter path" in r.json()["error"]["message"]
+    assert not any("Traceback" in x for x in gw.stderr_lines)
+
+
 def test_the_wheel_reads_its_own_data_and_warns_of_nothing(gateway_factory, tmp_path):
     data = fork_data()
     gw = gateway_factory(config(make_voice(str(tmp_path)), tmp_path / "m", "", "piper-phonemize"))

@@ -98,6 +98,10 @@ class EspeakUnavailable(RuntimeError):
     """libespeak-ng (or its data) cannot be loaded; the message says what to install."""
 
 
+class EspeakDataRefused(EspeakUnavailable):
+    """libespeak-ng read other data than the folder it was given (a path too long for it)."""
+
+
 def find_library() -> str | None:
     """The system libespeak-ng, by its soname or through ``ctypes.util.find_library``."""
     for name in SONAMES:
@@ -161,6 +165,14 @@ class EspeakNG:
         self.library = path
         # Where espeak-ng really reads its data (its default, ESPEAK_DATA_PATH, or ``data_dir``).
         self.data_dir = (found.value or encoded or b"").decode("utf-8", "replace")
+        if data_dir and not _same_folder(self.data_dir, data_dir):
+            # espeak-ng keeps the path in a fixed buffer (160 bytes in 1.51) and, given a longer
+            # one, silently reads its default data instead: the very thing ``data_dir`` avoids.
+            _DATA_IN_USE[lib._handle] = b"\0"
+            raise EspeakDataRefused(
+                f"libespeak-ng did not take the data folder {data_dir} "
+                f"({len(encoded or b'')} bytes long) and read {self.data_dir} instead"
+            )
 
     @property
     def has_terminator_call(self) -> bool:
@@ -258,6 +270,15 @@ class EspeakNG:
             if clause.ends_sentence:
                 current = None
         return sentences
+
+
+def _same_folder(found: str, asked: str) -> bool:
+    """Whether espeak-ng's data folder is ``asked`` (or the espeak-ng-data folder inside it)."""
+    real = os.path.realpath(found)
+    return real in (
+        os.path.realpath(asked),
+        os.path.realpath(os.path.join(asked, "espeak-ng-data")),
+    )
 
 
 def clause_mark(

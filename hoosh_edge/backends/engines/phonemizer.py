@@ -148,6 +148,16 @@ class PhonemizerStatus:
                 "warning": self.warning}  # fmt: skip
 
 
+class PhonemizerUnavailable(ServiceUnavailable):
+    """No phonemizer can be loaded; ``fix`` says what to do about it."""
+
+    code = "phonemizer_unavailable"
+
+    def __init__(self, message: str, fix: str) -> None:
+        super().__init__(message)
+        self.fix = fix
+
+
 _made: dict[tuple[str, str | None], Phonemizer] = {}
 _made_lock = threading.Lock()
 
@@ -160,7 +170,7 @@ def resolve(choice: str = "auto", data: EspeakData = SYSTEM_DATA) -> Phonemizer:
     if choice not in CHOICES:
         raise ValueError(f"phonemizer must be one of {', '.join(CHOICES)}, not {choice!r}")
     order = ("piper-phonemize", "espeak-ng") if choice == "auto" else (choice,)
-    reasons = []
+    reasons, fix = [], install_hint(choice, data=data)
     with _made_lock:
         for name in order:
             key = (name, data.path if name == "espeak-ng" else None)
@@ -175,15 +185,20 @@ def resolve(choice: str = "auto", data: EspeakData = SYSTEM_DATA) -> Phonemizer:
                     if name == "piper-phonemize"
                     else EspeakPhonemizer(None, data.path, data.origin)
                 )
+            except espeak.EspeakDataRefused as e:
+                reasons.append(f"{name}: {e}")
+                fix = (f"move the espeak-ng data to a shorter path and set local.tts.espeak_data "
+                       f"to it (libespeak-ng refused {data.path})")  # fmt: skip
+                continue
             except (ImportError, OSError, espeak.EspeakUnavailable) as e:
                 reasons.append(f"{name}: {e}")
                 continue
             _made[key] = made
             return made
-    raise ServiceUnavailable(
+    raise PhonemizerUnavailable(
         f"Text-to-speech needs a phonemizer and none can be used ({'; '.join(reasons)}). "
-        f"To fix: {install_hint(choice, data=data)}.",
-        code="phonemizer_unavailable",
+        f"To fix: {fix}.",
+        fix,
     )
 
 
@@ -191,8 +206,8 @@ def status(choice: str = "auto", data: EspeakData = SYSTEM_DATA) -> PhonemizerSt
     """Resolve ``choice`` and say what is in use and which data it reads, or what to install."""
     try:
         p = resolve(choice, data)
-    except ServiceUnavailable as e:
-        return PhonemizerStatus(choice, None, str(e), install_hint(choice, data=data))
+    except PhonemizerUnavailable as e:
+        return PhonemizerStatus(choice, None, str(e), e.fix)
     warning = None
     if p.data_origin == "system":
         warning = (f"espeak-ng reads the system's data ({p.data_dir}), not the data Piper voices "
