@@ -92,14 +92,15 @@ def test_on_the_systems_data_every_report_says_ids_may_differ(gateway_factory, t
     assert ph["in_use"] == "espeak-ng" and ph["data_origin"] == "system"
     assert ph["data"] and not ph["data"].startswith(str(tmp_path))
     assert "may differ from the voice's training" in ph["warning"]
-    assert ph["warning"].endswith(f"To fix: {PULL_DATA}") and ph["fix"] is None
+    assert ph["warning"].endswith(f"To fix: {PULL_DATA}, then restart the gateway")
+    assert ph["fix"] is None
     assert any("may differ" in x and PULL_DATA in x for x in gw.stderr_lines)
     lines = doctor(gw.config_path).stdout.splitlines()
     i = next(i for i, x in enumerate(lines) if x.startswith("[--] espeak-ng data"))
     assert lines[i - 1].startswith("[ok] phonemizer espeak-ng") and "the system's" in lines[i - 1]
     assert lines[i] == (f"[--] espeak-ng data {ph['data']} is the system's: phoneme ids may "
                         "differ from the voice's training")  # fmt: skip
-    assert lines[i + 1] == f"     fix: {PULL_DATA}"
+    assert lines[i + 1] == f"     fix: {PULL_DATA} (read from the gateway's next start)"
 
 
 def test_espeak_data_points_elsewhere_and_a_missing_folder_is_a_clear_503(
@@ -163,7 +164,7 @@ def test_the_status_page_names_the_data_and_the_fix(gateway_factory, tmp_path):
     page = PageFields(chromium(tmp_path, system.url + "/", "--dump-dom"))
     text = page.by_id["tts"]
     assert text.startswith("Speech phonemizer: espeak-ng (libespeak-ng") and "the system's" in text
-    assert "may differ from the voice's training" in text and text.endswith(PULL_DATA)
+    assert "may differ from the voice's training" in text and f"To fix: {PULL_DATA}" in text
     models = tmp_path / "models"
     shutil.copytree(fork_data(), models / "espeak-ng-data")
     pulled = gateway_factory(config(voice, models))

