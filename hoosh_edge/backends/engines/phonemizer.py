@@ -7,7 +7,7 @@ loaded once per process and used under ``espeak.ESPEAK_LOCK``: espeak-ng's state
 
 The voices were trained on the phonemes of the wheel's espeak-ng *and its data*; the espeak-ng
 path gives the same ids when it reads that data (``hoosh-edge models pull espeak-ng-data``
-puts it in models/; tests/test_phonemizer_parity.py), and may differ on the system's own data
+puts it in models/; tests/test_espeak_data_parity.py), and may differ on the system's own data
 (libespeak-ng 1.52's gives other phonemes for dozens of words). ``espeak_data`` picks the folder.
 """
 
