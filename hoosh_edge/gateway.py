@@ -247,7 +247,8 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
                              states=states)  # fmt: skip
         backends.append(LocalChat(engine))
     speech = LocalSpeech(pool, configured_models(config.stt, found.stt),
-                         configured_models(config.tts, found.tts), config.stt, config.tts)  # fmt: skip
+                         configured_models(config.tts, found.tts), config.stt, config.tts,
+                         models_dir=models_dir)  # fmt: skip
     ledger = SpendLedger(db, timezone=config.timezone)
     ledger.seed_rules([dict(b) for b in config.budgets])
     gw = Gateway(config, pool=pool, speech=speech, local_backends=backends, db=db, ledger=ledger,

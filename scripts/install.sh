@@ -377,14 +377,27 @@ make_state() {
     fi
 }
 
+# Piper voices were trained on the espeak-ng data inside piper-phonemize's wheel. A Python that
+# has no such wheel (3.12+: pyproject's marker does not even try) speaks through the system's
+# libespeak-ng, whose own data gives other phonemes for some words: pull the wheel's data there.
+default_models() {
+    local models=("${DEFAULT_MODELS[@]}")
+    if "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
+        models+=(espeak-ng-data)
+    fi
+    echo "${models[@]}"
+}
+
 pull_models() {
-    step "default models (${DEFAULT_MODELS[*]})"
+    local models
+    read -r -a models <<< "$(default_models)"
+    step "default models (${models[*]})"
     if [ "$NO_MODELS" = 1 ]; then
         note "skipped (--no-models); later: sudo -u $SERVICE_USER $OPT_DIR/bin/hoosh-edge models pull NAME --models-dir $MODELS_DIR"
         return
     fi
     local model
-    for model in "${DEFAULT_MODELS[@]}"; do
+    for model in "${models[@]}"; do
         if [ "$SYSTEM" = 1 ]; then
             # As the service user, so the files belong to it; from / because root's cwd may be
             # unreadable to it.

@@ -62,6 +62,31 @@ def test_dry_run_prints_the_steps_and_creates_nothing(tmp_path: Path) -> None:
     assert "useradd" not in out and "chown" not in out and "systemctl enable" not in out
 
 
+def test_a_python_without_the_piper_phonemize_wheel_also_pulls_its_espeak_ng_data(
+    tmp_path: Path,
+) -> None:
+    """On 3.12+ the voices speak through libespeak-ng: the wheel's data is pulled for them."""
+    fake = tmp_path / "python3.13"  # this Python, answering version checks as a 3.13 would
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = "-c" ]; then exec {sys.executable} -c "import sys; '
+        f"sys.version_info = (3, 13, 0, 'final', 0)\n$2\"; fi\n"
+        f'exec {sys.executable} "$@"\n'
+    )
+    fake.chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if k != "HOOSH_EDGE_CONFIG"}
+    target = tmp_path / "root"
+    args = ["bash", str(INSTALL), "--root", str(target), "--dry-run", "--no-apt"]
+    newer = subprocess.run(args, env={**env, "PYTHON": str(fake)}, capture_output=True,
+                           text=True, timeout=600, check=True).stdout  # fmt: skip
+    assert "default models (smollm2 whisper-tiny.en joe espeak-ng-data)" in newer
+    assert "models pull espeak-ng-data --models-dir" in newer
+    this = run_install("--root", str(target), "--dry-run", "--no-apt").stdout
+    assert (
+        sys.version_info >= (3, 12) or "models pull espeak-ng-data" not in this
+    )  # wheel has its own
+
+
 def test_dry_run_into_an_existing_root_leaves_it_empty(tmp_path: Path) -> None:
     out = run_install("--root", str(tmp_path), "--dry-run", "--no-apt", "--no-models").stdout
     assert tree(tmp_path) == []

@@ -72,7 +72,8 @@ class LocalSpeech:
     is_local = True
 
     def __init__(self, pool: ModelPool, stt: dict[str, str], tts: dict[str, str],
-                 stt_cfg: LocalEngineConfig, tts_cfg: LocalEngineConfig) -> None:  # fmt: skip
+                 stt_cfg: LocalEngineConfig, tts_cfg: LocalEngineConfig,
+                 models_dir: str | Path | None = None) -> None:  # fmt: skip
         self.pool = pool
         self.stt = dict(stt)
         self.tts = dict(tts)
@@ -90,6 +91,10 @@ class LocalSpeech:
                     keep_alive_s=stt_cfg.keep_alive_s, max_queue=stt_cfg.max_queue))  # fmt: skip
         self.phonemizer_choice = tts_cfg.phonemizer
         self._phonemizer: PhonemizerStatus | None = None
+        from hoosh_edge.backends.engines.phonemizer import espeak_data  # ctypes only, no engine
+
+        # Chosen once at start: a pull of espeak-ng-data takes effect on the next start.
+        self.espeak_data = espeak_data(tts_cfg.espeak_data, models_dir)
         if self.tts:
             from hoosh_edge.backends.engines.piper import PiperVoice
 
@@ -98,11 +103,14 @@ class LocalSpeech:
             if state.in_use is None:
                 log.warning("local text-to-speech voices %s cannot speak: %s",
                             ", ".join(self.tts), state.detail)  # fmt: skip
+            elif state.warning:
+                log.warning("local text-to-speech voices %s: %s", ", ".join(self.tts),
+                            state.warning)  # fmt: skip
             for vid, path in self.tts.items():
                 pool.register(ModelSlot(
                     key=f"tts:{vid}", kind="tts",
                     loader=lambda p=path: PiperVoice.load(p, tts_cfg.n_threads,
-                                                          tts_cfg.phonemizer),
+                                                          tts_cfg.phonemizer, self.espeak_data),
                     estimate_bytes=PiperVoice.estimate_bytes(path),
                     keep_alive_s=tts_cfg.keep_alive_s, max_queue=tts_cfg.max_queue))  # fmt: skip
 
@@ -111,7 +119,7 @@ class LocalSpeech:
         if self._phonemizer is None or self._phonemizer.in_use is None:
             from hoosh_edge.backends.engines.phonemizer import status
 
-            self._phonemizer = status(self.phonemizer_choice)
+            self._phonemizer = status(self.phonemizer_choice, self.espeak_data)
         return self._phonemizer
 
     def tts_report(self) -> dict[str, Any]:

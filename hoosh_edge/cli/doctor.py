@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from hoosh_edge.config import Config
+from hoosh_edge.config import Config, LocalEngineConfig
 
 
 def _recover_command(broken: Path, new: Path) -> str:
@@ -86,15 +86,22 @@ def _doctor_database(data_dir: Path) -> int:
     return 1
 
 
-def _doctor_phonemizer(choice: str, report: Callable[..., None]) -> None:
-    """Which phonemizer Piper voices would use under ``[local.tts] phonemizer``, or what to install."""
-    from hoosh_edge.backends.engines.phonemizer import status
+def _doctor_phonemizer(
+    tts: LocalEngineConfig, models_dir: Path, report: Callable[..., None]
+) -> None:
+    """Which phonemizer Piper voices would use, on which espeak-ng data, or what to install."""
+    from hoosh_edge.backends.engines.phonemizer import PULL_DATA, espeak_data, status
 
-    state = status(choice)
+    choice = tts.phonemizer
+    state = status(choice, espeak_data(tts.espeak_data, models_dir))
     if state.in_use is not None:
         report(
             True, f"phonemizer {state.in_use} (local.tts.phonemizer = {choice!r}): {state.detail}"
         )
+        if state.warning:  # it speaks, so no failure; the phonemes may still not be the voice's
+            print(f"[--] espeak-ng data {state.data} is the system's: phoneme ids may differ "
+                  f"from the voice's training\n     fix: {PULL_DATA} (read from the gateway's "
+                  "next start)")  # fmt: skip
     else:
         report(False, f"phonemizer (local.tts.phonemizer = {choice!r}): none can be used; "
                "text-to-speech voices will answer 503", state.fix)  # fmt: skip
@@ -118,11 +125,11 @@ def cmd_doctor(args: argparse.Namespace, config: Config) -> int:
                      ("soundfile", "soundfile"), ("soxr", "soxr")):  # fmt: skip
         found = importlib.util.find_spec(mod) is not None
         report(found, f"package {pkg}", f"pip install '{pkg}' (or scripts/setup)")
-    _doctor_phonemizer(config.tts.phonemizer, report)
+    models_dir = Path(config.server.models_dir)
+    _doctor_phonemizer(config.tts, models_dir, report)
     from hoosh_edge.backends import modelstore
     from hoosh_edge.device import mem_available_bytes
 
-    models_dir = Path(config.server.models_dir)
     try:
         results = modelstore.verify(modelstore.load_manifest(), models_dir)
         seen: set[tuple[str, str]] = set()

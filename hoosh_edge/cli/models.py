@@ -21,6 +21,7 @@ from hoosh_edge.backends.modelstore import (
     remove,
     verify,
 )
+from hoosh_edge.backends.modelstore.tree import tree_stat
 from hoosh_edge.errors import ModelNotFound
 
 
@@ -94,7 +95,8 @@ def cmd_pull(
         if sys.stderr.isatty():
             sys.stderr.write("\n")
         for p in paths:
-            print(f"{model_id}: {p} ({_mib(p.stat().st_size)})")
+            size = tree_stat(p).st_size if p.is_dir() else p.stat().st_size
+            print(f"{model_id}: {p} ({_mib(size)})")
         return 0
 
     return _guarded(body)

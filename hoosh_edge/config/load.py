@@ -40,7 +40,7 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
     if kind == "stt":
         allowed |= {"max_audio_s"}
     if kind == "tts":
-        allowed |= {"default_voice", "voices", "max_input_chars", "phonemizer"}
+        allowed |= {"default_voice", "voices", "max_input_chars", "phonemizer", "espeak_data"}
         allowed.discard("models")
     check_keys(t, allowed, where, src)
     table_key = "voices" if kind == "tts" else "models"
@@ -75,6 +75,9 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
         raise ConfigError(
             f"{src}: '{where}phonemizer' must be one of {', '.join(PHONEMIZERS)}, not {phonemizer!r}"
         )
+    espeak_data = typed(t, "espeak_data", str, where, src, None)
+    if espeak_data is not None and not espeak_data.strip():
+        raise ConfigError(f"{src}: '{where}espeak_data' must be a folder path (or left out)")
     return LocalEngineConfig(
         n_threads=n_threads,
         n_ctx=n_ctx,
@@ -87,6 +90,7 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
         max_input_chars=max_input_chars,
         **cache_mb,
         phonemizer=phonemizer,
+        espeak_data=espeak_data,
     )
 
 

@@ -96,6 +96,9 @@ class LocalEngineConfig:
     prompt_cache_mb: int = 256  # llm only: RAM for saved prompt states (0 = off)
     prompt_cache_disk_mb: int = 1024  # llm only: their files under data_dir (0 = RAM only)
     phonemizer: str = "auto"  # tts only: auto | piper-phonemize | espeak-ng
+    # tts only: the espeak-ng data the espeak-ng path reads (None: models_dir/espeak-ng-data when
+    # pulled, else the system's); backends/engines/phonemizer.py espeak_data()
+    espeak_data: str | None = None
 
 
 @dataclass(frozen=True)

@@ -168,17 +168,18 @@ function renderModels(models) {
   }
 }
 
-// Which phonemizer the voices speak through, or, when none can be used, what to install.
+// Which phonemizer the voices speak through and on which espeak-ng data, or, when none can be
+// used, what to install. On the system's data it speaks, but maybe not the voice's phonemes.
 function renderTts(tts) {
   tts = section(tts);
   const p = $("tts");
   p.hidden = !tts || !tts.voices || tts.voices.length === 0;
   if (p.hidden) return;
   const ph = tts.phonemizer;
-  p.className = tts.state === "ok" ? "muted" : "problem";
+  p.className = tts.state === "ok" && !ph.warning ? "muted" : "problem";
   p.dataset.state = tts.state;
   p.textContent = tts.state === "ok"
-    ? "Speech phonemizer: " + ph.in_use + " (" + ph.detail + ")"
+    ? "Speech phonemizer: " + ph.in_use + " (" + ph.detail + ")" + (ph.warning ? ". " + ph.warning : "")
     : "Speech cannot be made: no phonemizer. To fix: " + ph.fix;
 }
 

@@ -9,7 +9,9 @@ each clause, so the clause's text is known and its terminator is read back from 
 same punctuation table espeak-ng uses (``_CLAUSE_MARKS``). Where the library does have the fork's
 call, it is used instead.
 
-espeak-ng keeps global state and is not thread-safe: the caller holds ``ESPEAK_LOCK``.
+espeak-ng keeps global state and is not thread-safe: the caller holds ``ESPEAK_LOCK``. Its data
+folder is global too: two ``EspeakNG`` on one library with different data re-initialise it when
+they take turns (``_DATA_IN_USE``), so neither reads the other's dictionaries.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from pathlib import Path
 
 # One lock for every espeak-ng in the process (this library and the wheel's copy alike).
 ESPEAK_LOCK = threading.Lock()
+# The data folder each loaded library (by its dlopen handle) was last initialised with.
+_DATA_IN_USE: dict[int, bytes | None] = {}
 
 _AUDIO_OUTPUT_SYNCHRONOUS = 0x02
 _INITIALIZE_DONT_EXIT = 0x8000  # a missing data folder returns an error instead of exit()
@@ -111,8 +115,13 @@ def short_data_path(data: Path) -> Path:
     alias = Path(tempfile.mkdtemp(prefix="hoosh-espeak-")) / "espeak-ng-data"
     alias.symlink_to(data, target_is_directory=True)
     if len(os.fsencode(alias)) > ESPEAK_PATH_MAX:
-        raise RuntimeError(f"espeak-ng cannot use {data}: its path is over {ESPEAK_PATH_MAX} bytes")
+        raise EspeakUnavailable(f"espeak-ng cannot use {data}: its path is over "
+                                f"{ESPEAK_PATH_MAX} bytes (move the espeak-ng data to a shorter path)")  # fmt: skip
     return alias
+
+
+class EspeakDataRefused(EspeakUnavailable):
+    """libespeak-ng read other data than the folder it was given (a path too long for it)."""
 
 
 def find_library() -> str | None:
@@ -161,11 +170,13 @@ class EspeakNG:
             self._with_terminator.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.c_int,
                                               ctypes.c_int, ctypes.POINTER(ctypes.c_int)]  # fmt: skip
         encoded = data_dir.encode() if data_dir else None
-        rate = lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, encoded, _INITIALIZE_DONT_EXIT)
-        if rate <= 0:
-            where = data_dir or "its default place"
+        self._lib, self._init_path = lib, encoded
+        if not self._initialise():
+            if data_dir:
+                raise EspeakUnavailable(f"libespeak-ng found no espeak-ng data in {data_dir}")
             raise EspeakUnavailable(
-                f"libespeak-ng found no data in {where} (sudo apt-get install espeak-ng-data)"
+                "libespeak-ng found no data in its default place "
+                "(sudo apt-get install espeak-ng-data)"
             )
         lib.espeak_Info.restype = ctypes.c_char_p
         lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
@@ -173,18 +184,35 @@ class EspeakNG:
         self.version = (lib.espeak_Info(ctypes.byref(found)) or b"?").decode("ascii", "replace")
         self._voice = ""
         self._ordinal_dot: dict[str, bool] = {}
-        self._lib = lib
         self.library = path
         # Where espeak-ng really reads its data (its default, ESPEAK_DATA_PATH, or ``data_dir``).
         self.data_dir = (found.value or encoded or b"").decode("utf-8", "replace")
+        if data_dir and not _same_folder(self.data_dir, data_dir):
+            # espeak-ng keeps the path in a fixed buffer (160 bytes in 1.51) and, given a longer
+            # one, silently reads its default data instead: the very thing ``data_dir`` avoids.
+            _DATA_IN_USE[lib._handle] = b"\0"
+            raise EspeakDataRefused(
+                f"libespeak-ng did not take the data folder {data_dir} "
+                f"({len(encoded or b'')} bytes long) and read {self.data_dir} instead"
+            )
 
     @property
     def has_terminator_call(self) -> bool:
         """Whether this library is the fork with ``espeak_TextToPhonemesWithTerminator``."""
         return self._with_terminator is not None
 
+    def _initialise(self) -> bool:
+        """(Re-)initialise the library on this object's data folder; False if it found none."""
+        rate = self._lib.espeak_Initialize(
+            _AUDIO_OUTPUT_SYNCHRONOUS, 0, self._init_path, _INITIALIZE_DONT_EXIT
+        )
+        _DATA_IN_USE[self._lib._handle] = self._init_path if rate > 0 else b"\0"
+        return rate > 0
+
     def set_voice(self, voice: str) -> None:
         """Select an espeak voice (``en-us``, ``de``, ...); ValueError if espeak-ng has none."""
+        if _DATA_IN_USE.get(self._lib._handle) != self._init_path:
+            self._initialise()  # another EspeakNG on this library read other data since
         if self._lib.espeak_SetVoiceByName(voice.encode()) != _EE_OK:
             raise ValueError(f"espeak-ng has no voice {voice!r}")
         self._voice = voice
@@ -264,6 +292,15 @@ class EspeakNG:
             if clause.ends_sentence:
                 current = None
         return sentences
+
+
+def _same_folder(found: str, asked: str) -> bool:
+    """Whether espeak-ng's data folder is ``asked`` (or the espeak-ng-data folder inside it)."""
+    real = os.path.realpath(found)
+    return real in (
+        os.path.realpath(asked),
+        os.path.realpath(os.path.join(asked, "espeak-ng-data")),
+    )
 
 
 def clause_mark(

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from hoosh_edge.backends.engines.phonemizer import Phonemizer, resolve
+from hoosh_edge.backends.engines.phonemizer import SYSTEM_DATA, EspeakData, Phonemizer, resolve
 from hoosh_edge.errors import DeadlineExceeded, InvalidRequest, ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -157,12 +157,19 @@ class PiperVoice:
         self.phonemizer = phonemizer
 
     @classmethod
-    def load(cls, onnx_path: str, n_threads: int = 0, phonemizer: str = "auto") -> PiperVoice:
+    def load(
+        cls,
+        onnx_path: str,
+        n_threads: int = 0,
+        phonemizer: str = "auto",
+        espeak_data: EspeakData = SYSTEM_DATA,
+    ) -> PiperVoice:
         """Read ``<onnx_path>.json`` and open the graph; ``n_threads=0`` lets onnxruntime choose.
 
-        ``phonemizer`` is ``[local.tts] phonemizer``; ServiceUnavailable if it cannot be had.
+        ``phonemizer`` is ``[local.tts] phonemizer`` and ``espeak_data`` the data its espeak-ng
+        path reads; ServiceUnavailable if it cannot be had.
         """
-        chosen = resolve(phonemizer)
+        chosen = resolve(phonemizer, espeak_data)
         import onnxruntime as ort
 
         with open(config_path(onnx_path), encoding="utf-8") as f:

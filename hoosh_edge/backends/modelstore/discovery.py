@@ -13,9 +13,11 @@ from hoosh_edge.backends.modelstore.installed import InstallState
 from hoosh_edge.backends.modelstore.manifest import (
     KINDS,
     Manifest,
+    ModelFile,
     ModelStoreError,
     load_manifest,
 )
+from hoosh_edge.backends.modelstore.tree import tree_stat
 
 
 @dataclass(frozen=True)
@@ -68,13 +70,17 @@ def discover_local_models(models_dir: Path, manifest: Manifest | None = None) ->
     return found
 
 
+def _present(path: Path, f: ModelFile) -> bool:
+    return path.is_dir() if f.tree else path.is_file()
+
+
 def list_models(manifest: Manifest, models_dir: Path) -> list[ModelListing]:
     """Every manifest model with its installed state and size, then unknown local files."""
     models_dir = Path(models_dir)
     state = InstallState(models_dir)
     out = []
     for spec in manifest.models.values():
-        present = [models_dir / f.name for f in spec.files if (models_dir / f.name).is_file()]
+        present = [models_dir / f.name for f in spec.files if _present(models_dir / f.name, f)]
         status = (
             "absent"
             if not present
@@ -82,8 +88,11 @@ def list_models(manifest: Manifest, models_dir: Path) -> list[ModelListing]:
             if len(present) == len(spec.files)
             else "partial"
         )
-        checked = status == "installed" and all(state.fresh(p.name, p.stat()) for p in present)
-        size = sum(p.stat().st_size for p in present)
+        stats = [tree_stat(p) if p.is_dir() else p.stat() for p in present]
+        checked = status == "installed" and all(
+            state.fresh(p.name, st) for p, st in zip(present, stats, strict=True)
+        )
+        size = sum(st.st_size for st in stats)
         out.append(
             ModelListing(spec.id, spec.kind, status, size, tuple(present), checked, spec.license)
         )

