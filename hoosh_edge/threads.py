@@ -33,6 +33,8 @@ _os_sleep = gevent.monkey.get_original("time", "sleep")
 
 _DONE = object()
 KEEPALIVE = object()  # yielded by pump() when nothing arrived within heartbeat_s
+# How long a streamed item may wait for its reader's next look (a token at ~150 a second: ~2).
+LINGER_S = 0.015
 
 
 def run_blocking(fn: Callable[..., T], *args: Any, owner: str | None = None,
@@ -55,7 +57,14 @@ class Cancelled(Exception):
 
 
 class ThreadStream(Iterator[T]):
-    """Iterate, in a greenlet, the items a generator makes in a pool thread."""
+    """Iterate, in a greenlet, the items a generator makes in a pool thread.
+
+    Waking the hub from the thread costs a context switch per item, and on a small box the
+    switch lands on a core the model's own threads need. So only the first item, the end, an
+    error and a buffer half full wake the reader; after its first item the reader looks again
+    at least every ``linger_s`` and takes everything ready at once. An item waits at most that
+    long (0: every item wakes the reader, as soon as it is made).
+    """
 
     def __init__(
         self,
@@ -64,13 +73,18 @@ class ThreadStream(Iterator[T]):
         max_buffer: int = 64,
         owner: str | None = None,
         expect_s: float = 0.0,
+        linger_s: float = LINGER_S,
         **kwargs: Any,
     ) -> None:
         self._items: collections.deque = collections.deque()
+        self._batch: collections.deque = collections.deque()  # taken by the reader, not yet given
         self._lock = workers.native_lock()
         self._max = max(1, max_buffer)
+        self._linger = max(0.0, linger_s)
         self._cancelled = False
         self._finished = False
+        self._waiting = False  # the reader sleeps until woken (guarded by _lock)
+        self._delivered = False  # the reader has had an item: later ones may wait for its look
         self._hub = gevent.get_hub()
         self._wake = gevent.event.Event()
         # Progress is per item: a long generation that keeps producing is never "stuck".
@@ -97,9 +111,17 @@ class ThreadStream(Iterator[T]):
                             return
                         if len(self._items) < self._max:
                             self._items.append(item)
+                            wake = self._waiting and (
+                                not self._delivered
+                                or not self._linger
+                                or 2 * len(self._items) >= self._max
+                            )
+                            if wake:
+                                self._waiting = False
                             break
                     _os_sleep(0.002)  # reader is slow: pause the producer (backpressure)
-                self._notify()
+                if wake:
+                    self._notify()
             with self._lock:
                 self._items.append(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the reader, never lost
@@ -118,21 +140,25 @@ class ThreadStream(Iterator[T]):
         while True:
             if self._finished:
                 raise StopIteration
-            with self._lock:
-                item = self._items.popleft() if self._items else None
-            if item is None:
-                self._wake.clear()
+            if not self._batch:
                 with self._lock:
-                    empty = not self._items
-                if empty:
-                    self._wake.wait()
-                continue
+                    if self._items:
+                        self._batch, self._items = self._items, self._batch
+                        self._waiting = False
+                    else:
+                        self._waiting = True
+                        self._wake.clear()
+                if not self._batch:
+                    self._wake.wait(self._linger if self._delivered and self._linger else None)
+                    continue
+            item = self._batch.popleft()
             if item is _DONE:
                 self._finished = True
                 raise StopIteration
             if isinstance(item, _Raised):
                 self._finished = True
                 raise item.exc
+            self._delivered = True
             return item
 
     def close(self) -> None:
@@ -140,6 +166,7 @@ class ThreadStream(Iterator[T]):
         with self._lock:
             self._cancelled = True
             self._items.clear()
+        self._batch.clear()
         self._finished = True
 
     def join(self, timeout: float | None = None) -> None:
@@ -195,6 +222,17 @@ class Pump(Iterator[Any]):
             self._done = True
             raise item.exc
         return item
+
+    def take(self, fits: Callable[[Any], bool]) -> list[Any]:
+        """The items already queued, from the front, while ``fits(item)``; never waits."""
+        out = []
+        queue = self._queue
+        while not self._done and queue.qsize():
+            item = queue.peek_nowait()
+            if item is _DONE or isinstance(item, _Raised) or not fits(item):
+                break
+            out.append(queue.get_nowait())
+        return out
 
     def close(self) -> None:
         self._done = True
