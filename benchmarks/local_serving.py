@@ -54,7 +54,7 @@ TURNS = ["Which lights are on right now?", "Turn off the lights in the kitchen, 
          "Summarize the state of the house in three sentences.", "Lock every door."]  # fmt: skip
 
 
-def home_prompt(home: int, clock: str | None = None, devices: int = 34) -> str:
+def home_prompt(home: int, clock: str | None = None, devices: int = 27) -> str:
     """A Home-Assistant-like system prompt: about 650 tokens of devices and their states."""
     rnd = random.Random(home)
     lines = [f"You are the voice assistant of home number {home}. Answer briefly and truthfully."]

@@ -1,7 +1,7 @@
 """The per-token path: a streamed local answer through the gateway vs llama.cpp called directly.
 
     .venv/bin/python benchmarks/token_path.py [--runs 7] [--max-tokens 256] [--threads 2]
-        [--gateway-root OTHER_CHECKOUT] [--llama-server PATH | --peer] [--profile PREFIX]
+        [--gateway-root CHECKOUT ...] [--llama-server PATH | --peer] [--profile PREFIX]
 
 "direct" is llama-cpp-python in this process with the gateway's own prompt tokens and sampling
 (``llama_prompt.prepare``), each token detokenized: what llama.cpp costs with no gateway around
@@ -105,7 +105,7 @@ def cpu_s(pid: int, tid: int | None = None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def start_gateway(args: argparse.Namespace, tmp: Path) -> tuple[subprocess.Popen, str]:
+def start_gateway(args: argparse.Namespace, tmp: Path, root: Path) -> tuple[subprocess.Popen, str]:
     proc, url = spawn_gateway(f"""
 [server]
 log_level = "warning"
@@ -118,7 +118,7 @@ keep_alive_s = 0
 preload = ["smollm2"]
 [local.llm.models]
 smollm2 = "{Path(args.model).resolve()}"
-""", tmp, args.gateway_root)  # fmt: skip
+""", tmp, root)  # fmt: skip
     wait_healthy(url)
     return proc, url
 
@@ -131,7 +131,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--n-ctx", type=int, default=2048)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--gateway-root", type=Path, default=ROOT)
+    ap.add_argument("--gateway-root", type=Path, action="append",
+                    help="a checkout whose gateway to run (default: this one); repeat it to "
+                         "compare checkouts in one run, rows alternating")  # fmt: skip
     ap.add_argument("--peer", action="store_true", help="add llama-server (built if needed)")
     ap.add_argument("--llama-server", help="add this llama-server binary")
     ap.add_argument(
@@ -139,51 +141,62 @@ def main() -> None:
     )
     args = ap.parse_args()
     print(f"model {Path(args.model).name}, {args.threads} threads, n_ctx {args.n_ctx}, max_tokens "
-          f"{args.max_tokens}, temperature 0, {args.runs} runs (medians), gateway "
-          f"{args.gateway_root}, load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+          f"{args.max_tokens}, temperature 0, {args.runs} runs (medians), "
+          f"load average {os.getloadavg()[0]:.2f}")  # fmt: skip
+    roots = [r.resolve() for r in args.gateway_root or [ROOT]]
+    names = (
+        ["gateway"] if len(roots) == 1 else [f"gateway {chr(97 + i)}" for i in range(len(roots))]
+    )
     with tempfile.TemporaryDirectory() as tmp_dir:
         tmp = Path(tmp_dir)
-        gw, url = start_gateway(args, tmp)
+        gateways: dict[str, subprocess.Popen] = {}
         peer = None
         try:
-            paths = {"direct": direct(args), "gateway": over_http(url, args)}
+            paths = {"direct": direct(args)}
+            for name, root in zip(names, roots, strict=True):
+                print(f"{name}: {root}")
+                (tmp / name).mkdir()
+                gateways[name], url = start_gateway(args, tmp / name, root)
+                paths[name] = over_http(url, args)
             if args.peer or args.llama_server:
                 peer = LlamaServer(llama_server_binary(args.llama_server), args.model,
                                    threads=args.threads, n_ctx=args.n_ctx, slots=1,
                                    log=tmp / "llama-server.log")  # fmt: skip
                 peer.start()
                 paths["llama-server"] = over_http(peer.url, args)
-            measure(paths, args, gw)
+            measure(paths, args, gateways)
         finally:
             if peer is not None:
                 peer.stop()
-            stop(gw)
+            for gw in gateways.values():
+                stop(gw)
 
 
-def measure(paths: dict, args: argparse.Namespace, gw: subprocess.Popen) -> None:
+def measure(paths: dict, args: argparse.Namespace, gateways: dict[str, subprocess.Popen]) -> None:
     for call in paths.values():
         call(-1)  # warm: first-touch page faults, thread start-up
-    spy = None
-    if args.profile:
-        out = Path(f"{args.profile}-gateway.txt").resolve()
+    spies = {}
+    for name, gw in gateways.items() if args.profile else ():
+        out = Path(f"{args.profile}-{name.replace(' ', '-')}.txt").resolve()
         exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-        spy = subprocess.Popen([exe, "record", "--pid", str(gw.pid), "--rate", "250", "--format",
-                                "raw", "--output", str(out), "--nonblocking", "--gil"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        time.sleep(1)
+        spies[out] = subprocess.Popen([exe, "record", "--pid", str(gw.pid), "--rate", "250",
+                                       "--format", "raw", "--output", str(out), "--nonblocking",
+                                       "--gil"], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL)  # fmt: skip
+    time.sleep(1 if spies else 0)
     res: dict[str, list[tuple[float, int, float]]] = {name: [] for name in paths}
-    gw_cpu = gw_main = 0.0
-    gw_tokens = 0
+    cpu = {name: [0.0, 0.0, 0] for name in gateways}  # all threads, main thread, tokens
     for i in range(args.runs):
         for name, call in paths.items():
-            if name == "gateway":
+            gw = gateways.get(name)
+            if gw is not None:
                 c0, m0 = cpu_s(gw.pid), cpu_s(gw.pid, gw.pid)
             res[name].append(call(i))
-            if name == "gateway":
-                gw_cpu += cpu_s(gw.pid) - c0
-                gw_main += cpu_s(gw.pid, gw.pid) - m0
-                gw_tokens += res[name][-1][1]
-    if spy is not None:
+            if gw is not None:
+                cpu[name][0] += cpu_s(gw.pid) - c0
+                cpu[name][1] += cpu_s(gw.pid, gw.pid) - m0
+                cpu[name][2] += res[name][-1][1]
+    for spy in spies.values():
         spy.send_signal(signal.SIGINT)
         spy.wait(30)
     med = {}
@@ -193,15 +206,17 @@ def measure(paths: dict, args: argparse.Namespace, gw: subprocess.Popen) -> None
         med[name] = tok_s
         print(f"{name:<13} TTFT {ttft:7.1f} ms   decode {tok_s:6.1f} tok/s   "
               f"tokens/run {sorted({r[1] for r in rs})}")  # fmt: skip
-    print(f"gateway/direct tok/s {med['gateway'] / med['direct']:.3f}"
-          + (f"   gateway/llama-server tok/s {med['gateway'] / med['llama-server']:.3f}"
-             f"   llama-server/direct {med['llama-server'] / med['direct']:.3f}"
-             if "llama-server" in med else ""))  # fmt: skip
-    print(f"gateway CPU per streamed token: {gw_cpu / gw_tokens * 1e6:.0f} us in all, "
-          f"{gw_main / gw_tokens * 1e6:.0f} us on its main (gevent) thread; RSS "
-          f"{proc_mib(gw.pid):.0f} MiB")  # fmt: skip
-    if spy is not None:
-        out = Path(f"{args.profile}-gateway.txt").resolve()
+    for name, gw in gateways.items():
+        all_s, main_s, tokens = cpu[name]
+        peer = med.get("llama-server")
+        print(f"{name}/direct tok/s {med[name] / med['direct']:.3f}"
+              + (f"   {name}/llama-server {med[name] / peer:.3f}" if peer else "")
+              + f"   CPU per streamed token {all_s / tokens * 1e6:.0f} us in all, "
+              f"{main_s / tokens * 1e6:.0f} us on its main (gevent) thread; RSS "
+              f"{proc_mib(gw.pid):.0f} MiB")  # fmt: skip
+    if "llama-server" in med:
+        print(f"llama-server/direct tok/s {med['llama-server'] / med['direct']:.3f}")
+    for out in spies:
         print(summarize(out, top=20) if out.exists() else f"no profile: {out}")
     print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

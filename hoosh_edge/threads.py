@@ -17,6 +17,7 @@ separate pool for the books) and their results travel back to greenlets through 
 from __future__ import annotations
 
 import collections
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
@@ -60,10 +61,11 @@ class ThreadStream(Iterator[T]):
     """Iterate, in a greenlet, the items a generator makes in a pool thread.
 
     Waking the hub from the thread costs a context switch per item, and on a small box the
-    switch lands on a core the model's own threads need. So only the first item, the end, an
-    error and a buffer half full wake the reader; after its first item the reader looks again
-    at least every ``linger_s`` and takes everything ready at once. An item waits at most that
-    long (0: every item wakes the reader, as soon as it is made).
+    switch lands on a core the model's own threads need. So while items come faster than one
+    per ``linger_s`` (tokens of a small model), a reader that has just taken items lingers: for
+    ``linger_s`` it is not woken (unless the buffer fills half), then takes everything made
+    meanwhile at once; no item wakes it. Slower items each wake a sleeping reader, as soon as
+    they are made, as does the first. No item waits more than ``linger_s`` (0: never linger).
     """
 
     def __init__(
@@ -83,8 +85,12 @@ class ThreadStream(Iterator[T]):
         self._linger = max(0.0, linger_s)
         self._cancelled = False
         self._finished = False
-        self._waiting = False  # the reader sleeps until woken (guarded by _lock)
-        self._delivered = False  # the reader has had an item: later ones may wait for its look
+        # Guarded by _lock: the reader sleeps until woken / waits out its linger.
+        self._waiting = False
+        self._lingering = False
+        # The reader's own: its last look found items, arriving faster than one a linger.
+        self._fast = False
+        self._took_at = 0.0
         self._hub = gevent.get_hub()
         self._wake = gevent.event.Event()
         # Progress is per item: a long generation that keeps producing is never "stuck".
@@ -111,13 +117,11 @@ class ThreadStream(Iterator[T]):
                             return
                         if len(self._items) < self._max:
                             self._items.append(item)
-                            wake = self._waiting and (
-                                not self._delivered
-                                or not self._linger
-                                or 2 * len(self._items) >= self._max
+                            wake = self._waiting or (
+                                self._lingering and 2 * len(self._items) >= self._max
                             )
                             if wake:
-                                self._waiting = False
+                                self._waiting = self._lingering = False
                             break
                     _os_sleep(0.002)  # reader is slow: pause the producer (backpressure)
                 if wake:
@@ -144,12 +148,22 @@ class ThreadStream(Iterator[T]):
                 with self._lock:
                     if self._items:
                         self._batch, self._items = self._items, self._batch
-                        self._waiting = False
+                        self._waiting = self._lingering = False
                     else:
-                        self._waiting = True
+                        # Linger after a look that found items faster than one a linger; after
+                        # one that found none, or items slower than that, sleep until woken.
+                        self._lingering = self._fast
+                        self._waiting = not self._lingering
                         self._wake.clear()
+                if self._batch:
+                    now = time.monotonic()
+                    self._fast = (now - self._took_at) < self._linger * len(self._batch)
+                    self._took_at = now
+                else:
+                    self._fast = False
+                timeout = self._linger if self._lingering else None
                 if not self._batch:
-                    self._wake.wait(self._linger if self._delivered and self._linger else None)
+                    self._wake.wait(timeout)
                     continue
             item = self._batch.popleft()
             if item is _DONE:
@@ -158,7 +172,6 @@ class ThreadStream(Iterator[T]):
             if isinstance(item, _Raised):
                 self._finished = True
                 raise item.exc
-            self._delivered = True
             return item
 
     def close(self) -> None:
