@@ -175,14 +175,14 @@ def run(args: argparse.Namespace, servers: dict[str, Any], tmp: Path) -> None:
         s.start()
     convs = {name: [Conversation(home_prompt(h)) for h in (1, 2, 3)] for name in servers}
     rows: dict[str, dict[str, list[Streamed]]] = {name: {} for name in servers}
-    session = {name: requests.Session() for name in servers}
 
     def body(messages: list[dict[str, str]]) -> dict[str, Any]:
         return {"model": "smollm2", "messages": messages, "temperature": 0, "seed": args.seed,
                 "max_tokens": args.max_tokens}  # fmt: skip
 
     def turn(row: str, name: str, conv: Conversation, sess: requests.Session | None = None) -> None:
-        got = stream_chat(sess or session[name], servers[name].url, body(conv.ask()), NO_STORE)
+        # A fresh connection a turn: a kept-alive one may have been closed while idle.
+        got = stream_chat(sess or requests.Session(), servers[name].url, body(conv.ask()), NO_STORE)
         conv.answered(got.text)
         rows[name].setdefault(row, []).append(got)
 

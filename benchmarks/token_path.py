@@ -89,10 +89,9 @@ def direct(args: argparse.Namespace):  # noqa: ANN201 - a callable returning (tt
 
 
 def over_http(url: str, args: argparse.Namespace):  # noqa: ANN201
-    session = requests.Session()
-
     def call(run: int) -> tuple[float, int, float]:
-        got = stream_chat(session, url, request(run, args), NO_STORE)
+        # A fresh connection a run: a kept-alive one may have been closed while idle.
+        got = stream_chat(requests.Session(), url, request(run, args), NO_STORE)
         return got.ttft_s, got.tokens, got.tok_s
 
     return call
