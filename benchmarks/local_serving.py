@@ -185,6 +185,8 @@ def run(args: argparse.Namespace, servers: dict[str, Any], tmp: Path) -> None:
         got = stream_chat(sess or requests.Session(), servers[name].url, body(conv.ask()), NO_STORE)
         conv.answered(got.text)
         rows[name].setdefault(row, []).append(got)
+        print(f"  {name:<12} {row:<24} TTFT {got.ttft_s:6.3f} s  {got.tok_s:6.1f} tok/s  "
+              f"prompt {got.usage.get('prompt_tokens')}, reused {got.cached}", flush=True)  # fmt: skip
 
     def each(step: Callable[[str], None]) -> None:
         for name in servers:
