@@ -285,6 +285,38 @@ def chunk_text(chunk: dict[str, Any]) -> str:
     return "".join(out)
 
 
+_TEXT_CHOICE = frozenset({"index", "delta", "finish_reason"})
+
+
+def text_chunk(chunk: Any, head: bool = False) -> bool:
+    """A bare chunk of content text for choice 0 and nothing else (a local engine's token).
+
+    Only these are merged (``merge_text``): no id or model yet, no finish, no logprobs, no
+    tool call; ``head`` allows the role of a first chunk.
+    """
+    if not isinstance(chunk, dict) or len(chunk) != 1:
+        return False
+    choices = chunk.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1:
+        return False
+    choice = choices[0]
+    if not isinstance(choice, dict) or choice.keys() - _TEXT_CHOICE:
+        return False
+    if choice.get("finish_reason") is not None or choice.get("index", 0) != 0:
+        return False
+    delta = choice.get("delta")
+    if not isinstance(delta, dict) or not isinstance(delta.get("content"), str):
+        return False
+    return len(delta) == 1 or (head and len(delta) == 2 and "role" in delta)
+
+
+def merge_text(head: dict[str, Any], more: list[dict[str, Any]]) -> dict[str, Any]:
+    """``head`` (a ``text_chunk``) carrying the text of ``more`` after its own: one frame."""
+    delta = head["choices"][0]["delta"]
+    delta["content"] += "".join(m["choices"][0]["delta"]["content"] for m in more)
+    return head
+
+
 def join_chunks(chunks: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Build one chat.completion from its stream of chunks."""
     content: list[str] = []

@@ -35,7 +35,7 @@ from hoosh_edge.pipeline.record import record_chat
 from hoosh_edge.pipeline.router import Selected, Target
 from hoosh_edge.pipeline.shaping import request_for, speaks_max_tokens_only
 from hoosh_edge.threads import KEEPALIVE as PUMP_KEEPALIVE
-from hoosh_edge.threads import pump, run_books
+from hoosh_edge.threads import Pump, pump, run_books
 
 if TYPE_CHECKING:
     from hoosh_edge.gateway import Gateway
@@ -269,7 +269,7 @@ class ChatCall:
         return ChunkStream(served, self.prompt_bound,
                            lambda stream: self._items(stream, source, first))  # fmt: skip
 
-    def _items(self, stream: ChunkStream, source: Any, first: Any) -> Iterator[Any]:
+    def _items(self, stream: ChunkStream, source: Pump, first: Any) -> Iterator[Any]:
         """The chunks of the chosen target; settles, stores and records when it ends."""
         usage = None
         chars = 0  # streamed UTF-8 bytes: a bound of the completion if no usage arrives
@@ -285,6 +285,11 @@ class ChatCall:
                 if isinstance(item, Selected):
                     target, hold = item.target, item.hold
                     continue
+                if chatfmt.text_chunk(item, head=True):
+                    # Tokens made while the last frame was written go out as one frame.
+                    more = source.take(chatfmt.text_chunk)
+                    if more:
+                        item = chatfmt.merge_text(item, more)
                 if item.get("usage"):
                     usage = item["usage"]
                     if not item.get("choices"):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import codecs
 import os
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -202,12 +203,16 @@ class LlamaEngine:
             held, n, finish, first, cut = "", 0, "length", True, None
             # Logprobs of tokens whose text is held back travel with the chunk that sends it.
             scored: list[dict[str, Any]] | None = [] if prep.top_logprobs is not None else None
+            known = _known_tokens(llm)
             for tok in llm.generate(prep.prompt, **prep.sampling):
-                if tok in m.stop_ids or llama_cpp.llama_vocab_is_eog(vocab, tok):
+                piece = known.get(tok, _UNSEEN)
+                if piece is _UNSEEN:  # once per token id and model: two ctypes calls
+                    end = tok in m.stop_ids or llama_cpp.llama_vocab_is_eog(vocab, tok)
+                    piece = known[tok] = None if end else llm.detokenize([tok])
+                if piece is None:
                     finish = "stop"
                     break
                 n += 1
-                piece = llm.detokenize([tok])
                 if scored is not None:
                     scored.append(_token_logprobs(llm, tok, piece, prep.top_logprobs or 0))
                 held += decoder.decode(piece)
@@ -260,6 +265,19 @@ def _chunk(text: str, first: bool, scored: list[dict[str, Any]] | None = None) -
     return {"choices": [choice]}
 
 
+_UNSEEN = object()
+# Per model: a token id's text, or None for a token that ends the generation. Filled as tokens
+# are sampled (at most the vocabulary); dropped with the model.
+_KNOWN: weakref.WeakKeyDictionary[Any, dict[int, bytes | None]] = weakref.WeakKeyDictionary()
+
+
+def _known_tokens(llm: Any) -> dict[int, bytes | None]:
+    known = _KNOWN.get(llm)
+    if known is None:
+        known = _KNOWN[llm] = {}
+    return known
+
+
 def _token_logprobs(llm: Any, tok: int, piece: bytes, top: int) -> dict[str, Any]:
     """OpenAI's logprob entry for a sampled token, from the logits it was sampled from."""
     import llama_cpp
@@ -284,6 +302,8 @@ def _token_logprobs(llm: Any, tok: int, piece: bytes, top: int) -> dict[str, Any
 
 def _cut_at_stop(text: str, stops: list[str], final: bool = False) -> tuple[str, str, str | None]:
     """Split ``text`` into (safe to send, held back, the stop string found or None)."""
+    if not any(not s or s[0] in text for s in stops):
+        return text, "", None  # the common case: nothing here can begin a stop string
     hits = [(i, s) for i, s in ((text.find(s), s) for s in stops) if i >= 0]
     if hits:
         at, which = min(hits, key=lambda h: h[0])
