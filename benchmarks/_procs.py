@@ -36,6 +36,27 @@ def spawn_gateway(config_text: str, tmp: Path, root: Path = ROOT) -> tuple[subpr
                            tmp)  # fmt: skip
 
 
+def local_llm_toml(tmp: Path, model_id: str, path: str | Path, *, threads: int, n_ctx: int,
+                   extra: str = "") -> str:  # fmt: skip
+    """A gateway config serving only ``path`` as ``model_id``, loaded at start-up, never unloaded.
+
+    ``extra`` adds ``[local.llm]`` lines (e.g. ``prompt_cache_mb = 256``).
+    """
+    return f"""
+[server]
+log_level = "warning"
+data_dir = "{Path(tmp) / "data"}"
+models_dir = "{Path(tmp) / "no-models"}"
+[local.llm]
+n_threads = {threads}
+n_ctx = {n_ctx}
+keep_alive_s = 0
+preload = ["{model_id}"]
+{extra}[local.llm.models]
+"{model_id}" = "{Path(path).resolve()}"
+"""
+
+
 def spawn_listening(argv: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
     """``python ARGV...`` whose first line ends in the URL it listens on; the child and that URL."""
     env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY")}

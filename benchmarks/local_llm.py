@@ -46,7 +46,7 @@ from collections.abc import Callable, Iterable  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from _procs import spawn_gateway, stop  # noqa: E402
+from _procs import local_llm_toml, spawn_gateway, stop  # noqa: E402
 
 from hoosh_edge.backends.engines.llama import LlamaEngine  # noqa: E402
 from hoosh_edge.backends.engines.pool import ModelPool  # noqa: E402
@@ -186,22 +186,8 @@ def vm_hwm_mib(pid: int) -> float:
 
 def start_gateway(args: argparse.Namespace, path: str, tmp: Path) -> subprocess.Popen:
     """A gateway serving only this model, loaded at start-up, with the direct run's settings."""
-    proc, url = spawn_gateway(
-        f"""
-[server]
-log_level = "warning"
-data_dir = "{tmp / "data"}"
-models_dir = "{tmp / "no-models"}"
-[local.llm]
-n_threads = {args.threads}
-n_ctx = {args.n_ctx}
-keep_alive_s = 0
-preload = ["{args.model}"]
-[local.llm.models]
-"{args.model}" = "{Path(path).resolve()}"
-""",
-        tmp,
-    )
+    config = local_llm_toml(tmp, args.model, path, threads=args.threads, n_ctx=args.n_ctx)
+    proc, url = spawn_gateway(config, tmp)
     args.url = url
     return proc
 

@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from _peer import LlamaServer, Streamed, llama_server_binary, proc_mib, stream_chat  # noqa: E402
-from _procs import spawn_gateway, stop, wait_healthy  # noqa: E402
+from _procs import local_llm_toml, spawn_gateway, stop, wait_healthy  # noqa: E402
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 ROOMS = ["kitchen", "living room", "bedroom", "office", "hallway", "garage", "bathroom", "porch",
@@ -96,19 +96,8 @@ class Gateway:
             cache += f"prompt_cache_mb = {args.prompt_cache_mb}\n"
         if args.prompt_cache_disk_mb is not None:
             cache += f"prompt_cache_disk_mb = {args.prompt_cache_disk_mb}\n"
-        self.config = f"""
-[server]
-log_level = "warning"
-data_dir = "{tmp / "data"}"
-models_dir = "{tmp / "no-models"}"
-[local.llm]
-n_threads = {args.threads}
-n_ctx = {args.n_ctx}
-keep_alive_s = 0
-preload = ["smollm2"]
-{cache}[local.llm.models]
-smollm2 = "{Path(args.model).resolve()}"
-"""
+        self.config = local_llm_toml(tmp, "smollm2", args.model, threads=args.threads,
+                                     n_ctx=args.n_ctx, extra=cache)  # fmt: skip
         self.tmp = tmp
         self.root = args.gateway_root
         self.proc: Any = None

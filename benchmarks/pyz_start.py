@@ -22,6 +22,10 @@ from pathlib import Path
 
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _procs import stop  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -46,12 +50,7 @@ def time_to_healthy(argv: list[str], cwd: Path, env: dict[str, str]) -> float:
                 raise SystemExit("never healthy")
             time.sleep(0.01)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        stop(proc)
 
 
 def du(path: Path) -> int:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from _peer import LlamaServer, llama_server_binary, proc_mib, stream_chat  # noqa: E402
-from _procs import spawn_gateway, stop, wait_healthy  # noqa: E402
+from _procs import local_llm_toml, spawn_gateway, stop, wait_healthy  # noqa: E402
 from layers import summarize  # noqa: E402
 
 MODEL = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -105,19 +105,8 @@ def cpu_s(pid: int, tid: int | None = None) -> float:
 
 
 def start_gateway(args: argparse.Namespace, tmp: Path, root: Path) -> tuple[subprocess.Popen, str]:
-    proc, url = spawn_gateway(f"""
-[server]
-log_level = "warning"
-data_dir = "{tmp / "data"}"
-models_dir = "{tmp / "no-models"}"
-[local.llm]
-n_threads = {args.threads}
-n_ctx = {args.n_ctx}
-keep_alive_s = 0
-preload = ["smollm2"]
-[local.llm.models]
-smollm2 = "{Path(args.model).resolve()}"
-""", tmp, root)  # fmt: skip
+    config = local_llm_toml(tmp, "smollm2", args.model, threads=args.threads, n_ctx=args.n_ctx)
+    proc, url = spawn_gateway(config, tmp, root)
     wait_healthy(url)
     return proc, url
 

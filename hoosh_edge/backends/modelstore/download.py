@@ -15,8 +15,8 @@ from pathlib import Path
 
 import requests
 
-from hoosh_edge.backends.modelstore.installed import CHUNK
 from hoosh_edge.backends.modelstore.manifest import ChecksumMismatch, ModelStoreError
+from hoosh_edge.backends.modelstore.tree import CHUNK
 
 Progress = Callable[[str, int, "int | None"], None]  # (file name, bytes done, bytes total)
 # Network reads are smaller: a body cut mid-read loses the bytes of the unfinished read.

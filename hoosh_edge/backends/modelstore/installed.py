@@ -7,7 +7,6 @@ files whose size and mtime have not changed (``full=True`` re-hashes everything)
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import time
@@ -17,22 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from hoosh_edge.backends.modelstore.manifest import Manifest, ModelFile, ModelSpec
-from hoosh_edge.backends.modelstore.tree import remove_tree, tree_sha256, tree_stat
+from hoosh_edge.backends.modelstore.tree import (
+    remove_tree,
+    sha256_file,
+    tree_sha256,
+    tree_stat,
+)
 
 STATE_FILE = ".modelstore.json"
 PARTIAL_DIR = ".partial"
-CHUNK = 1 << 20  # file reads and hashing go in 1 MiB blocks
-
-
-def sha256_file(path: Path) -> str:
-    """The hex sha256 of a file, read in 1 MiB blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            h.update(block)
-    return h.hexdigest()
-
-
 _RACY_NS = 2_000_000_000
 
 

@@ -25,7 +25,6 @@ import requests
 
 from hoosh_edge.backends.modelstore.download import Progress, check_bytes, download, install_file
 from hoosh_edge.backends.modelstore.installed import (
-    CHUNK,
     PARTIAL_DIR,
     InstallState,
     check_file,
@@ -41,6 +40,7 @@ from hoosh_edge.backends.modelstore.manifest import (
     Source,
 )
 from hoosh_edge.backends.modelstore.tree import (
+    CHUNK,
     check_tree,
     extract_tree,
     install_tree,

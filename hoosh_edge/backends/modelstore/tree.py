@@ -22,13 +22,14 @@ from pathlib import Path
 
 from hoosh_edge.backends.modelstore.manifest import ChecksumMismatch, ModelStoreError
 
-_CHUNK = 1 << 20
+CHUNK = 1 << 20  # file reads and hashing go in 1 MiB blocks
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read in 1 MiB blocks."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while block := fh.read(_CHUNK):
+        while block := fh.read(CHUNK):
             h.update(block)
     return h.hexdigest()
 
@@ -56,7 +57,7 @@ def _files(root: Path) -> list[tuple[str, Path]]:
 
 def tree_sha256(root: Path) -> str:
     """The sha256 of the tree's canonical listing (see the module docstring)."""
-    listing = "".join(f"{_sha256(p)}  {rel}\n" for rel, p in _files(root))
+    listing = "".join(f"{sha256_file(p)}  {rel}\n" for rel, p in _files(root))
     return hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
 
 
@@ -87,7 +88,7 @@ def extract_tree(zf: zipfile.ZipFile, prefix: str, dest: Path, max_bytes: int | 
         out = dest / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         with zf.open(info) as src, open(out, "wb") as dst:
-            while block := src.read(_CHUNK):
+            while block := src.read(CHUNK):
                 written += len(block)
                 if max_bytes is not None and written > max_bytes:
                     raise ChecksumMismatch(f"{prefix} holds more than {max_bytes} bytes")
