@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -388,3 +389,57 @@ def test_files_are_private_and_a_full_disk_is_said_once(tmp_path, caplog, monkey
     assert caplog.text.count("cannot write") == 1
     assert store.stats()["ram_entries"] == 4 and store.stats()["disk_entries"] == 1
     assert list(folder.glob("*.tmp")) == []  # no half-written file left behind
+
+
+def test_concurrent_non_ascii_conversations_then_kill_9_keep_their_states(gateway_factory, tiny):
+    """Conversations in many scripts at once share one model and one store; a kill -9 (perhaps
+    mid-write) costs at most the states not yet on disk, and the next start reuses the rest."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    gw = gateway_factory(f"""
+[local.llm]
+n_threads = 2
+n_ctx = 2048
+max_queue = 16
+[local.llm.models]
+tiny = "{tiny}"
+""")  # fmt: skip
+    names = [
+        "Grüße aus Köln",
+        "東京の天気",
+        "Привет, мир",
+        "مرحبا بالعالم",
+        "🙂 emoji 🚀",
+        "Ελληνικά",
+    ]
+    talks = {n: [{"role": "system", "content": f"{n}. " * 40},
+                 {"role": "user", "content": f"{n}?"}] for n in names}  # fmt: skip
+
+    def turn(name: str) -> dict:
+        body = {"model": "tiny", "messages": talks[name], "max_tokens": 12, "temperature": 0,
+                "stream": True, "stream_options": {"include_usage": True}}  # fmt: skip
+        r = requests.post(gw.url + "/v1/chat/completions", json=body, stream=True, timeout=120)
+        assert r.status_code == 200, r.text
+        lines = [x for x in r.iter_lines() if x.startswith(b"data: {")]
+        chunks = [json.loads(x[6:]) for x in lines]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks
+                       if c["choices"])  # fmt: skip
+        talks[name] = talks[name] + [{"role": "assistant", "content": text},
+                                     {"role": "user", "content": f"{name}!"}]  # fmt: skip
+        return chunks[-1]["usage"]
+
+    with ThreadPoolExecutor(len(names)) as pool:
+        first = list(pool.map(turn, names))
+        second = list(pool.map(turn, names))
+    assert all(
+        u["prompt_tokens_details"]["cached_tokens"] == 0 or u["prompt_tokens"] for u in first
+    )
+    # Each conversation's second turn starts from its own first turn, whoever ran in between.
+    for u0, u in zip(first, second, strict=True):
+        assert u["prompt_tokens_details"]["cached_tokens"] >= u0["prompt_tokens"], (u0, u)
+    gw.kill9()
+    gw.start()
+    third = [turn(n) for n in names]
+    restored = [u for u in third if u["prompt_tokens_details"]["cached_tokens"] > 40]
+    assert len(restored) >= len(names) - 1  # at most the last write can have been cut short
+    assert not gw.log_problems()
