@@ -87,10 +87,6 @@ class PromptStateStore:
                                             daemon=True)  # fmt: skip
             self._writer.start()
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self.ram_limit or self.disk_limit)
-
     # -- the engine's side -------------------------------------------------------------------
 
     def lookup(self, space: str, tokens: Sequence[int] | np.ndarray) -> tuple[int, Entry | None]:
