@@ -85,12 +85,13 @@ def spend_status(ledger: SpendLedger) -> dict[str, Any]:
 def request_totals(metrics: Any) -> dict[str, Any]:
     """API requests since start by status class, from the ``hoosh_requests_total`` counter.
 
-    Only /v1/ routes count, so the status page polling itself does not inflate the numbers.
+    Only API routes (/v1/ and Ollama's /api/) count, so the status page polling itself does not
+    inflate the numbers.
     """
     by_class = {"2xx": 0, "4xx": 0, "5xx": 0}
     total = 0
     for labels, value in metrics.samples("hoosh_requests_total"):
-        if not labels.get("route", "").startswith("/v1/"):
+        if not labels.get("route", "").startswith(("/v1/", "/api/")):
             continue
         n = int(value)
         total += n
