@@ -177,6 +177,26 @@ def test_budgets_and_the_cache_apply_to_api_chat(fake_openai, gateway_factory):
         conn.close()
     access = [json.loads(x) for x in paid.log.splitlines() if '"path":"/api/chat"' in x]
     assert access[0]["provider"] == "fake" and access[0]["cost_usd"] > 0
+    metrics = requests.get(paid.url + "/metrics", timeout=5).text
+    assert 'hoosh_requests_total{route="/api/chat",status="200"} 2.0' in metrics
+
+
+def test_aliases_and_provider_ids_are_listed_and_resolve(fake_openai, gateway_factory):
+    cfg = openai_provider_toml(fake_openai, models='["gpt-4o-mini"]')
+    gw = gateway_factory(cfg + '[routing]\naliases = { helper = ["fake:gpt-4o-mini"] }\n')
+    client = ollama.Client(host=gw.url)
+    listed = {m.model: m for m in client.list().models}
+    assert set(listed) == {"helper:latest", "gpt-4o-mini:latest"}
+    assert listed["helper:latest"].size == 0 and len(listed["helper:latest"].digest) == 64
+    assert client.show("helper").capabilities == ["completion", "tools"]
+    r = client.chat(model="helper:latest", messages=[{"role": "user", "content": "via alias"}])
+    assert r.message.content == "Echo: via alias" and r.model == "helper:latest"
+    assert fake_openai.chat_requests[-1]["json"]["model"] == "gpt-4o-mini"
+    r = client.chat(model="fake:gpt-4o-mini", messages=[{"role": "user", "content": "direct"}])
+    assert r.message.content == "Echo: direct"
+    with pytest.raises(ollama.ResponseError) as e:
+        client.show("local:nothing")
+    assert e.value.status_code == 404
 
 
 def test_keys_guard_the_api_and_pulls_need_the_admin_key(fake_openai, gateway_factory):

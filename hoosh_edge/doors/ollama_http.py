@@ -97,7 +97,8 @@ def is_known(gw: Gateway, name: str) -> bool:
         return True
     provider, _, model = name.partition(":")
     if model and provider in r.by_name:
-        return True
+        backend = r.by_name[provider]
+        return not backend.is_local or backend.serves(model)  # a cloud may know more than it lists
     return any(b.serves(name) for b in r.backends)
 
 
