@@ -28,6 +28,7 @@ from hoosh_edge.backends.modelstore import load_manifest, pull, remove
 from hoosh_edge.doors.common import gateway
 from hoosh_edge.doors.ollama_http import NDJSON, bp, gateway_name, is_known, read_body
 from hoosh_edge.errors import (
+    Conflict,
     HooshError,
     InvalidRequest,
     ModelNotFound,
@@ -245,33 +246,64 @@ def pull_model() -> Response:
     return Response((fmt.ndjson(obj) for obj in lines), mimetype=NDJSON)
 
 
+_PULLING: set[str] = set()  # models a pull thread is working on (one pull per model at a time)
+
+
 def _pull_lines(manifest: Any, spec: Any, models_dir: Path) -> Iterator[dict[str, Any]]:
-    """Ollama's progress objects while the store pulls ``spec`` in a greenlet of its own."""
+    """Ollama's progress objects while the store pulls ``spec`` in a pool thread.
+
+    Downloads, hashing and converters run off the hub; the thread hands each progress line to
+    the hub with ``run_callback_threadsafe``. A client that goes away does not stop the thread:
+    the pull completes (or fails) on its own, and a new pull of the model waits for it.
+    """
     digests = {f.name: f"sha256:{f.sha256}" if f.sha256 else "" for f in spec.files}
     sizes = {f.name: f.size for f in spec.files}
     events: gevent.queue.Queue = gevent.queue.Queue()
+    hub = gevent.get_hub()
     shown: dict[str, int] = {}
 
-    def progress(file: str, done: int, total: int | None) -> None:
+    def put(event: dict[str, Any] | None) -> None:
+        hub.loop.run_callback_threadsafe(events.put_nowait, event)
+
+    def progress(file: str, done: int, total: int | None) -> None:  # in the pull's thread
         if done - shown.get(file, -(1 << 30)) < (1 << 20) and done != total:
             return  # one line a MiB is plenty
         shown[file] = done
-        events.put({"status": f"pulling {digests.get(file, file)[7:19] or file}",
-                    "digest": digests.get(file, ""), "total": total or sizes.get(file) or 0,
-                    "completed": done})  # fmt: skip
+        put({"status": f"pulling {digests.get(file, file)[7:19] or file}",
+             "digest": digests.get(file, ""), "total": total or sizes.get(file) or 0,
+             "completed": done})  # fmt: skip
 
-    def run() -> None:
+    def work() -> None:  # in the pull's thread
+        event: dict[str, Any] | None = None
         try:
             pull(manifest, spec.id, models_dir, progress=progress)
-            events.put(None)
         except HooshError as e:
-            events.put({"error": e.message})
+            event = {"error": e.message}
         except Exception as e:  # noqa: BLE001 - the client gets the reason, the log the rest
             log.exception("pull of %s failed", spec.id)
-            events.put({"error": f"pull failed: {type(e).__name__}"})
+            event = {"error": f"pull failed: {type(e).__name__}"}
+        finally:
+            _PULLING.discard(spec.id)  # before the client hears: it may pull again at once
+        put(event)
 
+    if spec.id in _PULLING:
+        raise Conflict(f"'{spec.id}' is being pulled already; try again when that pull is done.",
+                       code="pull_in_progress")  # fmt: skip
+    _PULLING.add(spec.id)
+    total = sum(f.size or 0 for f in spec.files)
+    try:
+        worker = gevent.spawn(
+            run_blocking, work, owner=f"pull:{spec.id}", expect_s=total / 250_000 + 600
+        )  # a slow link: 250 kB/s
+    except BaseException:
+        _PULLING.discard(spec.id)
+        raise
+    return _progress(events, worker, spec, digests)
+
+
+def _progress(events: gevent.queue.Queue, worker: gevent.Greenlet, spec: Any,
+              digests: dict[str, str]) -> Iterator[dict[str, Any]]:  # fmt: skip
     yield {"status": "pulling manifest"}
-    worker = gevent.spawn(run)
     try:
         while True:
             event = events.get()
@@ -281,17 +313,13 @@ def _pull_lines(manifest: Any, spec: Any, models_dir: Path) -> Iterator[dict[str
             if "error" in event:
                 return
         for f in spec.files:
-            yield {
-                "status": f"pulling {digests[f.name][7:19] or f.name}",
-                "digest": digests[f.name],
-                "total": f.size or 0,
-                "completed": f.size or 0,
-            }
+            yield {"status": f"pulling {digests[f.name][7:19] or f.name}",
+                   "digest": digests[f.name], "total": f.size or 0, "completed": f.size or 0}  # fmt: skip
         yield {"status": "verifying sha256 digest"}
         yield {"status": "writing manifest"}
         yield {"status": "success"}
     finally:
-        worker.kill(block=False)  # a client gone mid-pull: the partial file resumes next time
+        worker.kill(block=False)  # only the waiting greenlet: the thread finishes the pull
 
 
 @bp.delete("/api/delete")
