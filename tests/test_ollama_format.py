@@ -8,6 +8,8 @@ import math
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
 from hoosh_edge.config import ConfigError, parse_config
@@ -136,3 +138,36 @@ def test_pool_keep_alive_overrides_and_unload_after_use():
         pass
     assert pool.loaded_since("m", started) == slot.load_s
     assert pool.loaded_since("m", time.monotonic()) == 0.0
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+_FIELDS = st.fixed_dictionaries({}, optional={
+    "model": st.sampled_from(["m", "", 5]) | _JSON,
+    "messages": st.lists(st.fixed_dictionaries({}, optional={
+        "role": st.sampled_from(["user", "assistant", "tool", "system", "robot"]) | _JSON,
+        "content": st.text(max_size=8) | _JSON,
+        "tool_calls": st.lists(st.fixed_dictionaries({}, optional={
+            "function": st.fixed_dictionaries({}, optional={"name": st.text(max_size=4) | _JSON,
+                                                            "arguments": _JSON})}), max_size=2) | _JSON,
+        "tool_name": _JSON, "images": _JSON}), max_size=3) | _JSON,
+    "options": st.dictionaries(st.sampled_from(["temperature", "num_predict", "stop", "seed",
+                                                "top_k"]), _JSON) | _JSON,
+    "format": st.sampled_from(["json", ""]) | _JSON, "keep_alive": st.text(max_size=6) | _JSON,
+    "stream": _JSON, "tools": _JSON, "think": _JSON, "prompt": _JSON, "system": _JSON,
+    "raw": _JSON,
+})  # fmt: skip
+
+
+@given(_FIELDS)
+def test_any_body_is_a_request_or_a_400(body):
+    for parse in (fmt.chat_request, fmt.generate_request):
+        try:
+            ask = parse(body)
+        except InvalidRequest:
+            continue
+        assert ask.req is None or ask.req["messages"]
