@@ -3,6 +3,7 @@ Home Assistant's and Open WebUI's exact request bodies, tools, budgets, the cach
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import sqlite3
@@ -308,3 +309,27 @@ def test_the_optional_second_listener_serves_ollamas_api(fake_openai, gateway_fa
     r = client.chat(model="gpt-4o-mini", messages=[{"role": "user", "content": "second"}])
     assert r.message.content == "Echo: second"
     assert requests.get(f"http://127.0.0.1:{port}/", timeout=5).text == "Ollama is running"
+
+
+def test_home_assistant_as_it_runs_async_client_poll_and_tool_turn(fake_openai, gateway_factory):
+    """HA's coordinator polls list() and ps() together every 30 s; its agent streams a chat."""
+    cfg = f'[server]\napi_keys = ["{KEY}"]\n'
+    gw = gateway_factory(cfg + openai_provider_toml(fake_openai, models='["gpt-4o-mini"]'))
+
+    async def home_assistant() -> tuple[list[str], list, list[dict]]:
+        client = ollama.AsyncClient(host=gw.url, headers={"Authorization": f"Bearer {KEY}"})
+        installed, loaded = await asyncio.gather(client.list(), client.ps())
+        fake_openai.script("tool_call")
+        calls = []
+        stream = await client.chat(model="gpt-4o-mini", messages=HA_BODY["messages"],
+                                   tools=HA_TOOLS, stream=True, keep_alive="300s",
+                                   options={"num_ctx": 8192}, think=None, format=None)  # fmt: skip
+        async for part in stream:
+            calls += [dict(c.function) for c in part.message.tool_calls or ()]
+        return [m.model for m in installed.models], list(loaded.models), calls
+
+    models, loaded, calls = asyncio.run(home_assistant())
+    assert models == ["gpt-4o-mini:latest"]
+    assert loaded == []  # no local model in memory
+    assert calls == [{"name": "get_weather", "arguments": {"city": "Paris"}}]
+    assert fake_openai.chat_requests[-1]["json"]["tools"] == HA_TOOLS
