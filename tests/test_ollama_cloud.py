@@ -274,6 +274,9 @@ def test_an_upstream_cut_mid_stream_ends_with_one_error_line(gw, fake_openai):
     got = lines(requests.post(gw.url + "/api/chat", json=body, stream=True, timeout=20))
     assert "error" in got[-1] and not any(x.get("done") for x in got)
     assert all("message" in x for x in got[:-1])
+    fake_openai.script("cut", 2)  # not streamed: the failure is the answer's status
+    r = requests.post(gw.url + "/api/chat", json={**body, "stream": False}, timeout=20)
+    assert r.status_code == 502 and isinstance(r.json()["error"], str)
 
 
 def test_curl_and_head_get_the_probe_text_a_browser_the_page(gw):
