@@ -95,6 +95,9 @@ def test_ollama_client_lists_shows_chats_and_generates(gw, fake_openai):
     assert sent["messages"] == [{"role": "system", "content": "be kind"},
                                 {"role": "user", "content": "hey"}] and sent["seed"] == 1  # fmt: skip
     assert requests.get(gw.url + "/api/version", timeout=5).json()["version"] == "0.12.0"
+    # The status page counts Ollama's requests with the API's: tags, show, 2 chats, generate, version.
+    totals = requests.get(gw.url + "/admin/status.json", timeout=5).json()["requests"]
+    assert totals == {"total": 6, "by_class": {"2xx": 6, "4xx": 0, "5xx": 0}}
 
 
 def test_home_assistant_tool_turn_round_trips_through_a_cloud_model(gw, fake_openai):
