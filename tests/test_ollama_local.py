@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from tests.conftest import require
-from tests.test_modelstore import FileServer
+from tests.test_modelstore import FileServer, RangeHandler
 from tests.test_ollama_cloud import HA_BODY, WEBUI_BODY, lines
 
 SMOLLM2 = Path(__file__).resolve().parent.parent / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -204,3 +204,43 @@ def test_pull_with_keys_needs_the_admin_key(gateway_factory, files, tmp_path):
     admin = ollama.Client(host=gw.url, headers={"Authorization": "Bearer sk-admin-0123456789"})
     assert admin.pull("blob").status == "success"
     assert (models / "blob.gguf").read_bytes() == BLOB
+
+
+class SlowHandler(RangeHandler):
+    """Serves a file in 64 KiB pieces, 20 ms apart: a pull that takes about a second."""
+
+    def do_GET(self) -> None:
+        srv: FileServer = self.server  # type: ignore[assignment]
+        srv.seen.append((self.path, dict(self.headers)))
+        data = srv.files[self.path]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        for at in range(0, len(data), 64 << 10):
+            self.wfile.write(data[at : at + (64 << 10)])
+            self.wfile.flush()
+            time.sleep(0.02)
+
+
+def test_one_pull_per_model_at_a_time_and_the_gateway_keeps_answering(gateway_factory, tmp_path):
+    srv = FileServer()
+    srv.RequestHandlerClass = SlowHandler
+    t = threading.Thread(target=srv.serve_forever, args=(0.05,), daemon=True)
+    t.start()
+    try:
+        gw, models = store_gateway(gateway_factory, srv, tmp_path, BLOB)
+        r = requests.post(gw.url + "/api/pull", json={"model": "blob"}, stream=True, timeout=30)
+        it = r.iter_lines()
+        assert json.loads(next(it)) == {"status": "pulling manifest"}
+        json.loads(next(it))  # the first progress line: the download is under way
+        second = requests.post(gw.url + "/api/pull", json={"model": "blob"}, timeout=10)
+        assert second.status_code == 409 and "being pulled" in second.json()["error"]
+        started = time.monotonic()
+        assert requests.get(gw.url + "/api/version", timeout=5).ok
+        assert time.monotonic() - started < 0.5  # other requests are served meanwhile
+        rest = [json.loads(x) for x in it if x]
+        assert rest[-1] == {"status": "success"}
+        assert (models / "blob.gguf").read_bytes() == BLOB
+    finally:
+        srv.shutdown()
+        srv.server_close()
