@@ -42,6 +42,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     from hoosh_edge.doors.admin import bp as admin_bp
     from hoosh_edge.doors.anthropic_messages import bp as messages_bp
     from hoosh_edge.doors.bodies import check_headers
+    from hoosh_edge.doors.ollama_models import bp as ollama_bp  # /api/chat and /api/generate too
     from hoosh_edge.doors.openai_audio import bp as audio_bp
     from hoosh_edge.doors.openai_chat import bp as chat_bp
     from hoosh_edge.doors.openai_models import bp as models_bp
@@ -53,6 +54,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.register_blueprint(admin_bp)
     app.register_blueprint(status_bp)
     app.register_blueprint(models_bp)
+    app.register_blueprint(ollama_bp)
 
     @app.before_request
     def _start() -> Response | None:
@@ -68,7 +70,9 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
         preflight = browser.check(server, request)  # Host and Origin, before any key is read
         if preflight is not None:
             return preflight
-        if (path.startswith("/v1/") and path != "/v1/health") or path.startswith("/admin"):
+        if (path.startswith(("/v1/", "/api/")) and path != "/v1/health") or path.startswith(
+            "/admin"
+        ):
             check_headers(request.headers)
         gateway.exposure.check(server, gateway.auth.keys_exist, path)
         if needs_key(server, path):
@@ -123,6 +127,10 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
             from hoosh_edge.doors.anthropic_messages import _hoosh_error as anthropic_hoosh_error
 
             return anthropic_hoosh_error(e)  # e.g. a key refused on a path without a route
+        if request.path.startswith("/api/"):
+            from hoosh_edge.doors.ollama_http import ollama_error
+
+            return ollama_error(e.status, e.message, error_headers(e)), e.status
         resp = jsonify(e.to_dict())
         resp.headers.update(error_headers(e))
         return resp, e.status
@@ -141,6 +149,10 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
             from hoosh_edge.doors.anthropic_messages import anthropic_error
 
             return anthropic_error(code, message)
+        if request.path.startswith("/api/"):
+            from hoosh_edge.doors.ollama_http import ollama_error  # Ollama's clients read its shape
+
+            return ollama_error(code, message), code
         body = {"error": {"message": message, "type": "invalid_request_error" if code < 500
                           else "server_error", "param": None, "code": kinds.get(code)}}  # fmt: skip
         return jsonify(body), code

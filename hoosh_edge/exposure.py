@@ -73,7 +73,7 @@ def needs_key(server: ServerConfig, path: str) -> bool:
     page = "/" if path.startswith("/status/") else path  # the page's own script and stylesheet
     if page in PUBLIC_PATHS:
         return page not in public_paths(server)
-    return path.startswith(("/v1/", "/admin"))
+    return path.startswith(("/v1/", "/admin", "/api/"))
 
 
 class Exposure:

@@ -203,7 +203,7 @@ def test_request_totals_count_api_routes_only(gateway, client):
 
 
 def test_page_and_assets_are_served(client):
-    page = client.get("/")
+    page = client.get("/", headers={"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"})
     assert page.status_code == 200 and page.mimetype == "text/html"
     text = page.get_data(as_text=True)
     assert "/status/status.js" in text and "/status/status.css" in text

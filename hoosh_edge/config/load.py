@@ -23,6 +23,7 @@ from hoosh_edge.config.schema import (
     Config,
     ConfigError,
     LocalEngineConfig,
+    OllamaConfig,
     ProviderConfig,
     RoutingConfig,
     check_keys,
@@ -144,7 +145,20 @@ def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> Routin
     )
 
 
-_TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone"}
+_TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone",
+             "ollama"}  # fmt: skip
+
+
+def _parse_ollama(t: dict, src: str, main_port: int) -> OllamaConfig:
+    """``[ollama]``: an optional second listener for clients that only know port 11434."""
+    check_keys(t, {"port"}, "ollama.", src)
+    port = typed(t, "port", int, "ollama.", src, None)
+    if port is not None and not 1 <= port <= 65535:
+        raise ConfigError(f"{src}: 'ollama.port' must be between 1 and 65535 (or left out)")
+    if port is not None and port == main_port:
+        raise ConfigError(f"{src}: 'ollama.port' {port} is server.port already: Ollama's API is "
+                          "served there anyway; leave ollama.port out")  # fmt: skip
+    return OllamaConfig(port=port)
 
 
 def load_config(
@@ -227,6 +241,7 @@ def parse_config(
         stt=_parse_local(typed(local, "stt", dict, "local.", src, {}), "stt", src),
         tts=_parse_local(typed(local, "tts", dict, "local.", src, {}), "tts", src),
         routing=_parse_routing(typed(raw, "routing", dict, "", src, {}), src, providers),
+        ollama=_parse_ollama(typed(raw, "ollama", dict, "", src, {}), src, server.port),
         budgets=tuple(budgets),
         pricing=tuple(pricing.items()),
         cache=tuple(typed(raw, "cache", dict, "", src, {}).items()),

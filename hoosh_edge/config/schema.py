@@ -115,6 +115,13 @@ class RoutingConfig:
 
 
 @dataclass(frozen=True)
+class OllamaConfig:
+    """``[ollama]``: Ollama's API is on the main port; ``port`` adds a second listener for it."""
+
+    port: int | None = None  # e.g. 11434, Ollama's own; on server.host, off when unset
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, and the warnings met while reading it."""
 
@@ -124,6 +131,7 @@ class Config:
     stt: LocalEngineConfig = field(default_factory=LocalEngineConfig)
     tts: LocalEngineConfig = field(default_factory=LocalEngineConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    ollama: OllamaConfig = field(default_factory=OllamaConfig)
     budgets: tuple[dict[str, Any], ...] = ()
     pricing: tuple[tuple[str, dict[str, Any]], ...] = ()
     cache: tuple[tuple[str, Any], ...] = ()

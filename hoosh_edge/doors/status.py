@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, jsonify, send_from_directory
+from flask import Blueprint, Response, jsonify, request, send_from_directory
 from werkzeug.exceptions import NotFound
 
 from hoosh_edge import device, workers
@@ -85,12 +85,13 @@ def spend_status(ledger: SpendLedger) -> dict[str, Any]:
 def request_totals(metrics: Any) -> dict[str, Any]:
     """API requests since start by status class, from the ``hoosh_requests_total`` counter.
 
-    Only /v1/ routes count, so the status page polling itself does not inflate the numbers.
+    Only API routes (/v1/ and Ollama's /api/) count, so the status page polling itself does not
+    inflate the numbers.
     """
     by_class = {"2xx": 0, "4xx": 0, "5xx": 0}
     total = 0
     for labels, value in metrics.samples("hoosh_requests_total"):
-        if not labels.get("route", "").startswith("/v1/"):
+        if not labels.get("route", "").startswith(("/v1/", "/api/")):
             continue
         n = int(value)
         total += n
@@ -138,7 +139,11 @@ def status_snapshot(gw: Gateway) -> dict[str, Any]:
 
 @bp.get("/")
 def page() -> Response:
-    """The status page; it fetches its data from /admin/status.json."""
+    """The status page for a browser (it fetches /admin/status.json); Ollama's probe text else."""
+    if "text/html" not in request.headers.get("Accept", ""):
+        # Ollama's clients (and curl) probe GET / and HEAD / for this line; every browser asks
+        # for text/html when it opens a page.
+        return Response("Ollama is running", mimetype="text/plain")
     resp = send_from_directory(STATIC_DIR, "status.html", mimetype="text/html")
     resp.headers["Cache-Control"] = "no-cache"
     return resp

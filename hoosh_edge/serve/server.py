@@ -81,12 +81,25 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
                            error_log=logging.getLogger("hoosh_edge.wsgi"),
                            spawn=gevent.pool.Pool())  # fmt: skip
 
+    # [ollama] port: the same app on a second port, for clients that only know Ollama's.
+    servers, ollama_port = [server], None
+    if config.ollama.port is not None:
+        second = make_listener(config.server.host, config.ollama.port)
+        ollama_port = second.getsockname()[1]
+        servers.append(GatewayServer(second, app, limits=limits, metrics=gateway.metrics, log=None,
+                                     error_log=logging.getLogger("hoosh_edge.wsgi"),
+                                     spawn=gevent.pool.Pool()))  # fmt: skip
+
     def drain_and_stop(timeout: float = 10.0) -> None:
+        for extra in servers[1:]:
+            extra.close()
         server.close()  # no new connections
         deadline = time.monotonic() + timeout
         while gateway.inflight > 0 and time.monotonic() < deadline:
             gevent.sleep(0.05)
         # What is left is idle keep-alive connections (or requests past the drain time).
+        for extra in servers[1:]:
+            extra.stop(timeout=0)
         server.stop(timeout=0)
 
     def stop(signum: int) -> None:
@@ -99,9 +112,12 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     # SIGHUP re-reads the config without dropping a connection (systemctl reload).
     gevent.signal_handler(signal.SIGHUP, lambda: gevent.spawn(gateway.reload))
 
-    server.start()
+    for srv in servers:
+        srv.start()
     shown = f"[{host}]" if ":" in host else host
     print(f"hoosh-edge {__version__} listening on http://{shown}:{port}", file=out)
+    if ollama_port is not None:
+        print(f"  Ollama's API also on http://{shown}:{ollama_port}", file=out)
     for line in gateway.describe():
         print(f"  {line}", file=out)
     if config.source:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ class ModelSlot:
     last_used: float = 0.0
     waiting: int = 0
     busy: bool = False
+    # A caller's own keep-alive (Ollama's keep_alive): unload at this monotonic time instead of
+    # keep_alive_s after the last use; inf keeps the model loaded. None: keep_alive_s applies.
+    expires_at: float | None = None
+    load_s: float = 0.0  # how long the last load took
 
     def __post_init__(self) -> None:
         self._lock = gevent.lock.Semaphore(1)
@@ -90,6 +95,8 @@ class ModelSlot:
             self.busy = False
             self.last_used = time.monotonic()
             self._lock.release()
+            if self.expires_at is not None and self.expires_at <= self.last_used:
+                self.unload()  # asked to go right after this use (keep_alive 0)
 
     def ensure_loaded(self) -> Any:
         """Load the model if it is not in memory (checking free RAM first)."""
@@ -101,6 +108,7 @@ class ModelSlot:
                 self.model = run_blocking(self.loader, owner=self.key,
                                           expect_s=self.estimate_bytes / LOAD_BYTES_PER_S)  # fmt: skip
                 self.loaded_at = time.monotonic()
+                self.load_s = self.loaded_at - started
                 log.info(
                     "loaded %s model %s in %.2fs", self.kind, self.key, self.loaded_at - started
                 )
@@ -112,6 +120,7 @@ class ModelSlot:
         if self.model is None or self.busy:
             return False
         model, self.model, self.loaded_at = self.model, None, None
+        self.expires_at = None  # the next load starts with the default keep-alive
         try:
             if self.unloader is not None:
                 self.unloader(model)
@@ -195,19 +204,48 @@ class ModelPool:
         )
 
     def unload_idle(self, now: float | None = None) -> list[str]:
-        """Unload every model idle for longer than its keep_alive_s."""
+        """Unload every model idle for longer than its keep_alive_s (or past its expires_at)."""
         now = time.monotonic() if now is None else now
         done = []
         for s in self.slots.values():
-            if (
-                s.loaded
-                and not s.busy
-                and s.keep_alive_s > 0
-                and now - s.last_used >= s.keep_alive_s
-            ):
-                if s.unload():
-                    done.append(s.key)
+            if not s.loaded or s.busy:
+                continue
+            if s.expires_at is not None:
+                due = now >= s.expires_at
+            else:
+                due = s.keep_alive_s > 0 and now - s.last_used >= s.keep_alive_s
+            if due and s.unload():
+                done.append(s.key)
         return done
+
+    def keep(self, key: str, seconds: float | None) -> None:
+        """Keep model ``key`` loaded ``seconds`` from now (inf: always; 0: unload now, or as soon
+        as its current use ends); None goes back to its keep_alive_s."""
+        slot = self.slots[key]
+        if seconds is None or not slot.loaded:
+            slot.expires_at = None  # a model not in memory starts afresh at its next load
+            return
+        slot.expires_at = time.monotonic() + seconds
+        if seconds <= 0:
+            slot.unload()  # refused while busy: the end of that use unloads it
+
+    def expires_in(self, key: str) -> float | None:
+        """Seconds until model ``key`` is unloaded when left idle (inf: never; None: not loaded)."""
+        slot = self.slots[key]
+        if not slot.loaded:
+            return None
+        if slot.expires_at is not None:
+            return max(0.0, slot.expires_at - time.monotonic())
+        if slot.keep_alive_s <= 0:
+            return math.inf
+        return max(0.0, slot.last_used + slot.keep_alive_s - time.monotonic())
+
+    def loaded_since(self, key: str, since: float) -> float:
+        """Seconds spent loading model ``key`` if its current load began after ``since``, else 0."""
+        slot = self.slots.get(key)
+        if slot is None or slot.loaded_at is None or slot.loaded_at - slot.load_s < since:
+            return 0.0
+        return slot.load_s
 
     def start_reaper(self, interval_s: float = 5.0) -> None:
         """Check for idle models every ``interval_s`` seconds in a background greenlet."""
