@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CachePolicy", "canonical_json", "chat_key", "speech_key",
+__all__ = ["CachePolicy", "canonical_json", "chat_key", "embedding_key", "speech_key",
            "transcription_key"]  # fmt: skip
 
 KEY_VERSION = 1  # part of every key: bump it when the stored form changes
@@ -91,6 +91,13 @@ def transcription_key(
                                      "audio": audio_sha256.lower(), "params": fields})  # fmt: skip
 
 
+def embedding_key(provider: str, model: str, inputs: list[Any], params: Mapping[str, Any]) -> str:
+    """Key of an embeddings request: the inputs in order, and every option that shapes them."""
+    fields = {k: v for k, v in params.items() if v is not None}
+    return _digest("embedding", {"provider": provider, "model": model, "inputs": inputs,
+                                 "params": fields})  # fmt: skip
+
+
 # ---- policy ------------------------------------------------------------------------------------
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
@@ -153,6 +160,10 @@ class CachePolicy:
             return False
         return (self.cache_nondeterministic or req.get("temperature") == 0
                 or req.get("seed") is not None)  # fmt: skip
+
+    def embedding_cacheable(self) -> bool:
+        """An encoder's vectors are deterministic: cached whenever the cache is on."""
+        return self.enabled
 
     def speech_cacheable(self) -> bool:
         """Speech synthesis is deterministic enough to cache whenever the cache is on."""
