@@ -21,6 +21,7 @@ from hoosh_edge.books.keys import Authenticator, KeyStore, StaticKeys
 from hoosh_edge.books.ledger import SpendLedger
 from hoosh_edge.books.pricing import PriceTable
 from hoosh_edge.books.prompt_states import PromptStateStore
+from hoosh_edge.books.semantic_cache import SemanticCache
 from hoosh_edge.books.spend import Accountant
 from hoosh_edge.config import Config
 from hoosh_edge.errors import HooshError, ModelNotFound, StorageUnavailable
@@ -68,6 +69,7 @@ class Gateway:
         self.keys = keys
         self.prompt_states = prompt_states
         self.embeddings = embeddings or LocalEmbeddings(pool, {}, config.embeddings)
+        self.semantic = SemanticCache(db, lambda: self.cache.policy)
         self.metrics = Metrics()
         self.accountant.metrics = self.metrics
         self.auth = Authenticator(keys, StaticKeys(config.server.api_keys, config.server.admin_key))
@@ -266,6 +268,13 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
                  accountant=Accountant(ledger, PriceTable(dict(config.pricing))),
                  cache=ResponseCache(db, CachePolicy.from_config(config.cache)),
                  keys=KeyStore(db), prompt_states=states, embeddings=embeddings)  # fmt: skip
+    if gw.cache.policy.semantic is not None and not gw.embeddings.models:
+        log.warning("[cache] semantic is set but no on-device embedding model is installed "
+                    "('hoosh-edge models pull all-minilm-l6-v2'): the semantic cache is off")  # fmt: skip
+    elif (want := gw.cache.policy.semantic and gw.cache.policy.semantic.embedding_model) and \
+            not gw.embeddings.serves(want):  # fmt: skip
+        log.warning("[cache] semantic.embedding_model %r is not an on-device embedding model "
+                    "(have: %s): the semantic cache is off", want, ", ".join(gw.embeddings.models))  # fmt: skip
     if start:
         for mid in config.llm.preload:
             if not llm or mid not in llm:
