@@ -121,7 +121,10 @@ def test_openai_errors_and_token_arrays(gateway_factory):
         r = post(gw, "/v1/embeddings", body)
         assert r.status_code == 400, body
         err = r.json()["error"]
-        assert set(err) == {"message", "type", "param", "code"} and err["type"] == "invalid_request_error"
+        assert (
+            set(err) == {"message", "type", "param", "code"}
+            and err["type"] == "invalid_request_error"
+        )
     r = post(gw, "/v1/embeddings", {"model": "nope", "input": "x"})
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
     r = post(gw, "/v1/embeddings", {"model": MODEL, "input": "x", "dimensions": 384})
@@ -187,7 +190,10 @@ def test_cloud_fallback_priced_and_booked(gateway_factory, fake_openai):
 
 
 def test_budget_blocks_cloud_embeddings(gateway_factory, fake_openai):
-    toml = LOCAL + openai_provider_toml(fake_openai, models='["text-embedding-*"]') + """
+    toml = (
+        LOCAL
+        + openai_provider_toml(fake_openai, models='["text-embedding-*"]')
+        + """
 [[budgets]]
 name = "tiny"
 scope = "cloud"
@@ -196,6 +202,7 @@ limit = 0.000001
 period = "day"
 action = "block"
 """
+    )
     gw = gateway_factory(toml)
     r = post(gw, "/v1/embeddings", {"model": "text-embedding-3-small", "input": "x" * 200})
     assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exceeded"
@@ -203,10 +210,14 @@ action = "block"
 
 
 def test_alias_falls_back_from_local_to_cloud(gateway_factory, fake_openai):
-    toml = LOCAL + openai_provider_toml(fake_openai, models='["text-embedding-*"]') + f"""
+    toml = (
+        LOCAL
+        + openai_provider_toml(fake_openai, models='["text-embedding-*"]')
+        + f"""
 [routing.aliases]
 embed = ["local:{MODEL}", "fake:text-embedding-3-small"]
 """
+    )
     gw = gateway_factory(toml)
     r = post(gw, "/v1/embeddings", {"model": "embed", "input": "hello"})
     assert r.headers["X-Hoosh-Provider"] == "local" and len(r.json()["data"][0]["embedding"]) == 384
