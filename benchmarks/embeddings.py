@@ -12,7 +12,7 @@ forward pass (onnxruntime, numpy), and prints for batch 1 and batch 32:
   its first request) and here (per runtime).
 
 Every gateway request sends ``Cache-Control: no-cache, no-store`` (the run stops if
-``X-Hoosh-Cache`` is not BYPASS). The texts are ~12-word sentences (16 tokens each). No peer
+``X-Hoosh-Cache`` is not BYPASS). The texts are 13-word sentences (17 tokens each with [CLS] and [SEP]). No peer
 server is started: llama-server needs a GGUF of the model, which no registry ships and whose
 converter needs torch. Nothing is asserted.
 """
@@ -38,7 +38,9 @@ from hoosh_edge.backends.engines.embeddings import load_embedder  # noqa: E402
 
 MODEL_DIR = ROOT / "models" / "all-minilm-l6-v2"
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
-TEXTS = [f"Sentence {i} talks about the weather, the river and a small town nearby." for i in range(32)]
+TEXTS = [
+    f"Sentence {i} talks about the weather, the river and a small town nearby." for i in range(32)
+]
 
 
 def rss_kib(pid: int | str = "self") -> int:
@@ -113,8 +115,10 @@ all-minilm-l6-v2 = "{MODEL_DIR}"
         for (path, batch), values in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
             s = statistics.median(values)
             print(f"{path:<24}{batch:>6}{s * 1000:>10.1f}{batch / s:>10.1f}")
-        print(f"model memory: gateway +{gw_model_mib:.0f} MiB RSS after its first request; "
-              + ", ".join(f"direct {r} +{mib:.0f} MiB" for r, (_, mib) in direct.items()))
+        print(
+            f"model memory: gateway +{gw_model_mib:.0f} MiB RSS after its first request; "
+            + ", ".join(f"direct {r} +{mib:.0f} MiB" for r, (_, mib) in direct.items())
+        )
     finally:
         stop(proc)
 

@@ -81,8 +81,12 @@ def test_past_the_limit_is_cut_or_refused(model):
         model.embed([SHORT, LONG], truncate=False)
     assert "Input 1" in e.value.message and "256" in e.value.message
     assert e.value.status == 400 and e.value.code == "context_length_exceeded"
-    _, counts = model.embed([LONG], truncate=True)
+    alone, counts = model.embed([LONG], truncate=True)
     assert counts == [256]
+    # 2048 padded tokens a pass at most: ten long inputs take two passes, same vectors.
+    many, counts = model.embed([LONG] * 10 + [SHORT])
+    assert counts == [256] * 10 + [3]
+    assert all(cosine(v, alone[0]) >= 0.99999 for v in many[:10])
 
 
 def test_token_arrays_are_the_models_own_ids(model, ref_ids):
@@ -117,3 +121,32 @@ def test_gguf_embeddings_through_llama_cpp(tmp_path):
             m.embed([[1, 2, 3]])
     finally:
         m.close()
+
+
+def test_models_dir_folders_are_found_and_listed(tmp_path):
+    """A folder with the three files in models/ is an embedding model; a folder without, not."""
+    from hoosh_edge.backends.modelstore import discover_local_models
+    from hoosh_edge.backends.modelstore.discovery import list_models
+    from hoosh_edge.backends.modelstore.manifest import Manifest
+
+    (tmp_path / "my-encoder").symlink_to(MODEL_DIR, target_is_directory=True)
+    (tmp_path / "not-a-model").mkdir()
+    (tmp_path / "not-a-model" / "config.json").write_text("{}")
+    found = discover_local_models(tmp_path, Manifest({}))
+    assert found.embed == {"my-encoder": tmp_path / "my-encoder"} and not found.llm
+    listed = {m.id: m for m in list_models(Manifest({}), tmp_path)}
+    assert listed["my-encoder"].kind == "embed" and listed["my-encoder"].size > 90_000_000
+
+
+@pytest.mark.parametrize("table, why", [
+    ({"truncate": "yes"}, "'local.embeddings.truncate' must be bool"),
+    ({"runtime": "torch"}, "'local.embeddings.runtime' must be auto, onnxruntime or numpy"),
+    ({"voices": {}}, "unknown key 'local.embeddings.voices'"),
+])  # fmt: skip
+def test_embeddings_config_is_checked(table, why):
+    from hoosh_edge.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=why):
+        parse_config({"local": {"embeddings": table}}, src="t.toml", env={})
+    cfg = parse_config({"local": {"embeddings": {"truncate": False, "runtime": "numpy"}}}, env={})
+    assert cfg.embeddings.truncate is False and cfg.embeddings.runtime == "numpy"

@@ -102,6 +102,8 @@ class OnnxEncoder:
         if n_threads:
             opts.intra_op_num_threads = n_threads
         opts.inter_op_num_threads = 1
+        # No arena: it keeps the largest batch's activations after the batch is done.
+        opts.enable_cpu_mem_arena = False
         self.session = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
 
     def hidden(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -24,7 +24,10 @@ import numpy as np
 
 from hoosh_edge.errors import ContextLengthExceeded, InvalidRequest
 
-BATCH = 32  # texts per forward pass: bounds the activations (batch x seq x 1536 floats)
+BATCH = 32  # texts per forward pass at most
+# Padded tokens per forward pass at most: bounds the activations (the attention scores are
+# batch x heads x seq x seq floats), so 2048 x 12 heads x 256 x 4 bytes = 24 MiB for MiniLM.
+BATCH_TOKENS = 2048
 ST_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 
 
@@ -35,10 +38,13 @@ def is_sentence_folder(path: str | os.PathLike) -> bool:
 
 
 def estimate_bytes(path: str | os.PathLike) -> int:
-    """Weights plus the activations of one full batch at 512 tokens (float32)."""
+    """Weights as loaded (onnxruntime: ~2.5x the file, its packed copies included; measured in
+    ``benchmarks/embeddings.py``) plus one full batch's activations."""
     p = Path(path)
     weights = (p / "model.safetensors").stat().st_size if p.is_dir() else p.stat().st_size
-    return int(weights * 1.1) + BATCH * 512 * 1536 * 4 * 3
+    seq = int(_json_or(p / "sentence_bert_config.json", {}).get("max_seq_length") or 512)
+    # Scores (two copies: before and after softmax) and the feed-forward layer, float32.
+    return int(weights * 2.5) + BATCH_TOKENS * (12 * seq * 4 * 2 + 1536 * 4 * 3)
 
 
 class Embedder:
@@ -144,6 +150,7 @@ class SentenceModel(Embedder):
 
             graph = build_graph(self.w, self.n_layers, self.n_heads, self.dim, self.eps)
             self.onnx = OnnxEncoder(graph, n_threads)
+            self.w = {}  # onnxruntime holds its own copy: the numpy one would double the RAM
         self.cls_id = self.tokenizer.token_to_id("[CLS]")
         self.sep_id = self.tokenizer.token_to_id("[SEP]")
 
@@ -167,11 +174,17 @@ class SentenceModel(Embedder):
         """Unit vectors (as the model's modules say) and the tokens each input took."""
         seqs = [self._ids(item, truncate, i) for i, item in enumerate(items)]
         out = np.empty((len(seqs), self.dim), dtype=np.float32)
-        # Sorted by length so a batch pads little.
+        # Sorted by length so a batch pads little; cut where BATCH or BATCH_TOKENS would be passed.
         order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-        for start in range(0, len(order), BATCH):
-            idx = order[start : start + BATCH]
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while (end < len(order) and end - start < BATCH
+                   and (end - start + 1) * len(seqs[order[end]]) <= BATCH_TOKENS):  # fmt: skip
+                end += 1
+            idx = order[start:end]
             out[idx] = self.forward([seqs[i] for i in idx])
+            start = end
         return out, [len(s) for s in seqs]
 
     def forward(self, seqs: list[list[int]]) -> np.ndarray:
