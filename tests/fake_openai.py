@@ -13,6 +13,7 @@ Tests script its next answers to reproduce what real upstreams do on bad days:
     fake.script("wrong_shape", 2)       # JSON in shapes the API never sends (at chunk 2)
 
     fake.script("wrong_shape")          # (on /embeddings) a 'data' list without vectors
+    fake.script("bad_vectors")          # (on /embeddings) vectors that are not numbers
 
 /embeddings answers one deterministic vector per input (``fake_vector``), priced at one token
 per UTF-8 byte (or per token of a token array).
@@ -510,5 +511,14 @@ def _embeddings(body: dict, kind: str) -> dict[str, Any]:
     ]
     if kind == "wrong_shape":
         data = [{"object": "embedding", "index": 0}]
+    elif kind == "bad_vectors":  # valid JSON, no usable numbers: one of these per call
+        bad = [["x", 1.0], [{"a": 1}], "not base64!", [1e999], [[1.0, 2.0]]]
+        data = [
+            {
+                "object": "embedding",
+                "index": 0,
+                "embedding": bad[int(body.get("dimensions") or 0) % 5],
+            }
+        ]
     return {"object": "list", "data": data, "model": body.get("model"),
             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip

@@ -182,6 +182,10 @@ def test_cloud_fallback_priced_and_booked(gateway_factory, fake_openai):
     fake_openai.script("wrong_shape")
     r = post(gw, "/v1/embeddings", {**body, "input": "other"})
     assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error"
+    for which in range(5):  # strings, objects, bad base64, infinity, nested lists: each a 502
+        fake_openai.script("bad_vectors")
+        r = post(gw, "/v1/embeddings", {**body, "input": "other", "dimensions": which or 5})
+        assert r.status_code == 502 and r.json()["error"]["code"] == "upstream_error", which
     fake_openai.script("status", 500)
     fake_openai.script("status", 500)
     fake_openai.script("status", 500)
@@ -225,3 +229,32 @@ embed = ["local:{MODEL}", "fake:text-embedding-3-small"]
     r = post(gw, "/v1/embeddings", {"model": "fake:text-embedding-3-small", "input": "hello"})
     assert r.headers["X-Hoosh-Provider"] == "fake"
     assert np.allclose(r.json()["data"][0]["embedding"], fake_vector("hello"))
+
+
+def test_engine_runs_off_the_hub_and_its_queue_is_bounded(gateway_factory):
+    """A long batch runs in a thread: /health answers meanwhile; a second caller waits in a
+    queue of max_queue (0 here), so it is told 429 queue_full with Retry-After, in each dialect."""
+    import threading
+    import time
+
+    gw = gateway_factory(LOCAL.replace("[local.embeddings.models]",
+                                       "[local.embeddings]\nmax_queue = 0\n[local.embeddings.models]"))  # fmt: skip
+    assert post(gw, "/v1/embeddings", {"model": MODEL, "input": "warm up"}).status_code == 200
+    big = {"model": MODEL, "input": [f"text number {i} " + "word " * 200 for i in range(160)]}
+    done: list[requests.Response] = []
+    worker = threading.Thread(target=lambda: done.append(post(gw, "/v1/embeddings", big)))
+    worker.start()
+    time.sleep(0.5)  # the batch is running
+    health = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        assert requests.get(gw.url + "/health", timeout=5).ok
+        health.append(time.perf_counter() - t0)
+    busy = post(gw, "/v1/embeddings", {"model": MODEL, "input": "me too"})
+    olla = post(gw, "/api/embed", {"model": MODEL, "input": "me too"})
+    worker.join(120)
+    assert done and done[0].status_code == 200 and len(done[0].json()["data"]) == 160
+    assert max(health) < 0.5, health
+    assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full"
+    assert int(busy.headers["Retry-After"]) >= 1
+    assert olla.status_code == 429 and set(olla.json()) == {"error"}

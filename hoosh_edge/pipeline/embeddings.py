@@ -100,19 +100,26 @@ def _unpack(text: str, rows: int) -> np.ndarray:
 
 
 def _from_provider(doc: dict[str, Any], n: int, name: str) -> np.ndarray:
-    """The provider's vectors in input order (floats or base64), checked for count and width."""
-    rows: list[Any] = [None] * n
-    for pos, d in enumerate(doc["data"]):
-        idx = d.get("index", pos)
-        if not isinstance(idx, int) or not 0 <= idx < n or rows[idx] is not None:
-            raise UpstreamError(f"{name} answered /embeddings with a bad index {idx!r}")
-        emb = d["embedding"]
-        rows[idx] = (_unpack(emb, 1)[0] if isinstance(emb, str)
-                     else np.asarray(emb, dtype=np.float32))  # fmt: skip
-    if any(r is None for r in rows) or len({r.shape for r in rows}) != 1 or rows[0].ndim != 1:
-        raise UpstreamError(f"{name} answered /embeddings with {len(doc['data'])} vectors of "
-                            f"mixed or missing sizes for {n} inputs")  # fmt: skip
-    return np.stack(rows)
+    """The provider's vectors in input order (floats or base64), checked for count, width, values."""
+    try:
+        rows: list[Any] = [None] * n
+        for pos, d in enumerate(doc["data"]):
+            idx = d.get("index", pos)
+            if not isinstance(idx, int) or not 0 <= idx < n or rows[idx] is not None:
+                raise UpstreamError(f"{name} answered /embeddings with a bad index {idx!r}")
+            emb = d["embedding"]
+            rows[idx] = (_unpack(emb, 1)[0] if isinstance(emb, str)
+                         else np.asarray(emb, dtype=np.float32))  # fmt: skip
+        if any(r is None for r in rows) or len({r.shape for r in rows}) != 1 or rows[0].ndim != 1:
+            raise UpstreamError(f"{name} answered /embeddings with {len(doc['data'])} vectors of "
+                                f"mixed or missing sizes for {n} inputs")  # fmt: skip
+        out = np.stack(rows)
+    except (ValueError, TypeError) as e:  # strings, objects or bad base64 where numbers belong
+        raise UpstreamError(f"{name} answered /embeddings with vectors that are not numbers "
+                            f"({type(e).__name__})") from None  # fmt: skip
+    if not np.isfinite(out).all():
+        raise UpstreamError(f"{name} answered /embeddings with NaN or infinite values")
+    return out
 
 
 def embed(gw: Gateway, ask: EmbedAsk, caller: Caller, ctx: CallContext, cache_ask: CacheAsk,
