@@ -258,3 +258,32 @@ def test_engine_runs_off_the_hub_and_its_queue_is_bounded(gateway_factory):
     assert busy.status_code == 429 and busy.json()["error"]["code"] == "queue_full"
     assert int(busy.headers["Retry-After"]) >= 1
     assert olla.status_code == 429 and set(olla.json()) == {"error"}
+
+
+def test_gguf_embedding_model_and_keep_alive_zero(gateway_factory, tmp_path):
+    """A .gguf in [local.embeddings.models] is served through llama.cpp; Ollama's keep_alive: 0
+    frees the model after the answer, and the next call loads it again."""
+    require_module("llama_cpp", "llama-cpp-python is not installed")
+    from tests.synth_gguf import N_EMBD, make_tiny_gguf
+
+    path = make_tiny_gguf(tmp_path / "tiny-embed.gguf")
+    gw = gateway_factory(LOCAL + f'tiny = "{path}"\n')
+    r = post(gw, "/v1/embeddings", {"model": "tiny", "input": ["abc", "hello there"]})
+    assert r.status_code == 200, r.text
+    vecs = [d["embedding"] for d in r.json()["data"]]
+    assert [len(v) for v in vecs] == [N_EMBD, N_EMBD]
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    assert r.json()["usage"]["prompt_tokens"] == 3 + len(
+        "hello there".replace(" ", "\u2581").encode()
+    )
+    r = post(gw, "/v1/embeddings", {"model": "tiny", "input": [[1, 2]]})
+    assert r.status_code == 400 and "Token arrays" in r.json()["error"]["message"]
+
+    def loaded() -> bool:
+        pools = requests.get(gw.url + "/v1/health", timeout=10).json()["local_models"]
+        return next(m["loaded"] for m in pools if m["id"] == f"embed:{MODEL}")
+
+    out = post(gw, "/api/embed", {"model": MODEL, "input": "hi", "keep_alive": 0}).json()
+    assert out["load_duration"] > 0 and not loaded()
+    out = post(gw, "/api/embed", {"model": MODEL, "input": "hello", "keep_alive": "5m"}).json()
+    assert out["load_duration"] > 0 and loaded()

@@ -50,6 +50,10 @@ class LocalEmbeddings:
         """The vector size of ``model`` (loads it if needed)."""
         return self.pool.slot(f"embed:{model}").ensure_loaded().dim
 
+    def unload(self, model: str) -> bool:
+        """Free ``model`` now if nobody is using it (Ollama's ``keep_alive: 0``)."""
+        return self.pool.slot(f"embed:{model}").unload()
+
     def embed(self, model: str, items: Sequence[str | Sequence[int]], *, truncate: bool | None = None,
               wait_s: float | None = None) -> tuple[np.ndarray, list[int]]:  # fmt: skip
         """Vectors and token counts; the model stays taken until the native call has returned."""

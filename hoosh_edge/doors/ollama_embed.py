@@ -4,7 +4,7 @@
 input past the model's limit is cut; false: a 400), ``dimensions``, ``keep_alive`` and
 ``options`` (ignored: an encoder has no sampling), and answers
 ``{"model", "embeddings": [[...]], "total_duration", "load_duration", "prompt_eval_count"}``
-(durations in nanoseconds). ``/api/embeddings`` takes ``prompt`` and answers ``{"embedding"}``.
+(durations in nanoseconds); ``keep_alive: 0`` unloads the model after the answer. ``/api/embeddings`` takes ``prompt`` and answers ``{"embedding"}``.
 Errors are Ollama's ``{"error": "..."}`` with the HTTP status the gateway's error carries.
 """
 
@@ -59,6 +59,13 @@ def _run(ask: EmbedAsk) -> tuple[Embedded, int]:
     return out, time.monotonic_ns() - started
 
 
+def _unload_now(keep_alive: Any) -> bool:
+    """Ollama's ``keep_alive: 0`` (or "0s", "0m"): free the model once the answer is made."""
+    if isinstance(keep_alive, (int, float)) and not isinstance(keep_alive, bool):
+        return keep_alive == 0
+    return isinstance(keep_alive, str) and keep_alive.strip() in ("0", "0s", "0m", "0h")
+
+
 def _vector(v: Any) -> list[float]:
     return [float(x) for x in v]
 
@@ -80,6 +87,8 @@ def api_embed() -> Response:
         raise InvalidRequest("input must be a string or a list of strings")
     ask = EmbedAsk(model=model, inputs=parse_inputs(inputs), dimensions=dims, truncate=truncate)
     out, took = _run(ask)
+    if _unload_now(body.get("keep_alive")) and out.served.provider == "local":
+        gateway().embeddings.unload(out.model)
     return _answer({
         "model": body["model"],
         "embeddings": [_vector(v) for v in out.vectors],
@@ -100,6 +109,8 @@ def api_embeddings() -> Response:
         # Ollama answers an empty prompt with an empty vector (a client's way to load a model).
         return _answer({"embedding": []}, None)
     out, _ = _run(EmbedAsk(model=model, inputs=[prompt], truncate=True))
+    if _unload_now(body.get("keep_alive")) and out.served.provider == "local":
+        gateway().embeddings.unload(out.model)
     return _answer({"embedding": _vector(out.vectors[0])}, out)
 
 
