@@ -58,21 +58,23 @@ class Embedded:
 def targets_for(gw: Gateway, model: str) -> list[Target]:
     """On-device first, then providers that can embed; aliases and ``provider:model`` as in chat."""
     local, router = gw.embeddings, gw.router
-    cloud = [b for b in router.backends if not b.is_local and b.can_embed]
-    specs: list[tuple[str, str]] = []
+    cloud = {b.name: b for b in router.backends if not b.is_local and b.can_embed}
+    specs: list[str] = []
     if model in router.aliases:
-        specs = [tuple(s.split(":", 1)) for s in router.aliases[model]]  # type: ignore[misc]
-    elif ":" in model and model.split(":", 1)[0] in {"local", *(b.name for b in cloud)}:
-        specs = [tuple(model.split(":", 1))]  # type: ignore[list-item]
+        specs = list(router.aliases[model])  # in the order the operator wrote
+    elif model.partition(":")[0] in {"local", *cloud}:
+        specs = [model]
     if specs:
-        targets = [Target(local, m) for p, m in specs if p == "local" and local.serves(m)]
-        targets += [Target(b, m) for p, m in specs for b in cloud if b.name == p]
-        # An alias keeps its written order: on-device ones were listed where the operator put them.
-        order = {f"{p}:{m}": i for i, (p, m) in enumerate(specs)}
-        targets.sort(key=lambda t: order.get(t.label, 0))
+        targets = []
+        for spec in specs:
+            pname, _, mname = spec.partition(":")
+            if pname == "local" and local.serves(mname):
+                targets.append(Target(local, mname))
+            elif pname in cloud:
+                targets.append(Target(cloud[pname], mname))
     else:
         targets = [Target(local, model)] if local.serves(model) else []
-        targets += [Target(b, model) for b in cloud if b.serves(model)]
+        targets += [Target(b, model) for b in cloud.values() if b.serves(model)]
     if not targets:
         known = ", ".join(local.model_ids()) or "none"
         raise ModelNotFound(f"No embedding model or provider serves '{model}' here. On-device "
@@ -200,12 +202,6 @@ def embed(gw: Gateway, ask: EmbedAsk, caller: Caller, ctx: CallContext, cache_as
                 "tokens": tokens, "content_type": "application/octet-stream"}  # fmt: skip
         run_books(cache.put, key, "embedding", _pack(vectors).encode(), meta)
     return Embedded(vectors, tokens, target.model, served, load_s)
-
-
-def embed_text(gw: Gateway, model: str, text: str, deadline: Deadline) -> np.ndarray:
-    """One on-device vector for the gateway's own use (the semantic cache): no budget, no cache."""
-    vectors, _ = gw.embeddings.embed(model, [text], truncate=True, wait_s=deadline.remaining())
-    return vectors[0]
 
 
 def encode(vector: np.ndarray, fmt: str) -> list[float] | str:
