@@ -150,3 +150,14 @@ semantic = { models = ["gpt-4o-mini"] }
 def test_config_is_checked(table, why):
     with pytest.raises(ValueError, match=why):
         CachePolicy.from_config({"semantic": table})
+
+
+def test_survives_a_kill_9(gateway_factory, fake_openai, tmp_path):
+    data = f'[server]\ndata_dir = "{tmp_path / "shared-data"}"\n'
+    first = gateway_factory(data + openai_provider_toml(fake_openai) + SEMANTIC)
+    assert ask(first, FIRST).headers["X-Hoosh-Cache"] == "MISS"
+    first.kill9()
+    second = gateway_factory(data + openai_provider_toml(fake_openai) + SEMANTIC)
+    again = ask(second, "Which city is the capital of France?")
+    assert again.headers["X-Hoosh-Cache"] == "SEMANTIC" and content(again) == f"Echo: {FIRST}"
+    assert chat_calls(fake_openai) == 1
