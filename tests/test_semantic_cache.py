@@ -118,10 +118,15 @@ def test_bounded_by_max_entries(gateway_factory, fake_openai):
         assert conn.execute("SELECT COUNT(*) FROM semantic_cache").fetchone()[0] == 3
     finally:
         conn.close()
+    stats = requests.get(gw.url + "/admin/cache", timeout=10).json()["semantic"]
+    assert stats == {"enabled": True, "entries": 3, "max_entries": 3, "min_similarity": 0.9,
+                     "hits": 0, "misses": 5, "stores": 5}  # fmt: skip
     # The newest are kept (its rewording, at 0.95, is found); the oldest went first (its
     # rewording, at 0.98, would be found if it were still there).
     assert ask(gw, "a fifth one about rockets").headers["X-Hoosh-Cache"] == "SEMANTIC"
     assert ask(gw, "a question about trains").headers["X-Hoosh-Cache"] == "MISS"
+    assert requests.delete(gw.url + "/admin/cache", timeout=10).ok  # every row goes with it
+    assert requests.get(gw.url + "/admin/cache", timeout=10).json()["semantic"]["entries"] == 0
 
 
 def test_without_an_embedding_model_chat_still_works(gateway_factory, fake_openai):

@@ -123,10 +123,15 @@ class SemanticCache:
         self.stores += 1
         return True
 
-    def count(self) -> int:
-        """Rows on disk."""
+    def stats(self) -> dict[str, object]:
+        """Rows on disk and the bound; hits, misses and stores since this process started."""
+        policy = self._policy().semantic
         with self.db.read() as r:
-            return int(r.execute("SELECT COUNT(*) FROM semantic_cache").fetchone()[0])
+            entries = int(r.execute("SELECT COUNT(*) FROM semantic_cache").fetchone()[0])
+        return {"enabled": policy is not None, "entries": entries,
+                "max_entries": policy.max_entries if policy else None,
+                "min_similarity": policy.min_similarity if policy else None,
+                "hits": self.hits, "misses": self.misses, "stores": self.stores}  # fmt: skip
 
     def clear(self) -> int:
         """Delete every row; the count."""
