@@ -268,13 +268,15 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
                  accountant=Accountant(ledger, PriceTable(dict(config.pricing))),
                  cache=ResponseCache(db, CachePolicy.from_config(config.cache)),
                  keys=KeyStore(db), prompt_states=states, embeddings=embeddings)  # fmt: skip
-    if gw.cache.policy.semantic is not None and not gw.embeddings.models:
+    semantic = gw.cache.policy.semantic
+    if semantic is not None and not gw.embeddings.models:
         log.warning("[cache] semantic is set but no on-device embedding model is installed "
                     "('hoosh-edge models pull all-minilm-l6-v2'): the semantic cache is off")  # fmt: skip
-    elif (want := gw.cache.policy.semantic and gw.cache.policy.semantic.embedding_model) and \
-            not gw.embeddings.serves(want):  # fmt: skip
+    elif semantic is not None and semantic.embedding_model is not None and \
+            not gw.embeddings.serves(semantic.embedding_model):  # fmt: skip
         log.warning("[cache] semantic.embedding_model %r is not an on-device embedding model "
-                    "(have: %s): the semantic cache is off", want, ", ".join(gw.embeddings.models))  # fmt: skip
+                    "(have: %s): the semantic cache is off", semantic.embedding_model,
+                    ", ".join(gw.embeddings.models))  # fmt: skip
     if start:
         for mid in config.llm.preload:
             if not llm or mid not in llm:

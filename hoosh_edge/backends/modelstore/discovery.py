@@ -106,13 +106,6 @@ def list_models(manifest: Manifest, models_dir: Path) -> list[ModelListing]:
     for mid, (kind, path) in discover_local_models(models_dir, manifest).all().items():
         if manifest.model_for_file(path.name) is None:
             files = (path, path.with_name(path.name + ".json")) if kind == "tts" else (path,)
-            out.append(
-                ModelListing(
-                    mid,
-                    kind,
-                    "local",
-                    sum((tree_stat(f) if f.is_dir() else f.stat()).st_size for f in files),
-                    files,
-                )  # fmt: skip
-            )
+            size = sum((tree_stat(f) if f.is_dir() else f.stat()).st_size for f in files)
+            out.append(ModelListing(mid, kind, "local", size, files))
     return out
