@@ -94,6 +94,9 @@ def test_ollama_errors_are_ollamas_shape(gateway_factory):
         r = post(gw, "/api/embed", body)
         assert r.status_code == 400, body
         assert set(r.json()) == {"error"} and isinstance(r.json()["error"], str)
+    nulls = {"model": MODEL, "input": "x", "truncate": None, "dimensions": None, "options": None,
+             "keep_alive": None}  # fmt: skip
+    assert post(gw, "/api/embed", nulls).status_code == 200  # null fields are fields not sent
     r = requests.post(gw.url + "/api/embed", data=b"{not json", timeout=10)
     assert r.status_code == 400 and "error" in r.json()
     # curl's default form Content-Type: Ollama reads the JSON anyway.

@@ -76,7 +76,8 @@ def api_embed() -> Response:
     model = _model(body)
     if "input" not in body:
         raise InvalidRequest("input is required")
-    truncate = body.get("truncate", True)
+    truncate = body.get("truncate")
+    truncate = True if truncate is None else truncate  # null is "not sent": Ollama's default
     if not isinstance(truncate, bool):
         raise InvalidRequest("truncate must be true or false")
     dims = body.get("dimensions")
