@@ -283,5 +283,11 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
                 gw.close()
                 raise ModelNotFound(f"local.llm.preload names '{mid}', which is not a local model")
             pool.slot(mid).ensure_loaded()
+        for mid in config.embeddings.preload:
+            if not embeddings.serves(mid):
+                gw.close()
+                raise ModelNotFound(f"local.embeddings.preload names '{mid}', which is not a "
+                                    "local embedding model")  # fmt: skip
+            pool.slot(f"embed:{mid}").ensure_loaded()
         pool.start_reaper()
     return gw

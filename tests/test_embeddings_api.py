@@ -270,7 +270,8 @@ def test_gguf_embedding_model_and_keep_alive_zero(gateway_factory, tmp_path):
     from tests.synth_gguf import N_EMBD, make_tiny_gguf
 
     path = make_tiny_gguf(tmp_path / "tiny-embed.gguf")
-    gw = gateway_factory(LOCAL + f'tiny = "{path}"\n')
+    preload = f'[local.embeddings]\npreload = ["{MODEL}"]\n'
+    gw = gateway_factory(preload + LOCAL + f'tiny = "{path}"\n')
     r = post(gw, "/v1/embeddings", {"model": "tiny", "input": ["abc", "hello there"]})
     assert r.status_code == 200, r.text
     vecs = [d["embedding"] for d in r.json()["data"]]
@@ -286,7 +287,8 @@ def test_gguf_embedding_model_and_keep_alive_zero(gateway_factory, tmp_path):
         pools = requests.get(gw.url + "/v1/health", timeout=10).json()["local_models"]
         return next(m["loaded"] for m in pools if m["id"] == f"embed:{MODEL}")
 
+    assert loaded()  # preloaded at start-up
     out = post(gw, "/api/embed", {"model": MODEL, "input": "hi", "keep_alive": 0}).json()
-    assert out["load_duration"] > 0 and not loaded()
+    assert out["load_duration"] == 0 and not loaded()
     out = post(gw, "/api/embed", {"model": MODEL, "input": "hello", "keep_alive": "5m"}).json()
     assert out["load_duration"] > 0 and loaded()
