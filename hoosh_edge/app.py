@@ -42,9 +42,11 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     from hoosh_edge.doors.admin import bp as admin_bp
     from hoosh_edge.doors.anthropic_messages import bp as messages_bp
     from hoosh_edge.doors.bodies import check_headers
+    from hoosh_edge.doors.ollama_embed import bp as ollama_embed_bp
     from hoosh_edge.doors.ollama_models import bp as ollama_bp  # /api/chat and /api/generate too
     from hoosh_edge.doors.openai_audio import bp as audio_bp
     from hoosh_edge.doors.openai_chat import bp as chat_bp
+    from hoosh_edge.doors.openai_embeddings import bp as embeddings_bp
     from hoosh_edge.doors.openai_models import bp as models_bp
     from hoosh_edge.doors.status import bp as status_bp
 
@@ -55,6 +57,8 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.register_blueprint(status_bp)
     app.register_blueprint(models_bp)
     app.register_blueprint(ollama_bp)
+    app.register_blueprint(embeddings_bp)
+    app.register_blueprint(ollama_embed_bp)
 
     @app.before_request
     def _start() -> Response | None:

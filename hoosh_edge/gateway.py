@@ -13,6 +13,7 @@ from typing import Any
 
 from hoosh_edge.backends.engines.pool import ModelPool
 from hoosh_edge.backends.local import LocalChat, LocalSpeech, configured_models
+from hoosh_edge.backends.local_embed import LocalEmbeddings
 from hoosh_edge.backends.providers.base import ChatBackend
 from hoosh_edge.books.cache import CachePolicy, ResponseCache
 from hoosh_edge.books.db import Database
@@ -20,6 +21,7 @@ from hoosh_edge.books.keys import Authenticator, KeyStore, StaticKeys
 from hoosh_edge.books.ledger import SpendLedger
 from hoosh_edge.books.pricing import PriceTable
 from hoosh_edge.books.prompt_states import PromptStateStore
+from hoosh_edge.books.semantic_cache import SemanticCache
 from hoosh_edge.books.spend import Accountant
 from hoosh_edge.config import Config
 from hoosh_edge.errors import HooshError, ModelNotFound, StorageUnavailable
@@ -53,7 +55,8 @@ class Gateway:
     def __init__(self, config: Config, *, pool: ModelPool, speech: LocalSpeech,
                  local_backends: list[ChatBackend], db: Database, ledger: SpendLedger,
                  accountant: Accountant, cache: ResponseCache, keys: KeyStore,
-                 prompt_states: PromptStateStore | None = None) -> None:  # fmt: skip
+                 prompt_states: PromptStateStore | None = None,
+                 embeddings: LocalEmbeddings | None = None) -> None:  # fmt: skip
         self.config = config
         self.started_at = time.time()
         self.pool = pool
@@ -65,6 +68,8 @@ class Gateway:
         self.cache = cache
         self.keys = keys
         self.prompt_states = prompt_states
+        self.embeddings = embeddings or LocalEmbeddings(pool, {}, config.embeddings)
+        self.semantic = SemanticCache(db, lambda: self.cache.policy)
         self.metrics = Metrics()
         self.accountant.metrics = self.metrics
         self.auth = Authenticator(keys, StaticKeys(config.server.api_keys, config.server.admin_key))
@@ -139,7 +144,9 @@ class Gateway:
         self.auth = Authenticator(self.keys, StaticKeys(new.server.api_keys, new.server.admin_key))
         for w in new.warnings:
             log.warning("config: %s", w)
-        restart = [k for k in ("llm", "stt", "tts") if getattr(new, k) != getattr(old, k)]
+        restart = [
+            k for k in ("llm", "stt", "tts", "embeddings") if getattr(new, k) != getattr(old, k)
+        ]
         log.info("config reloaded from %s", new.source or "the environment")
         return {"reloaded": True, "source": new.source, "providers": [p.name for p in new.providers],
                 "restart_needed_for": [f"local.{k}" for k in restart]}  # fmt: skip
@@ -160,6 +167,8 @@ class Gateway:
         if self.speech.tts:
             lines.append(f"local text-to-speech voices: {', '.join(self.speech.tts)} "
                          f"(default {self.speech.default_voice})")  # fmt: skip
+        if self.embeddings.models:
+            lines.append(f"local embeddings: {', '.join(self.embeddings.models)}")
         if not lines:
             lines.append("no models yet: pull one with 'hoosh-edge models pull smollm2' "
                          "or set OPENAI_API_KEY / ANTHROPIC_API_KEY")  # fmt: skip
@@ -173,13 +182,15 @@ class Gateway:
         """(id, owner) of every model: chat targets, then on-device speech models."""
         ids = self.router.model_ids()
         seen = {mid for mid, _ in ids}
-        return ids + [(mid, "local") for mid in self.speech.model_ids() if mid not in seen]
+        extra = self.speech.model_ids() + self.embeddings.model_ids()
+        return ids + [(mid, "local") for mid in extra if mid not in seen]
 
     def model_listing(self) -> list[tuple[str, str, str]]:
         """(id, owner, source) of every model to list: chat targets, then on-device speech."""
         out = self.router.listing()
         seen = {mid for mid, _, _ in out}
-        return out + [(m, "local", "local") for m in self.speech.model_ids() if m not in seen]
+        extra = self.speech.model_ids() + self.embeddings.model_ids()
+        return out + [(m, "local", "local") for m in extra if m not in seen]
 
     def storage_report(self) -> dict[str, Any]:
         """The data folder's state and the usage waiting for it, for the health endpoints."""
@@ -249,17 +260,34 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
     speech = LocalSpeech(pool, configured_models(config.stt, found.stt),
                          configured_models(config.tts, found.tts), config.stt, config.tts,
                          models_dir=models_dir)  # fmt: skip
+    embeddings = LocalEmbeddings(pool, configured_models(config.embeddings, found.embed),
+                                 config.embeddings)  # fmt: skip
     ledger = SpendLedger(db, timezone=config.timezone)
     ledger.seed_rules([dict(b) for b in config.budgets])
     gw = Gateway(config, pool=pool, speech=speech, local_backends=backends, db=db, ledger=ledger,
                  accountant=Accountant(ledger, PriceTable(dict(config.pricing))),
                  cache=ResponseCache(db, CachePolicy.from_config(config.cache)),
-                 keys=KeyStore(db), prompt_states=states)  # fmt: skip
+                 keys=KeyStore(db), prompt_states=states, embeddings=embeddings)  # fmt: skip
+    semantic = gw.cache.policy.semantic
+    if semantic is not None and not gw.embeddings.models:
+        log.warning("[cache] semantic is set but no on-device embedding model is installed "
+                    "('hoosh-edge models pull all-minilm-l6-v2'): the semantic cache is off")  # fmt: skip
+    elif semantic is not None and semantic.embedding_model is not None and \
+            not gw.embeddings.serves(semantic.embedding_model):  # fmt: skip
+        log.warning("[cache] semantic.embedding_model %r is not an on-device embedding model "
+                    "(have: %s): the semantic cache is off", semantic.embedding_model,
+                    ", ".join(gw.embeddings.models))  # fmt: skip
     if start:
         for mid in config.llm.preload:
             if not llm or mid not in llm:
                 gw.close()
                 raise ModelNotFound(f"local.llm.preload names '{mid}', which is not a local model")
             pool.slot(mid).ensure_loaded()
+        for mid in config.embeddings.preload:
+            if not embeddings.serves(mid):
+                gw.close()
+                raise ModelNotFound(f"local.embeddings.preload names '{mid}', which is not a "
+                                    "local embedding model")  # fmt: skip
+            pool.slot(f"embed:{mid}").ensure_loaded()
         pool.start_reaper()
     return gw

@@ -12,6 +12,12 @@ Tests script its next answers to reproduce what real upstreams do on bad days:
     fake.script("slow", 1.0)            # wait 1 s, then answer normally
     fake.script("wrong_shape", 2)       # JSON in shapes the API never sends (at chunk 2)
 
+    fake.script("wrong_shape")          # (on /embeddings) a 'data' list without vectors
+    fake.script("bad_vectors")          # (on /embeddings) vectors that are not numbers
+
+/embeddings answers one deterministic vector per input (``fake_vector``), priced at one token
+per UTF-8 byte (or per token of a token array).
+
 Without a script it answers "Echo: <last user message>" (word by word when streaming).
 
 ``FakeOpenAI(billing=True)`` is instead the harshest legal upstream, for budget tests: its
@@ -217,6 +223,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(
                 400, {"error": {"message": "bad json", "type": "invalid_request_error"}}
             )
+            return
+        if self.path.endswith("/embeddings"):
+            self._send_json(200, _embeddings(body, kind))
             return
         if owner.billing and self.path.endswith("/chat/completions"):
             self._billed(body)
@@ -480,3 +489,36 @@ def _completion(body: Any, text: str, *, tool: bool = False) -> dict:
         "choices": [{"index": 0, "message": message, "finish_reason": finish, "logprobs": None}],
         "usage": _usage(body, len(words)),
     }
+
+
+def fake_vector(item: Any, dims: int = 8) -> list[float]:
+    """The vector the fake gives an input: from its sha256, so equal inputs get equal vectors."""
+    import hashlib
+
+    seed = hashlib.sha256(json.dumps(item).encode()).digest()
+    return [round((seed[i % 32] - 127.5) / 127.5, 6) for i in range(dims)]
+
+
+def _embeddings(body: dict, kind: str) -> dict[str, Any]:
+    items = body.get("input")
+    items = [items] if isinstance(items, str) or (
+        isinstance(items, list) and items and isinstance(items[0], int)) else items  # fmt: skip
+    dims = int(body.get("dimensions") or 8)
+    tokens = sum(len(i.encode()) if isinstance(i, str) else len(i) for i in items)
+    data: list[dict[str, Any]] = [
+        {"object": "embedding", "index": n, "embedding": fake_vector(i, dims)}
+        for n, i in enumerate(items)
+    ]
+    if kind == "wrong_shape":
+        data = [{"object": "embedding", "index": 0}]
+    elif kind == "bad_vectors":  # valid JSON, no usable numbers: one of these per call
+        bad = [["x", 1.0], [{"a": 1}], "not base64!", [1e999], [[1.0, 2.0]]]
+        data = [
+            {
+                "object": "embedding",
+                "index": 0,
+                "embedding": bad[int(body.get("dimensions") or 0) % 5],
+            }
+        ]
+    return {"object": "list", "data": data, "model": body.get("model"),
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip

@@ -36,7 +36,7 @@ BAD = [
     ({"providers": ["x"]}, "'providers[0]' must be a table ([[providers]])"),
     ({"providers": [{"type": "groq"}, {"type": "groq"}]}, "provider name(s) used twice: groq"),
     ({"providers": [{"type": "openai", "name": "local"}]}, "'local' is reserved"),
-    ({"local": {"gpu": {}}}, "unknown key 'local.gpu' (allowed: llm, stt, tts)"),
+    ({"local": {"gpu": {}}}, "unknown key 'local.gpu' (allowed: embeddings, llm, stt, tts)"),
     ({"local": {"llm": {"n_ctx": 10}}}, "'local.llm.n_ctx' must be >= 64"),
     ({"local": {"llm": {"models": {"a": 1}}}}, "'local.llm.models.a' must be a file path string"),
     ({"local": {"tts": {"models": {}}}}, "unknown key 'local.tts.models'"),

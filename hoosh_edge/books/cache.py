@@ -28,6 +28,7 @@ from hoosh_edge.books.cache_policy import (
     CachePolicy,
     canonical_json,
     chat_key,
+    embedding_key,
     speech_key,
     transcription_key,
 )
@@ -43,13 +44,14 @@ __all__ = [
     "ResponseCache",
     "canonical_json",
     "chat_key",
+    "embedding_key",
     "speech_key",
     "transcription_key",
 ]
 
 log = logging.getLogger(__name__)
 
-KINDS = ("chat", "speech", "transcription")
+KINDS = ("chat", "speech", "transcription", "embedding")
 
 # ---- the cache ---------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CachePolicy", "canonical_json", "chat_key", "speech_key",
+__all__ = ["CachePolicy", "SemanticPolicy", "canonical_json", "chat_key", "embedding_key", "speech_key",
            "transcription_key"]  # fmt: skip
 
 KEY_VERSION = 1  # part of every key: bump it when the stored form changes
@@ -91,6 +91,13 @@ def transcription_key(
                                      "audio": audio_sha256.lower(), "params": fields})  # fmt: skip
 
 
+def embedding_key(provider: str, model: str, inputs: list[Any], params: Mapping[str, Any]) -> str:
+    """Key of an embeddings request: the inputs in order, and every option that shapes them."""
+    fields = {k: v for k, v in params.items() if v is not None}
+    return _digest("embedding", {"provider": provider, "model": model, "inputs": inputs,
+                                 "params": fields})  # fmt: skip
+
+
 # ---- policy ------------------------------------------------------------------------------------
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|KIB|MIB|GIB)?\s*$", re.IGNORECASE)
@@ -109,6 +116,59 @@ def _size(name: str, value: Any) -> int:
 
 
 @dataclass(frozen=True)
+class SemanticPolicy:
+    """``[cache] semantic``: which chat models may answer from a reworded question, and how alike.
+
+    ``models`` are the names clients send (a model or an alias); ``embedding_model`` the on-device
+    embedding model (None: the first one found). Requests with tools are kept out unless
+    ``tools``; temperature follows the exact cache (``cache_nondeterministic``).
+    """
+
+    models: tuple[str, ...] = ()
+    min_similarity: float = 0.95
+    embedding_model: str | None = None
+    max_entries: int = 1000
+    tools: bool = False
+
+    @classmethod
+    def from_table(cls, raw: Any) -> SemanticPolicy:
+        if not isinstance(raw, Mapping):
+            raise ValueError("[cache] semantic must be a table: { models = [...], "
+                             "min_similarity = 0.95 }")  # fmt: skip
+        known = list(cls.__dataclass_fields__)
+        for name in raw:
+            if name not in known:
+                raise ValueError(f"[cache] semantic has no setting {name!r}; known: "
+                                 f"{', '.join(known)}")  # fmt: skip
+        models = raw.get("models", [])
+        if (
+            not isinstance(models, list)
+            or not models
+            or not all(isinstance(m, str) and m for m in models)
+        ):
+            raise ValueError("[cache] semantic.models must be a non-empty list of model names")
+        sim = raw.get("min_similarity", cls.min_similarity)
+        if isinstance(sim, bool) or not isinstance(sim, (int, float)) or not 0 < sim <= 1:
+            raise ValueError(f"[cache] semantic.min_similarity must be in (0, 1], not {sim!r}")
+        emb = raw.get("embedding_model")
+        if emb is not None and (not isinstance(emb, str) or not emb):
+            raise ValueError("[cache] semantic.embedding_model must be a model name")
+        most = raw.get("max_entries", cls.max_entries)
+        if isinstance(most, bool) or not isinstance(most, int) or most < 1:
+            raise ValueError(
+                f"[cache] semantic.max_entries must be a whole number >= 1, not {most!r}"
+            )
+        tools = raw.get("tools", False)
+        if not isinstance(tools, bool):
+            raise ValueError("[cache] semantic.tools must be true or false")
+        return cls(tuple(models), float(sim), emb, most, tools)
+
+    def covers(self, req: Mapping[str, Any]) -> bool:
+        """Whether a chat request may be answered from (and stored in) the semantic cache."""
+        return req.get("model") in self.models and (self.tools or not req.get("tools"))
+
+
+@dataclass(frozen=True)
 class CachePolicy:
     """What may be cached and how much: the ``[cache]`` table of the config."""
 
@@ -117,6 +177,7 @@ class CachePolicy:
     max_entries: int = 10_000
     max_bytes: int = 256 * MIB
     cache_nondeterministic: bool = False
+    semantic: SemanticPolicy | None = None  # off unless [cache] semantic names models
 
     def __post_init__(self) -> None:
         for name in ("enabled", "cache_nondeterministic"):
@@ -145,6 +206,8 @@ class CachePolicy:
                 raise ValueError(f"[cache] has no setting {name!r}; known: {', '.join(known)}")
         if "max_bytes" in items:
             items["max_bytes"] = _size("max_bytes", items["max_bytes"])
+        if "semantic" in items:
+            items["semantic"] = SemanticPolicy.from_table(items["semantic"])
         return cls(**items)
 
     def chat_cacheable(self, req: Mapping[str, Any]) -> bool:
@@ -153,6 +216,10 @@ class CachePolicy:
             return False
         return (self.cache_nondeterministic or req.get("temperature") == 0
                 or req.get("seed") is not None)  # fmt: skip
+
+    def embedding_cacheable(self) -> bool:
+        """An encoder's vectors are deterministic: cached whenever the cache is on."""
+        return self.enabled
 
     def speech_cacheable(self) -> bool:
         """Speech synthesis is deterministic enough to cache whenever the cache is on."""

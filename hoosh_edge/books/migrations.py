@@ -164,4 +164,22 @@ MIGRATIONS: list[Migration] = [
         ) WITHOUT ROWID;
         """,
     ),
+    Migration(
+        "0008_semantic_cache",
+        # The semantic cache (semantic_cache.py): one vector per stored chat answer, looked up by
+        # the exact hash of everything in the request but the last user message.
+        """
+        CREATE TABLE semantic_cache (
+            id INTEGER PRIMARY KEY,
+            scope TEXT NOT NULL,  -- sha256 of the request without the last user message's text
+            answer_key TEXT NOT NULL,  -- the response_cache row that holds the answer
+            model TEXT NOT NULL,  -- the embedding model that made the vector
+            vector BLOB NOT NULL,  -- float32, little-endian, L2-normalised
+            created REAL NOT NULL,  -- seconds since the epoch
+            last_used REAL NOT NULL
+        );
+        CREATE INDEX semantic_cache_scope ON semantic_cache (scope);
+        CREATE INDEX semantic_cache_lru ON semantic_cache (last_used);
+        """,
+    ),
 ]

@@ -43,6 +43,8 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
     if kind == "tts":
         allowed |= {"default_voice", "voices", "max_input_chars", "phonemizer", "espeak_data"}
         allowed.discard("models")
+    if kind == "embeddings":
+        allowed |= {"truncate", "runtime"}
     check_keys(t, allowed, where, src)
     table_key = "voices" if kind == "tts" else "models"
     models = typed(t, table_key, dict, where, src, {})
@@ -92,7 +94,16 @@ def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
         **cache_mb,
         phonemizer=phonemizer,
         espeak_data=espeak_data,
+        truncate=typed(t, "truncate", bool, where, src, d.truncate),
+        runtime=_embed_runtime(t, where, src),
     )
+
+
+def _embed_runtime(t: dict, where: str, src: str) -> str:
+    runtime = typed(t, "runtime", str, where, src, "auto")
+    if runtime not in ("auto", "onnxruntime", "numpy"):
+        raise ConfigError(f"{src}: '{where}runtime' must be auto, onnxruntime or numpy")
+    return runtime
 
 
 def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> RoutingConfig:
@@ -218,7 +229,7 @@ def parse_config(
     if "local" in names:
         raise ConfigError(f"{src}: 'local' is reserved for on-device models; rename the provider")
     local = typed(raw, "local", dict, "", src, {})
-    check_keys(local, {"llm", "stt", "tts"}, "local.", src)
+    check_keys(local, {"llm", "stt", "tts", "embeddings"}, "local.", src)
     budgets = typed(raw, "budgets", list, "", src, [])
     for i, b in enumerate(budgets):
         if not isinstance(b, dict):
@@ -240,6 +251,9 @@ def parse_config(
         llm=_parse_local(typed(local, "llm", dict, "local.", src, {}), "llm", src),
         stt=_parse_local(typed(local, "stt", dict, "local.", src, {}), "stt", src),
         tts=_parse_local(typed(local, "tts", dict, "local.", src, {}), "tts", src),
+        embeddings=_parse_local(
+            typed(local, "embeddings", dict, "local.", src, {}), "embeddings", src
+        ),  # fmt: skip
         routing=_parse_routing(typed(raw, "routing", dict, "", src, {}), src, providers),
         ollama=_parse_ollama(typed(raw, "ollama", dict, "", src, {}), src, server.port),
         budgets=tuple(budgets),

@@ -99,6 +99,8 @@ class LocalEngineConfig:
     # tts only: the espeak-ng data the espeak-ng path reads (None: models_dir/espeak-ng-data when
     # pulled, else the system's); backends/engines/phonemizer.py espeak_data()
     espeak_data: str | None = None
+    truncate: bool = True  # embeddings only: cut an input at the model's limit (False: a 400)
+    runtime: str = "auto"  # embeddings only: auto | onnxruntime | numpy (engines/embeddings.py)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class Config:
     llm: LocalEngineConfig = field(default_factory=LocalEngineConfig)
     stt: LocalEngineConfig = field(default_factory=LocalEngineConfig)
     tts: LocalEngineConfig = field(default_factory=LocalEngineConfig)
+    embeddings: LocalEngineConfig = field(default_factory=LocalEngineConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     ollama: OllamaConfig = field(default_factory=OllamaConfig)
     budgets: tuple[dict[str, Any], ...] = ()

@@ -85,12 +85,15 @@ def usage() -> Response:
 
 @bp.get("/admin/cache")
 def cache_stats() -> Response:
-    return jsonify(gateway().cache.stats())
+    return jsonify({**gateway().cache.stats(), "semantic": gateway().semantic.stats()})
 
 
 @bp.delete("/admin/cache")
 def cache_clear() -> Response:
-    removed = gateway().cache.clear(request.args.get("model") or None)
+    model = request.args.get("model") or None
+    removed = gateway().cache.clear(model)
+    if model is None:  # a model's rows go when met: their answers are gone
+        gateway().semantic.clear()
     return jsonify({"deleted": removed})
 
 

@@ -75,6 +75,8 @@ def inference_headers(resp: Response, provider: str | None, model: str | None) -
 def served_headers(resp: Response, served: Served) -> Response:
     """Who served, the cache, the cost, the budget left and the gateway's token cap."""
     resp.headers["X-Hoosh-Cache"] = served.cache
+    if served.similarity is not None:
+        resp.headers["X-Hoosh-Cache-Similarity"] = f"{served.similarity:.4f}"
     if served.cost_usd is not None:
         resp.headers["X-Hoosh-Cost-USD"] = served.cost_usd
     if served.remaining is not None:

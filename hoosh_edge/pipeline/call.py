@@ -36,7 +36,8 @@ class Served:
 
     provider: str | None = None  # "cache" for an answer replayed from the cache
     model: str | None = None
-    cache: str = "BYPASS"  # HIT, MISS or BYPASS
+    cache: str = "BYPASS"  # HIT, SEMANTIC, MISS or BYPASS
+    similarity: float | None = None  # a SEMANTIC hit: cosine of the question and the stored one
     cost_usd: str | None = None  # exact, as text; None when no budget gate ran
     remaining: str | None = None  # the tightest budget rule in scope and what it has left
     max_tokens: int | None = None  # the completion limit the gateway set for the budget

@@ -30,6 +30,7 @@ from hoosh_edge.estimate import (
 )
 from hoosh_edge.formats import openai as chatfmt
 from hoosh_edge.formats.openai_replay import ChatRecorder, replay_chunks
+from hoosh_edge.pipeline import semantic
 from hoosh_edge.pipeline.call import KEEPALIVE, CacheAsk, Caller, ChunkStream, Served
 from hoosh_edge.pipeline.record import record_chat
 from hoosh_edge.pipeline.router import Selected, Target
@@ -77,6 +78,13 @@ def serve_chat(gw: Gateway, req: dict[str, Any], caller: Caller, cache_ask: Cach
             gw.metrics.inc("hoosh_cache_total", {"result": "hit"}, help="Response cache lookups")
             flight.release()
             return call.replay(doc)
+        ask = call.semantic_ask = semantic.prepare(gw, req, call.base, primary)
+        found = semantic.lookup(gw, ask) if ask is not None and cache_ask.lookup else None
+        if found is not None:
+            gw.metrics.inc("hoosh_cache_total", {"result": "semantic"},
+                           help="Response cache lookups")  # fmt: skip
+            flight.release()
+            return call.replay(found[0], similarity=found[1])
         gw.metrics.inc("hoosh_cache_total", {"result": "miss" if cache_ask.lookup else "bypass"},
                        help="Response cache lookups")  # fmt: skip
         call.cache_state = "MISS" if cache_ask.lookup else "BYPASS"
@@ -94,6 +102,7 @@ class ChatCall:
     cache_store = False
     cache_state = "BYPASS"
     flight: Any = None
+    semantic_ask: semantic.SemanticAsk | None = None  # [cache] semantic: kept beside the answer
 
     def __init__(self, gw: Gateway, req: dict[str, Any], caller: Caller, ctx: CallContext,
                  route: str) -> None:  # fmt: skip
@@ -131,19 +140,30 @@ class ChatCall:
             return
         stored = {**doc, "usage": {k: v for k, v in (doc.get("usage") or {}).items()
                                    if k != "cost_usd"}}  # fmt: skip
-        run_books(self.gw.cache.put_chat, self.cache_key, stored,
-                  provider=target.provider, model=target.model)  # fmt: skip
+        kept = run_books(self.gw.cache.put_chat, self.cache_key, stored,
+                         provider=target.provider, model=target.model)  # fmt: skip
+        if kept and self.semantic_ask is not None:
+            semantic.remember(self.gw, self.semantic_ask, self.cache_key)
 
-    def replay(self, doc: dict[str, Any]) -> ChatAnswer | ChunkStream:
-        """Answer from the cache: no upstream call, no budget touched, cost 0."""
+    def replay(
+        self, doc: dict[str, Any], similarity: float | None = None
+    ) -> ChatAnswer | ChunkStream:
+        """Answer from the cache: no upstream call, no budget touched, cost 0.
+
+        ``similarity``: a semantic hit (a reworded question), marked ``SEMANTIC``.
+        """
         usage = doc.get("usage") or {}
         usage["cost_usd"] = 0
         doc["usage"] = usage
         model = doc.get("model") or self.req["model"]
-        served = Served(provider="cache", model=model, cache="HIT", cost_usd="0")
-        served.fields = {"provider": "cache", "model": model, "cache": "HIT",
+        state = "HIT" if similarity is None else "SEMANTIC"
+        served = Served(provider="cache", model=model, cache=state, cost_usd="0",
+                        similarity=similarity)  # fmt: skip
+        served.fields = {"provider": "cache", "model": model, "cache": state,
                          "prompt_tokens": usage.get("prompt_tokens"),
                          "completion_tokens": usage.get("completion_tokens"), "cost_usd": 0}  # fmt: skip
+        if similarity is not None:
+            served.fields["similarity"] = round(similarity, 4)
         if not self.req.get("stream"):
             doc["model"] = model
             return ChatAnswer(doc, served, self.prompt_bound)

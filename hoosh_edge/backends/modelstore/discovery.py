@@ -19,6 +19,9 @@ from hoosh_edge.backends.modelstore.manifest import (
 )
 from hoosh_edge.backends.modelstore.tree import tree_stat
 
+# What makes a folder in models/ a sentence-transformers embedding model.
+EMBED_FILES = ("model.safetensors", "config.json", "tokenizer.json")
+
 
 @dataclass(frozen=True)
 class ModelListing:
@@ -36,6 +39,7 @@ class LocalModels:
     llm: dict[str, Path] = field(default_factory=dict)
     stt: dict[str, Path] = field(default_factory=dict)
     tts: dict[str, Path] = field(default_factory=dict)
+    embed: dict[str, Path] = field(default_factory=dict)  # sentence-transformers folders
 
     def all(self) -> dict[str, tuple[str, Path]]:
         """Model id -> (kind, path) across all kinds."""
@@ -59,6 +63,9 @@ def discover_local_models(models_dir: Path, manifest: Manifest | None = None) ->
     if not models_dir.is_dir():
         return found
     for p in sorted(models_dir.iterdir()):
+        if p.is_dir() and all((p / f).is_file() for f in EMBED_FILES):
+            found.embed.setdefault(model_id(p, p.name), p)
+            continue
         if not p.is_file():
             continue
         if p.suffix == ".gguf":
@@ -99,7 +106,6 @@ def list_models(manifest: Manifest, models_dir: Path) -> list[ModelListing]:
     for mid, (kind, path) in discover_local_models(models_dir, manifest).all().items():
         if manifest.model_for_file(path.name) is None:
             files = (path, path.with_name(path.name + ".json")) if kind == "tts" else (path,)
-            out.append(
-                ModelListing(mid, kind, "local", sum(f.stat().st_size for f in files), files)
-            )
+            size = sum((tree_stat(f) if f.is_dir() else f.stat()).st_size for f in files)
+            out.append(ModelListing(mid, kind, "local", size, files))
     return out

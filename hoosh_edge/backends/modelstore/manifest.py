@@ -24,7 +24,7 @@ DEFAULT_MODELS_DIR = REPO_ROOT / "models"
 # Shipped inside the package so an installed gateway knows its models; models/manifest.toml in a
 # checkout is a link to it.
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "manifest.toml"
-KINDS = ("llm", "stt", "tts")
+KINDS = ("llm", "stt", "tts", "embed")
 SOURCE_TYPES = ("url", "pypi")
 
 

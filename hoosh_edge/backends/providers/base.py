@@ -52,6 +52,7 @@ class ChatBackend:
     is_local: bool = False
     can_transcribe: bool = False  # transcribe(model, data, filename, form, translate=)
     can_speak: bool = False  # speech(model, body) -> (chunks, content type)
+    can_embed: bool = False  # embeddings(model, body) -> OpenAI's embeddings list document
     can_probe: bool = False  # probe(): a cheap call that says whether the upstream answers
     reports_queue_depth: bool = False  # queue_depth(model): requests running or waiting
     counts_tokens: bool = False  # count_tokens(model, messages): its own tokenizer, exactly
@@ -79,6 +80,9 @@ class ChatBackend:
         raise NotImplementedError
 
     def speech(self, model: str, body: dict[str, Any]) -> tuple[Iterator[bytes], str]:
+        raise NotImplementedError
+
+    def embeddings(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
         raise NotImplementedError
 
     def probe(self) -> None:

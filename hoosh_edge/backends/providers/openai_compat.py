@@ -20,6 +20,7 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
 
     can_transcribe = True
     can_speak = True
+    can_embed = True
     can_probe = True
 
     def __init__(self, cfg: ProviderConfig) -> None:
@@ -131,6 +132,20 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
                 resp.close()
 
         return chunks(), resp.headers.get("Content-Type", "application/octet-stream")
+
+    def embeddings(self, model: str, body: dict[str, Any]) -> dict[str, Any]:
+        """OpenAI's /embeddings: the list document, checked to hold one vector per input."""
+        resp = self.http.post(f"{self.cfg.base_url}/embeddings", body={**body, "model": model},
+                              headers=self._headers())  # fmt: skip
+        doc = self.http.answer_json(resp)
+        data = doc.get("data") if isinstance(doc, dict) else None
+        if not isinstance(data, list) or not all(
+            isinstance(d, dict) and isinstance(d.get("embedding"), (list, str)) for d in data
+        ):
+            raise UpstreamError(self.http.clean(
+                f"{self.name} answered /embeddings without a 'data' list of embeddings: "
+                f"{str(doc)[:200]}"))  # fmt: skip
+        return doc
 
     def probe(self) -> None:
         """A cheap GET of the model list: raises unless the provider answers."""
