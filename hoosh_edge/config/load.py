@@ -29,6 +29,7 @@ from hoosh_edge.config.schema import (
     typed,
 )
 from hoosh_edge.config.server import parse_server
+from hoosh_edge.config.wyoming import parse_wyoming
 
 
 def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
@@ -144,7 +145,8 @@ def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> Routin
     )
 
 
-_TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone"}
+_TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone",
+             "wyoming"}  # fmt: skip
 
 
 def load_config(
@@ -227,6 +229,7 @@ def parse_config(
         stt=_parse_local(typed(local, "stt", dict, "local.", src, {}), "stt", src),
         tts=_parse_local(typed(local, "tts", dict, "local.", src, {}), "tts", src),
         routing=_parse_routing(typed(raw, "routing", dict, "", src, {}), src, providers),
+        wyoming=parse_wyoming(typed(raw, "wyoming", dict, "", src, {}), src),
         budgets=tuple(budgets),
         pricing=tuple(pricing.items()),
         cache=tuple(typed(raw, "cache", dict, "", src, {}).items()),

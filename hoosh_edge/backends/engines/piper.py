@@ -68,6 +68,21 @@ def split_sentences(text: str, *, min_chars: int = 20, max_chars: int = 250) -> 
     return merged
 
 
+def complete_sentences_end(text: str) -> int:
+    """Where the last finished sentence in ``text`` ends (0: none yet), for text still arriving.
+
+    A sentence is finished once its end mark is followed by whitespace: "3." may become "3.5".
+    """
+    end = 0
+    for m in _SENTENCE_END.finditer(text):
+        if m.end() >= len(text) or not text[m.end()].isspace():
+            continue
+        if m.group().rstrip("\"'\u201d\u2019)]") == "." and _is_abbreviation(text[: m.start() + 1]):
+            continue
+        end = m.end()
+    return end
+
+
 def _is_abbreviation(sentence_so_far: str) -> bool:
     """Does the text end in an abbreviation or an initial ("Dr.", "e.g.", "J.") rather than a full stop?"""
     if not sentence_so_far.endswith("."):

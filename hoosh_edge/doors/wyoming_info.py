@@ -1,0 +1,97 @@
+"""What ``describe`` answers: the box's whisper models, Piper voices and conversation model.
+
+Home Assistant waits about a second for ``info``, so nothing here loads a model: a whisper
+model's languages come from its file header (English-only or multilingual), a voice's language
+and speakers from its ``.onnx.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING, Any
+
+from wyoming.info import (
+    AsrModel,
+    AsrProgram,
+    Attribution,
+    HandleModel,
+    HandleProgram,
+    Info,
+    TtsProgram,
+    TtsVoice,
+    TtsVoiceSpeaker,
+)
+
+from hoosh_edge.backends.engines.piper import config_path
+from hoosh_edge.backends.local import whisper_multilingual
+from hoosh_edge.version import __version__
+
+if TYPE_CHECKING:
+    from hoosh_edge.gateway import Gateway
+
+log = logging.getLogger(__name__)
+
+# whisper's languages (its tokenizer's list), for a multilingual model.
+WHISPER_LANGUAGES = (
+    "en zh de es ru ko fr ja pt tr pl ca nl ar sv it id hi fi vi he uk el ms cs ro da hu ta no th "
+    "ur hr bg lt la mi ml cy sk te fa lv bn sr az sl kn et mk br eu is hy ne mn bs kk sq sw gl mr "
+    "pa si km sn yo so af oc ka be tg sd gu am yi lo uz fo ht ps tk nn mt sa lb my bo tl mg as tt "
+    "haw ln ha ba jw su yue"
+).split()
+_BY = Attribution(name="hoosh-edge", url="")
+
+
+def voice_facts(onnx: str) -> tuple[list[str], list[str]]:
+    """A Piper voice's languages and speaker names, from its ``.onnx.json``."""
+    try:
+        with open(config_path(onnx), encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as e:
+        log.warning("wyoming: cannot read the config of voice %s: %s", onnx, e)
+        return ["en"], []
+    lang: Any = doc.get("language") or {}
+    code = lang.get("code") if isinstance(lang, dict) else None
+    if not isinstance(code, str) or not code:
+        espeak = doc.get("espeak") or {}
+        code = str(espeak.get("voice") or "en").replace("-", "_")
+    speakers = doc.get("speaker_id_map") or {}
+    names = sorted(speakers, key=lambda s: speakers[s]) if isinstance(speakers, dict) else []
+    return [code], [str(n) for n in names] if len(names) > 1 else []
+
+
+def build_info(gw: Gateway) -> Info:
+    """The ``info`` event's content for this gateway's models."""
+    speech, w = gw.speech, gw.config.wyoming
+    asr_models = [
+        AsrModel(name=mid, attribution=_BY, installed=True, description=f"whisper.cpp {mid}",
+                 version=None,
+                 languages=list(WHISPER_LANGUAGES) if whisper_multilingual(path) else ["en"])
+        for mid, path in speech.stt.items()
+    ]  # fmt: skip
+    voices = []
+    for vid, path in speech.tts.items():
+        languages, speakers = voice_facts(path)
+        voices.append(TtsVoice(name=vid, attribution=_BY, installed=True,
+                               description=f"Piper {vid}", version=None, languages=languages,
+                               speakers=[TtsVoiceSpeaker(name=s) for s in speakers] or None))  # fmt: skip
+    info = Info()
+    if asr_models:
+        info.asr = [AsrProgram(name="hoosh-edge", attribution=_BY, installed=True,
+                               description="hoosh-edge speech-to-text (whisper.cpp)",
+                               version=__version__, models=asr_models,
+                               supports_transcript_streaming=True)]  # fmt: skip
+    if voices:
+        info.tts = [TtsProgram(name="hoosh-edge", attribution=_BY, installed=True,
+                               description="hoosh-edge text-to-speech (Piper)",
+                               version=__version__, voices=voices,
+                               supports_synthesize_streaming=True)]  # fmt: skip
+    if w.chat_model:
+        langs = sorted({lang.split("_")[0] for v in voices for lang in v.languages}) or ["en"]
+        info.handle = [HandleProgram(name="hoosh-edge", attribution=_BY, installed=True,
+                                     description="hoosh-edge conversation", version=__version__,
+                                     models=[HandleModel(name=w.chat_model, attribution=_BY,
+                                                         installed=True, version=None,
+                                                         description=f"chat: {w.chat_model}",
+                                                         languages=langs)])]  # fmt: skip
+    return info
