@@ -222,7 +222,8 @@ class Session:
 
     def speak(self, text: str, voice: str | None, *, start: bool, stop: bool) -> None:
         """One text through the pipeline as PCM; ``start`` / ``stop`` frame it in audio events."""
-        if not text.strip():
+        text = text.strip()
+        if not text:
             if stop:
                 self.send(AudioStop().event())
             return
