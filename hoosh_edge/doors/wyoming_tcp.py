@@ -73,6 +73,7 @@ class WyomingServer(StreamServer):
             outcome = e.code or "protocol_error"
             log.warning("wyoming: %s: %s", peer, e.message)
             _say(wfile, e.message, outcome)
+            _linger(sock)
         except SessionTimeout:
             outcome = "session_timeout"
             log.warning("wyoming: %s: connection open longer than %g s (wyoming."
@@ -96,6 +97,19 @@ def _say(wfile: Any, text: str, code: str) -> None:
     try:
         with gevent.Timeout(1.0, False):
             write_event(Error(text=text, code=code).event(), wfile)
+    except OSError:
+        pass
+
+
+def _linger(sock: socket.socket) -> None:
+    """Let the error event reach a peer still sending: closing with its bytes unread would reset
+    the connection, and a reset may drop the event from the peer's buffer before it reads it."""
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(0.5, False):
+            for _ in range(64):  # at most 4 MiB, half a second
+                if not sock.recv(65536):
+                    break
     except OSError:
         pass
 
