@@ -5,7 +5,6 @@ conversation; the cache, metrics and access lines behind them."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ from tests.wyoming_peer import (
     LLM,
     VOICE,
     WHISPER,
+    access_lines,
     as_home_assistant_sends,
     describe,
     exchange,
@@ -48,10 +48,6 @@ def gw(tmp_path_factory):
         yield g
 
 
-def access_lines(gw: GatewayProcess, path: str) -> list[dict]:
-    return [json.loads(x) for x in gw.stderr_lines if x.startswith("{") and f'"{path}"' in x]
-
-
 def test_describe_lists_whisper_piper_and_the_chat_model_fast(gw):
     info, took = describe(gw.port)
     assert took < 1.0  # Home Assistant waits about a second
@@ -68,6 +64,7 @@ def test_describe_lists_whisper_piper_and_the_chat_model_fast(gw):
 
 
 def test_piper_to_whisper_round_trip_as_home_assistant_sends_it(gw):
+    before = len(access_lines(gw, "wyoming:asr", 0))
     pcm, rate, events = synthesize(gw.port, SENTENCE, voice="joe")
     kinds = [e.type for e in events]
     assert kinds[0] == "audio-start" and kinds[-1] == "audio-stop"
@@ -81,7 +78,8 @@ def test_piper_to_whisper_round_trip_as_home_assistant_sends_it(gw):
     chunks = "".join(e.data["text"] for e in back if e.type == "transcript-chunk")
     assert chunks == text and back[-2].data["language"] == "en"
     assert word_error_rate(SENTENCE, text) < 0.25, text
-    (line,) = [x for x in access_lines(gw, "wyoming:asr") if x.get("cache") == "MISS"][-1:]
+    (line,) = access_lines(gw, "wyoming:asr", before + 1)[before:]
+    assert line["cache"] == "MISS"
     assert line["provider"] == "local" and line["model"] == "whisper-tiny.en"
     assert line["status"] == 200 and 2.5 < line["audio_seconds"] < 8
 
@@ -102,6 +100,8 @@ def test_no_audio_is_an_empty_transcript(gw):
 
 
 def test_streamed_synthesis_speaks_each_sentence_once_it_is_complete(gw):
+    before = len(access_lines(gw, "wyoming:tts", 0))
+
     async def go() -> tuple[list, float]:
         async with AsyncTcpClient("127.0.0.1", gw.port) as c:
             await c.write_event(SynthesizeStart().event())
@@ -125,7 +125,7 @@ def test_streamed_synthesis_speaks_each_sentence_once_it_is_complete(gw):
     # Three sentences, each framed as its own audio stream, then the stream's end.
     assert kinds.count("audio-start") == 3 and kinds.count("audio-stop") == 3
     assert kinds[-1] == "synthesize-stopped" and "error" not in kinds
-    lines = access_lines(gw, "wyoming:tts")[-3:]
+    lines = access_lines(gw, "wyoming:tts", before + 3)[before:]
     assert [x["characters"] for x in lines] == [
         len("Turn on the kitchen lights."),
         len("The weather is sunny and warm today."),
@@ -135,20 +135,22 @@ def test_streamed_synthesis_speaks_each_sentence_once_it_is_complete(gw):
 
 def test_a_repeated_announcement_is_served_from_the_cache(gw):
     text = "The washing machine has finished."
+    before = len(access_lines(gw, "wyoming:tts", 0))
     first, rate, _ = synthesize(gw.port, text)
     again, rate2, _ = synthesize(gw.port, text)
     assert first == again and rate == rate2 == 22050
-    lines = access_lines(gw, "wyoming:tts")[-2:]
+    lines = access_lines(gw, "wyoming:tts", before + 2)[before:]
     assert [x["cache"] for x in lines] == ["MISS", "HIT"]
 
 
 def test_conversation_goes_through_the_chat_pipeline(gw):
     ask = Transcript(text="What is the capital of France?", context={"conversation_id": "c1"})
+    before = len(access_lines(gw, "wyoming:handle", 0))
     started = time.monotonic()
     (handled,) = run(exchange(gw.port, [ask.event()], ("handled", "not-handled")))
     assert handled.type == "handled" and handled.data["context"] == {"conversation_id": "c1"}
     assert handled.data["text"].strip() and time.monotonic() - started < 60
-    line = access_lines(gw, "wyoming:handle")[-1]
+    (line,) = access_lines(gw, "wyoming:handle", before + 1)[before:]
     assert line["provider"] == "local" and line["model"] == "smollm2" and line["status"] == 200
     assert line["completion_tokens"] <= 200  # wyoming.max_tokens
 

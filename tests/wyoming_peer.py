@@ -141,3 +141,17 @@ def read_until_closed(s: socket.socket, timeout: float = 10) -> tuple[list[dict]
         buf = buf[h.get("payload_length") or 0 :]
         headers.append(h)
     return headers, closed
+
+
+def access_lines(
+    gw: GatewayProcess, path: str, at_least: int = 1, timeout: float = 5
+) -> list[dict]:
+    """The access lines of ``path`` (``wyoming:tts`` ...), once ``at_least`` of them are written:
+    a line follows the last event the peer got."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [json.loads(x) for x in list(gw.stderr_lines)
+                 if x.startswith("{") and f'"path":"{path}"' in x]  # fmt: skip
+        if len(lines) >= at_least or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)

@@ -24,7 +24,7 @@ from wyoming.info import (
 )
 
 from hoosh_edge.backends.engines.piper import config_path
-from hoosh_edge.backends.local import whisper_multilingual
+from hoosh_edge.backends.local import OPENAI_VOICES, whisper_multilingual
 from hoosh_edge.version import __version__
 
 if TYPE_CHECKING:
@@ -60,6 +60,13 @@ def voice_facts(onnx: str) -> tuple[list[str], list[str]]:
     return [code], [str(n) for n in names] if len(names) > 1 else []
 
 
+def _providers(gw: Gateway, model: str, *, transcribe: bool) -> list[str]:
+    """Names of the providers that could serve ``model`` as speech-to-text or text-to-speech."""
+    return [b.name for b in gw.router.backends
+            if not b.is_local and (b.can_transcribe if transcribe else b.can_speak)
+            and b.serves(model)]  # fmt: skip
+
+
 def build_info(gw: Gateway) -> Info:
     """The ``info`` event's content for this gateway's models."""
     speech, w = gw.speech, gw.config.wyoming
@@ -69,12 +76,23 @@ def build_info(gw: Gateway) -> Info:
                  languages=list(WHISPER_LANGUAGES) if whisper_multilingual(path) else ["en"])
         for mid, path in speech.stt.items()
     ]  # fmt: skip
+    cloud_stt = _providers(gw, w.stt_model, transcribe=True)
+    if cloud_stt and not speech.stt:  # with a local model, whisper-1 is served by it
+        asr_models.append(AsrModel(name=w.stt_model, attribution=_BY, installed=True,
+                                   description=f"{w.stt_model} via {', '.join(cloud_stt)}",
+                                   version=None, languages=list(WHISPER_LANGUAGES)))  # fmt: skip
     voices = []
     for vid, path in speech.tts.items():
         languages, speakers = voice_facts(path)
         voices.append(TtsVoice(name=vid, attribution=_BY, installed=True,
                                description=f"Piper {vid}", version=None, languages=languages,
                                speakers=[TtsVoiceSpeaker(name=s) for s in speakers] or None))  # fmt: skip
+    cloud_tts = _providers(gw, w.tts_model, transcribe=False)
+    if cloud_tts and not speech.tts:  # with a local voice, OpenAI names map to it
+        via = ", ".join(cloud_tts)
+        voices += [TtsVoice(name=v, attribution=_BY, installed=True, version=None,
+                            description=f"{v} ({w.tts_model} via {via})", languages=["en"])
+                   for v in OPENAI_VOICES]  # fmt: skip
     info = Info()
     if asr_models:
         info.asr = [AsrProgram(name="hoosh-edge", attribution=_BY, installed=True,
