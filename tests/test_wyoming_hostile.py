@@ -227,3 +227,26 @@ def test_describe_on_a_connection_that_then_idles_still_gets_info(gateway_factor
     gw = start(gateway_factory, idle_timeout_s=1)
     events = run(exchange(gw.port, [Describe().event()], ("info",), timeout=5))
     assert events[-1].type == "info"
+
+
+def test_zeroconf_without_its_package_refuses_to_start_before_listening(tmp_path):
+    import importlib.util
+
+    from tests.conftest import GatewayProcess
+
+    if importlib.util.find_spec("zeroconf") is not None:
+        pytest.skip("the zeroconf package is installed here: its absence cannot be shown")
+    gw = GatewayProcess(wyoming_toml(zeroconf=True), tmp_path)
+    with pytest.raises(RuntimeError, match="did not start"):
+        gw.start(timeout=30)
+    assert "pip install 'hoosh-edge[zeroconf]'" in gw.log
+    assert "Traceback" not in gw.log
+
+
+def test_zeroconf_does_not_announce_a_loopback_listener(caplog):
+    from hoosh_edge.config import parse_config
+    from hoosh_edge.serve.announce import start_announcer
+
+    cfg = parse_config({"wyoming": {"port": 10300, "zeroconf": True}})
+    assert start_announcer(cfg, 10300) is None
+    assert "no other machine" in caplog.text

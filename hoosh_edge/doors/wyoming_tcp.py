@@ -41,6 +41,7 @@ class WyomingServer(StreamServer):
         super().__init__(listener, self.serve_peer)
         self.gateway = gateway
         self.open = 0
+        self.announcer: Any = None  # the zeroconf child (serve/announce.py), if one runs
 
     def _count(self, outcome: str) -> None:
         self.gateway.metrics.inc("hoosh_wyoming_connections_total", {"outcome": outcome},

@@ -15,7 +15,7 @@ import gevent.pool
 from hoosh_edge import workers
 from hoosh_edge.config import Config
 from hoosh_edge.exposure import StartupError, check_exposure, check_wyoming_exposure
-from hoosh_edge.serve import boot, sdnotify, watchdog
+from hoosh_edge.serve import announce, boot, sdnotify, watchdog
 from hoosh_edge.serve.connections import ConnectionLimits, GatewayServer, raise_open_file_limit
 from hoosh_edge.version import __version__
 
@@ -51,10 +51,12 @@ def _start_wyoming(config: Config, gateway: Any) -> Any:
 
     listener = make_listener(config.server.host, config.wyoming.port)
     try:
-        return start_wyoming(listener, gateway)
+        server = start_wyoming(listener, gateway)
     except BaseException:
         listener.close()
         raise
+    server.announcer = announce.start_announcer(config, listener.getsockname()[1])
+    return server
 
 
 def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
@@ -81,6 +83,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     try:
         check_exposure(config, keys_exist=gateway.auth.keys_exist())
         check_wyoming_exposure(config)
+        announce.check_zeroconf(config)
     except StartupError:
         gateway.close()
         raise
@@ -141,6 +144,8 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         server.serve_forever()
     finally:
         stuck_jobs.kill()
+        if wyoming is not None:
+            announce.stop_announcer(wyoming.announcer)
         if systemd_watchdog is not None:
             systemd_watchdog.kill()
         gateway.close()
