@@ -177,21 +177,24 @@ def test_who_may_connect(gateway_factory):
     assert info.asr == [] and info.tts == []
 
 
-def test_the_budget_refuses_speech_and_the_connection_goes_on(gateway_factory, voice):
+def test_the_budget_refuses_speech_with_an_error_event_that_ends_the_request(
+    gateway_factory, voice
+):
     rule = ("[[budgets]]\nname = 'speech'\nscope = 'all'\nmetric = 'characters'\nlimit = 40\n"
             "period = 'total'\naction = 'block'\n")  # fmt: skip
     gw = start(gateway_factory, voice, extra=rule)
     first = "Dinner is ready downstairs."  # 27 of 40 characters
     second = "The front door is open."  # 23 more would cross 40
     events = run(exchange(gw.port, [Synthesize(text=first).event(), Synthesize(text=second).event(),
-                                    Ping(text="still here").event()], ("pong",)))  # fmt: skip
+                                    Ping(text="after").event()], ("error",)))  # fmt: skip
     kinds = [e.type for e in events]
-    assert kinds[0] == "audio-start" and "audio-stop" in kinds
-    err = next(e for e in events if e.type == "error")
-    assert "speech" in err.data["text"] and err.data["code"]
-    assert kinds.index("error") > kinds.index("audio-stop") and kinds[-1] == "pong"
-    lines = access_lines(gw, "wyoming:tts", at_least=2)
-    assert [x["status"] for x in lines] == [200, 429]
+    assert kinds[0] == "audio-start" and kinds.index("audio-stop") < kinds.index("error")
+    assert "speech" in events[-1].data["text"] and events[-1].data["code"] == "budget_exceeded"
+    # The refused request ends its connection (Home Assistant waits for audio-stop otherwise).
+    events, closed = raw_exchange(gw.port, header({"type": "synthesize", "data": {"text": second}})
+                                  + header({"type": "ping"}))  # fmt: skip
+    assert closed and [e["type"] for e in events] == ["error"]
+    assert [x["status"] for x in access_lines(gw, "wyoming:tts", 3)] == [200, 429, 429]
 
 
 def test_exposure_rule_for_a_wyoming_listener_beyond_loopback():
@@ -250,3 +253,25 @@ def test_zeroconf_does_not_announce_a_loopback_listener(caplog):
     cfg = parse_config({"wyoming": {"port": 10300, "zeroconf": True}})
     assert start_announcer(cfg, 10300) is None
     assert "no other machine" in caplog.text
+
+
+def test_a_peer_that_stops_reading_times_out_and_frees_the_voice(gateway_factory, voice):
+    gw = start(gateway_factory, voice, idle_timeout_s=1)
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fills after a few chunks
+    s.connect(("127.0.0.1", gw.port))
+    started = time.monotonic()
+    try:
+        s.sendall(header({"type": "synthesize", "data": {"text": "Hello there, friend. " * 150}}))
+        lines = []
+        deadline = time.monotonic() + 20
+        while not lines and time.monotonic() < deadline:  # never read: wait for the access line
+            time.sleep(0.2)
+            lines = access_lines(gw, "wyoming:tts", timeout=0)
+        assert lines and lines[0]["status"] == 499, lines
+        assert time.monotonic() - started < 15
+    finally:
+        s.close()
+    pcm, _, events = synthesize(gw.port, "The voice is free again.")
+    assert pcm and events[-1].type == "audio-stop"
+    assert 'outcome="idle_timeout"' in requests.get(gw.url + "/metrics", timeout=5).text

@@ -62,6 +62,10 @@ SAMPLES_PER_CHUNK = 1024  # what wyoming-piper sends per audio-chunk
 _SIGNED_TO_UNSIGNED = bytes((i + 128) & 0xFF for i in range(256))  # 8-bit PCM: WAV is unsigned
 
 
+class SessionEnd(Exception):
+    """The connection ends after a refused request (its ``error`` event is sent)."""
+
+
 class Session:
     """The events of one connection, served one request at a time."""
 
@@ -105,14 +109,20 @@ class Session:
 
     def call(self, route: str, work: Callable[[Caller, CallContext, Deadline], dict | None],
              on_error: Callable[[HooshError], None] | None = None) -> None:  # fmt: skip
-        """Run one request: counted in flight, a metric and an access line; errors as events."""
+        """Run one request: counted in flight, a metric and an access line.
+
+        A refusal is an ``error`` event, then the connection ends (``SessionEnd``): a client
+        that opened it for this one request (Home Assistant) learns at once, not at the idle
+        timeout. ``on_error`` answers instead and the connection goes on (``not-handled``).
+        """
         gw, started = self.gw, time.monotonic()
         caller = Caller(request_id=uuid.uuid4().hex[:24])
         ctx = CallContext(request_id=caller.request_id)
-        status, fields = 200, None
+        status, fields = 499, None  # until it ends: the peer went away or the time ran out
         gw.inflight += 1
         try:
             fields = work(caller, ctx, Deadline(gw.config.server.request_timeout_s))
+            status = 200
         except ProtocolViolation:
             status = 400
             raise
@@ -120,7 +130,16 @@ class Session:
             status = e.status
             tried = ctx.tried
             fields = {"provider": tried.provider, "model": tried.model} if tried else None
-            (on_error or self.fail)(e)
+            if on_error is not None:
+                on_error(e)
+                return
+            self.fail(e)
+            raise SessionEnd(e.message) from e
+        except OSError:
+            raise  # the peer went away or stopped reading: 499
+        except Exception:
+            status = 500
+            raise
         finally:
             gw.inflight -= 1
             elapsed = time.monotonic() - started

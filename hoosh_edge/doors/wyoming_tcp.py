@@ -20,7 +20,7 @@ from gevent.server import StreamServer
 from wyoming.error import Error
 
 from hoosh_edge.doors.wyoming_frames import write_event
-from hoosh_edge.doors.wyoming_session import Session
+from hoosh_edge.doors.wyoming_session import Session, SessionEnd
 from hoosh_edge.errors import HooshError
 from hoosh_edge.exposure import wyoming_peer_allowed
 
@@ -75,6 +75,8 @@ class WyomingServer(StreamServer):
             log.warning("wyoming: %s: %s", peer, e.message)
             _say(wfile, e.message, outcome)
             _linger(sock)
+        except SessionEnd:
+            outcome = "refused_request"
         except SessionTimeout:
             outcome = "session_timeout"
             log.warning("wyoming: %s: connection open longer than %g s (wyoming."
@@ -87,6 +89,10 @@ class WyomingServer(StreamServer):
                         "(wyoming.idle_timeout_s).", "idle_timeout")  # fmt: skip
         except OSError:
             outcome = "peer_gone"  # reset or broken pipe: nobody left to tell
+        except Exception:  # noqa: BLE001 - a bug ends this connection, never the server
+            outcome = "server_error"
+            log.exception("wyoming: the connection from %s failed", peer)
+            _say(wfile, "Internal error (see the gateway's log).", "server_error")
         finally:
             self.open -= 1
             self._count(outcome)
