@@ -84,14 +84,23 @@ def test_piper_to_whisper_round_trip_as_home_assistant_sends_it(gw):
     assert line["status"] == 200 and 2.5 < line["audio_seconds"] < 8
 
 
-def test_any_rate_width_and_channels_are_resampled(gw):
-    pcm, rate, _ = synthesize(gw.port, SENTENCE)
+@pytest.mark.parametrize("rate,width,channels", [(44100, 4, 2), (48000, 1, 1), (8000, 3, 1)])
+def test_any_rate_width_and_channels_are_resampled(gw, rate, width, channels):
+    pcm, voice_rate, _ = synthesize(gw.port, SENTENCE)
+    before = len(access_lines(gw, "wyoming:asr", 0))
     mono = np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32768
-    up = np.clip(soxr.resample(mono, rate, 44100), -1.0, 1.0)
-    stereo32 = (np.stack([up, up], axis=1) * (2**31 - 1)).astype("<i4").tobytes()
-    back = run(exchange(gw.port, transcribe_events(stereo32, 44100, 4, 2, chunk_bytes=8192),
+    x = np.clip(soxr.resample(mono, voice_rate, rate), -1.0, 1.0)
+    if width == 1:  # Wyoming's 8-bit PCM is signed, as audioop has it
+        data = (x * 127).astype(np.int8).tobytes()
+    else:
+        ints = (x * (2 ** (8 * width - 1) - 1)).astype("<i4")
+        data = b"".join(v.to_bytes(4, "little", signed=True)[:width] for v in ints.tolist())
+    data = b"".join(data[i : i + width] * channels for i in range(0, len(data), width))
+    back = run(exchange(gw.port, transcribe_events(data, rate, width, channels, chunk_bytes=8190),
                         ("transcript",)))  # fmt: skip
     assert word_error_rate(SENTENCE, back[-1].data["text"]) < 0.25, back[-1].data
+    (line,) = access_lines(gw, "wyoming:asr", before + 1)[before:]
+    assert abs(line["audio_seconds"] - len(mono) / voice_rate) < 0.1
 
 
 def test_no_audio_is_an_empty_transcript(gw):
