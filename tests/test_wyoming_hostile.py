@@ -84,6 +84,18 @@ def test_a_stalled_peer_times_out_and_a_slow_drip_cannot_keep_a_connection(gatew
     )  # half a line, then silence
     assert closed and events[0]["data"]["code"] == "idle_timeout"
     assert 0.9 < time.monotonic() - started < 5
+    # A byte every 0.3 s never idles a socket read, but never completes an event in time either.
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
+        started = time.monotonic()
+        for byte in b'{"type": "describe"}':
+            try:
+                s.send(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.3)
+        got, closed = read_until_closed(s, timeout=5)
+        assert closed and got[0]["data"]["code"] == "idle_timeout", got
+        assert time.monotonic() - started < 3.5  # not the 3 s session timeout plus the drip
     # A peer that keeps sending pings never idles, but the connection's whole life is bounded.
     with socket.create_connection(("127.0.0.1", gw.port), timeout=10) as s:
         started = time.monotonic()

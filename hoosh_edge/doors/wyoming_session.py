@@ -22,6 +22,7 @@ import wave
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import gevent
 from wyoming.asr import Transcript, TranscriptChunk, TranscriptStart, TranscriptStop
 from wyoming.audio import AudioChunk, AudioStart, AudioStop
 from wyoming.error import Error
@@ -89,7 +90,9 @@ class Session:
     def run(self) -> None:
         """Serve events until the peer closes or breaks a rule (``ProtocolViolation``)."""
         while True:
-            event = read_event(self.rfile, self.w)
+            # Per event, not per byte: a peer dripping a byte a second never completes one.
+            with gevent.Timeout(self.w.idle_timeout_s, TimeoutError):
+                event = read_event(self.rfile, self.w)
             if event is None:
                 return
             handler = self.handlers.get(event.type)
