@@ -173,7 +173,7 @@ def test_metrics_count_wyoming_routes_and_http_answers_meanwhile(gw):
         waits = []
         while not task.done():
             t = time.monotonic()
-            r = await asyncio.to_thread(requests.get, gw.url + "/health", timeout=5)
+            r = await asyncio.to_thread(requests.get, gw.url + "/v1/models", timeout=5)
             assert r.ok
             waits.append(time.monotonic() - t)
             await asyncio.sleep(0.05)
