@@ -42,22 +42,35 @@ WHISPER_LANGUAGES = (
 _BY = Attribution(name="hoosh-edge", url="")
 
 
-def voice_facts(onnx: str) -> tuple[list[str], list[str]]:
-    """A Piper voice's languages and speaker names, from its ``.onnx.json``."""
+def _voice_doc(onnx: str) -> dict[str, Any]:
     try:
         with open(config_path(onnx), encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, ValueError) as e:
         log.warning("wyoming: cannot read the config of voice %s: %s", onnx, e)
-        return ["en"], []
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def speaker_ids(onnx: str) -> dict[str, int]:
+    """A multi-speaker voice's speakers by name (empty for a voice of one speaker)."""
+    doc = _voice_doc(onnx)
+    found = doc.get("speaker_id_map") or {}
+    if not isinstance(found, dict) or int(doc.get("num_speakers") or 1) < 2:
+        return {}
+    return {str(k): v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool)}
+
+
+def voice_facts(onnx: str) -> tuple[list[str], list[str]]:
+    """A Piper voice's languages and speaker names, from its ``.onnx.json``."""
+    doc = _voice_doc(onnx)
     lang: Any = doc.get("language") or {}
     code = lang.get("code") if isinstance(lang, dict) else None
     if not isinstance(code, str) or not code:
         espeak = doc.get("espeak") or {}
         code = str(espeak.get("voice") or "en").replace("-", "_")
-    speakers = doc.get("speaker_id_map") or {}
-    names = sorted(speakers, key=lambda s: speakers[s]) if isinstance(speakers, dict) else []
-    return [code], [str(n) for n in names] if len(names) > 1 else []
+    speakers = speaker_ids(onnx)
+    return [code], sorted(speakers, key=lambda name: speakers[name])
 
 
 def _providers(gw: Gateway, model: str, *, transcribe: bool) -> list[str]:

@@ -40,7 +40,7 @@ from hoosh_edge.doors.wyoming_frames import (
     read_event,
     write_event,
 )
-from hoosh_edge.doors.wyoming_info import build_info, voice_facts
+from hoosh_edge.doors.wyoming_info import build_info, speaker_ids, voice_facts
 from hoosh_edge.errors import HooshError, InvalidRequest, ProtocolViolation
 from hoosh_edge.formats import openai as chatfmt
 from hoosh_edge.limits import Deadline
@@ -225,24 +225,40 @@ class Session:
 
     # --- text-to-speech --------------------------------------------------------------------
 
-    def voice_of(self, event: Event) -> str | None:
-        """The voice asked for: by name, else the first local voice of the language, else ours."""
+    def voice_of(self, event: Event) -> tuple[str | None, str | None]:
+        """(voice, speaker) asked for: a voice by name, else the first local voice of the
+        language, else the configured one."""
         voice = data_dict(event, "voice")
-        name = voice.get("name")
-        if name is not None and not isinstance(name, str):
-            raise ProtocolViolation("'voice.name' must be a string.", code="bad_data")
+        name, speaker = voice.get("name"), voice.get("speaker")
+        for key, value in (("name", name), ("speaker", speaker)):
+            if value is not None and not (isinstance(value, str) and len(value) <= 256):
+                raise ProtocolViolation(f"'voice.{key}' must be a short string.", code="bad_data")
         if name:
-            return name[:256]
+            return name, speaker or None
         language = voice.get("language")
         if isinstance(language, str) and language:
             want = language.replace("-", "_").lower()
             for vid, path in self.gw.speech.tts.items():
                 langs = [x.lower() for x in voice_facts(path)[0]]
                 if want in langs or any(x.split("_")[0] == want for x in langs):
-                    return vid
-        return self.w.voice
+                    return vid, speaker or None
+        return self.w.voice, speaker or None
 
-    def speak(self, text: str, voice: str | None, *, start: bool, stop: bool) -> None:
+    def speaker_id(self, voice: str, speaker: str | None) -> int | None:
+        """A local multi-speaker voice's id for ``speaker`` (its name, or its number)."""
+        path = self.gw.speech.tts.get(voice)
+        if speaker is None or path is None:
+            return None
+        known = speaker_ids(path)
+        if speaker in known:
+            return known[speaker]
+        if speaker.isdigit() and int(speaker) in known.values():
+            return int(speaker)
+        raise InvalidRequest(f"Voice '{voice}' has no speaker '{speaker}'. Speakers: "
+                             f"{', '.join(known) or 'none (one voice)'}.", param="voice.speaker")  # fmt: skip
+
+    def speak(self, text: str, voice: tuple[str | None, str | None], *, start: bool,
+              stop: bool) -> None:  # fmt: skip
         """One text through the pipeline as PCM; ``start`` / ``stop`` frame it in audio events."""
         text = text.strip()
         if not text:
@@ -256,12 +272,13 @@ class Session:
 
         def work(caller: Caller, ctx: CallContext, deadline: Deadline) -> dict | None:
             speech = self.gw.speech
-            name = voice or speech.default_voice or self.w.cloud_voice
+            name = voice[0] or speech.default_voice or self.w.cloud_voice
             upstream = name if name not in speech.tts else self.w.cloud_voice
             ask = SpeechAsk(text=text, model=self.w.tts_model, voice=name, speed=1.0,
                             response_format="pcm",
                             body={"input": text, "voice": upstream, "speed": 1.0,
-                                  "response_format": "pcm"})  # fmt: skip
+                                  "response_format": "pcm"},
+                            speaker=self.speaker_id(name, voice[1]))  # fmt: skip
             out = speak(self.gw, ask, caller, ctx, CacheAsk(), deadline)
             try:
                 rate = out.served.sample_rate or 24000  # a provider's pcm is 24 kHz

@@ -264,7 +264,12 @@ class PiperVoice:
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
     def synthesize_stream(
-        self, text: str, *, speed: float = 1.0, should_stop: Callable[[], bool] | None = None
+        self,
+        text: str,
+        *,
+        speed: float = 1.0,
+        should_stop: Callable[[], bool] | None = None,
+        speaker_id: int = 0,
     ) -> Iterator[bytes]:
         """Yield int16 mono little-endian PCM at ``sample_rate``, one sentence at a time.
 
@@ -280,7 +285,9 @@ class PiperVoice:
             phonemes = self.phonemize(sentence)
             if not any(p.strip() for p in phonemes):
                 continue
-            audio = self.synthesize_ids(self.phoneme_ids(phonemes), speed=speed)
+            audio = self.synthesize_ids(
+                self.phoneme_ids(phonemes), speed=speed, speaker_id=speaker_id
+            )
             if audio.size:
                 yield float_to_int16(audio)
 
