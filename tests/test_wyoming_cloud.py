@@ -80,3 +80,42 @@ def test_conversation_failures_are_not_handled(fake_openai, gateway_factory):
     assert info.handle == []
     (out,) = run(exchange(bare.port, [Transcript(text="Hi").event()], ("not-handled",)))
     assert "wyoming.chat_model" in out.data["text"]
+
+
+def test_a_conversation_remembers_its_last_turns_per_peer(fake_openai, gateway_factory):
+    gw = start(gateway_factory, fake_openai, chat_model="gpt-4o-mini", history_turns=2)
+
+    def turn(text: str, cid: str) -> str:
+        ask = Transcript(text=text, context={"conversation_id": cid})
+        (out,) = run(exchange(gw.port, [ask.event()], ("handled", "not-handled")))
+        return out.data["text"]
+
+    for text in ("one", "two", "three"):
+        turn(text, "kitchen")
+    turn("elsewhere", "hall")
+    bodies = [r["json"]["messages"] for r in fake_openai.chat_requests]
+    said = [[m["content"] for m in b[1:]] for b in bodies]  # past the system prompt
+    assert said == [
+        ["one"],
+        ["one", "Echo: one", "two"],
+        ["one", "Echo: one", "two", "Echo: two", "three"],
+        ["elsewhere"],  # another conversation starts afresh
+    ]
+    turn("four", "kitchen")  # history_turns = 2: the oldest turn is gone
+    last = [m["content"] for m in fake_openai.chat_requests[-1]["json"]["messages"][1:]]
+    assert last == ["two", "Echo: two", "three", "Echo: three", "four"]
+
+
+def test_conversation_memory_bounds():
+    from hoosh_edge.pipeline.conversations import ConversationMemory
+
+    now = [0.0]
+    mem = ConversationMemory(max_conversations=2, max_turns=1, idle_s=10, clock=lambda: now[0])
+    mem.add("10.0.0.1", "a", "hi", "hello")
+    assert mem.messages("10.0.0.2", "a") == []  # another peer's conversation is not shared
+    assert mem.messages("10.0.0.1", None) == []
+    mem.add("10.0.0.1", "b", "x", "y")
+    mem.add("10.0.0.1", "c", "x", "y")  # the least recently used ("a") goes
+    assert len(mem) == 2 and mem.messages("10.0.0.1", "a") == []
+    now[0] = 11
+    assert mem.messages("10.0.0.1", "c") == [] and len(mem) == 0  # idle past idle_s

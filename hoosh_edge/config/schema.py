@@ -129,6 +129,7 @@ class WyomingConfig:
     system_prompt: str = ("You are a voice assistant in a home. Answer in one or two short "
                           "sentences, in plain words that read well aloud.")  # fmt: skip
     max_tokens: int = 200  # the longest answer a conversation turn may write
+    history_turns: int = 6  # turns of a conversation (by conversation_id) sent again; 0 = none
     zeroconf: bool = False  # announce _wyoming._tcp.local. (the zeroconf package)
     zeroconf_name: str | None = None
     # Bounds on a peer: each violation ends that connection with an error event.

@@ -32,6 +32,11 @@ def parse_wyoming(t: dict, src: str) -> WyomingConfig:
         out[key] = typed(t, key, int, _W, src, getattr(d, key))
         if out[key] < 1:
             raise ConfigError(f"{src}: 'wyoming.{key}' must be >= 1, got {out[key]}")
+    out["history_turns"] = typed(t, "history_turns", int, _W, src, d.history_turns)
+    if not 0 <= out["history_turns"] <= 100:
+        raise ConfigError(
+            f"{src}: 'wyoming.history_turns' must be 0-100, got {out['history_turns']}"
+        )
     for key in ("idle_timeout_s", "session_timeout_s"):
         out[key] = float(typed(t, key, (int, float), _W, src, getattr(d, key)))
         if not out[key] > 0:

@@ -5,11 +5,15 @@ The ``wyoming`` package's own ``read_event`` reads a line of any length and trus
 so a peer could make the gateway buffer gigabytes; this reader refuses a line, a data block or a
 payload over the configured bounds before reading it, and garbage (not JSON, not an object, a
 length that is no integer) with a ``ProtocolViolation``. Writing is the package's ``write_event``.
+Below the framing: the PCM and transcript pieces that audio and transcript events carry.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import wave
+from collections.abc import Iterable, Iterator
 from typing import Any, BinaryIO
 
 from wyoming.event import Event, write_event
@@ -17,7 +21,8 @@ from wyoming.event import Event, write_event
 from hoosh_edge.config.schema import WyomingConfig
 from hoosh_edge.errors import ProtocolViolation
 
-__all__ = ["Event", "read_event", "write_event", "data_str", "data_int", "data_dict"]
+__all__ = ["Event", "read_event", "write_event", "data_str", "data_int", "data_dict", "wav_bytes",
+           "transcript_pieces", "pcm_pieces"]  # fmt: skip
 
 
 def _length(header: dict[str, Any], key: str, limit: int) -> int:
@@ -112,3 +117,40 @@ def data_dict(event: Event, key: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ProtocolViolation(f"'{event.type}' needs '{key}' as an object.", code="bad_data")
     return value
+
+
+def wav_bytes(pcm: bytes, rate: int, width: int, channels: int) -> bytes:
+    """Raw PCM in a WAV container: the pipeline decodes (and resamples) what an upload would."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(channels)
+        w.setsampwidth(width)
+        w.setframerate(rate)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
+def transcript_pieces(text: str, segments: list[str]) -> list[str]:
+    """The transcript in per-segment pieces that join back into ``text`` exactly."""
+    out, pos = [], 0
+    for seg in (s.strip() for s in segments):
+        at = text.find(seg, pos) if seg else -1
+        if at < 0:
+            continue
+        out.append(text[pos : at + len(seg)])
+        pos = at + len(seg)
+    if not out:
+        return [text] if text else []
+    out[-1] += text[pos:]
+    return out
+
+
+def pcm_pieces(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Whole 16-bit samples in pieces of at most ``size`` bytes (a provider may split a sample)."""
+    rest = b""
+    for piece in chunks:
+        data = rest + bytes(piece)
+        cut = len(data) - len(data) % 2
+        for i in range(0, cut, size):
+            yield data[i : min(i + size, cut)]
+        rest = data[cut:]

@@ -13,13 +13,11 @@ that breaks the framing or a bound gets an ``error`` event and the connection en
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import time
 import uuid
-import wave
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 import gevent
@@ -37,7 +35,10 @@ from hoosh_edge.doors.wyoming_frames import (
     data_dict,
     data_int,
     data_str,
+    pcm_pieces,
     read_event,
+    transcript_pieces,
+    wav_bytes,
     write_event,
 )
 from hoosh_edge.doors.wyoming_info import build_info, speaker_ids, voice_facts
@@ -53,6 +54,7 @@ from hoosh_edge.pipeline.audio import (
 )
 from hoosh_edge.pipeline.call import CacheAsk, CallContext, Caller
 from hoosh_edge.pipeline.chat import ChatAnswer, serve_chat
+from hoosh_edge.pipeline.conversations import ConversationMemory
 
 if TYPE_CHECKING:
     from hoosh_edge.gateway import Gateway
@@ -70,8 +72,10 @@ class SessionEnd(Exception):
 class Session:
     """The events of one connection, served one request at a time."""
 
-    def __init__(self, gw: Gateway, rfile: BinaryIO, wfile: BinaryIO, peer: str) -> None:
+    def __init__(self, gw: Gateway, rfile: BinaryIO, wfile: BinaryIO, peer: str,
+                 memory: ConversationMemory) -> None:  # fmt: skip
         self.gw, self.rfile, self.wfile, self.peer = gw, rfile, wfile, peer
+        self.memory = memory
         self.w = gw.config.wyoming
         self.asr: dict[str, Any] | None = None  # transcribe's name and language
         self.audio: dict[str, Any] | None = None  # audio-start's format and the PCM so far
@@ -206,14 +210,14 @@ class Session:
         def work(caller: Caller, ctx: CallContext, deadline: Deadline) -> dict | None:
             model = asr.get("name") or self.w.stt_model
             targets = transcription_targets_for(self.gw, caller, model, False)
-            ask = Transcription(model=model, audio=_wav(pcm, a["rate"], a["width"], a["channels"]),
-                                filename="wyoming.wav", language=language,
+            wav = wav_bytes(pcm, a["rate"], a["width"], a["channels"])
+            ask = Transcription(model=model, audio=wav, filename="wyoming.wav", language=language,
                                 response_format="verbose_json")  # fmt: skip
             t = transcribe(self.gw, ask, targets, caller, ctx, CacheAsk(), deadline, stream=False)
             doc = json.loads(t.body)
             text = str(doc.get("text") or "").strip()
             self.send(TranscriptStart(language=language).event())
-            for piece in _pieces(
+            for piece in transcript_pieces(
                 text, [str(s.get("text") or "") for s in doc.get("segments") or ()]
             ):
                 self.send(TranscriptChunk(text=piece).event())
@@ -284,7 +288,7 @@ class Session:
                 rate = out.served.sample_rate or 24000  # a provider's pcm is 24 kHz
                 if start:
                     self.send(AudioStart(rate=rate, width=2, channels=1).event())
-                for pcm in _frames(out.chunks, 2 * SAMPLES_PER_CHUNK):
+                for pcm in pcm_pieces(out.chunks, 2 * SAMPLES_PER_CHUNK):
                     self.send(AudioChunk(rate=rate, width=2, channels=1, audio=pcm).event())
             finally:
                 close = getattr(out.chunks, "close", None)
@@ -335,6 +339,8 @@ class Session:
     def on_transcript(self, event: Event) -> None:
         text = data_str(event, "text", required=True, limit=self.gw.config.tts.max_input_chars)
         context = event.data.get("context") if isinstance(event.data.get("context"), dict) else None
+        cid = (context or {}).get("conversation_id")
+        cid = cid if isinstance(cid, str) and len(cid) <= 128 else None
         model = self.w.chat_model
         if not model:
             self.send(NotHandled(text="This box has no conversation model (wyoming.chat_model).",
@@ -345,12 +351,14 @@ class Session:
             req = chatfmt.validate_chat_request({
                 "model": model, "max_tokens": self.w.max_tokens,
                 "messages": [{"role": "system", "content": self.w.system_prompt},
+                             *self.memory.messages(self.peer, cid),
                              {"role": "user", "content": text}]})  # fmt: skip
             result = serve_chat(self.gw, req, caller, CacheAsk(), route="wyoming:handle", ctx=ctx)
             if not isinstance(result, ChatAnswer):  # not asked to stream: never happens
                 result.close()
                 raise InvalidRequest("The conversation model streamed an answer.")
             answer = chatfmt.completion_text(result.doc).strip()
+            self.memory.add(self.peer, cid, text, answer)
             self.send(Handled(text=answer, context=context).event())
             return result.served.fields
 
@@ -358,40 +366,3 @@ class Session:
             self.send(NotHandled(text=e.message, context=context).event())
 
         self.call("wyoming:handle", work, on_error=refused)
-
-
-def _wav(pcm: bytes, rate: int, width: int, channels: int) -> bytes:
-    """Raw PCM in a WAV container: the pipeline decodes (and resamples) what an upload would."""
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(channels)
-        w.setsampwidth(width)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
-
-
-def _pieces(text: str, segments: list[str]) -> list[str]:
-    """The transcript in per-segment pieces that join back into ``text`` exactly."""
-    out, pos = [], 0
-    for seg in (s.strip() for s in segments):
-        at = text.find(seg, pos) if seg else -1
-        if at < 0:
-            continue
-        out.append(text[pos : at + len(seg)])
-        pos = at + len(seg)
-    if not out:
-        return [text] if text else []
-    out[-1] += text[pos:]
-    return out
-
-
-def _frames(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    """Whole 16-bit samples in pieces of at most ``size`` bytes (a provider may split a sample)."""
-    rest = b""
-    for piece in chunks:
-        data = rest + bytes(piece)
-        cut = len(data) - len(data) % 2
-        for i in range(0, cut, size):
-            yield data[i : min(i + size, cut)]
-        rest = data[cut:]

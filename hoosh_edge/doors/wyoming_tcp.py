@@ -23,6 +23,7 @@ from hoosh_edge.doors.wyoming_frames import write_event
 from hoosh_edge.doors.wyoming_session import Session, SessionEnd
 from hoosh_edge.errors import HooshError
 from hoosh_edge.exposure import wyoming_peer_allowed
+from hoosh_edge.pipeline.conversations import ConversationMemory
 
 if TYPE_CHECKING:
     from hoosh_edge.gateway import Gateway
@@ -42,6 +43,7 @@ class WyomingServer(StreamServer):
         self.gateway = gateway
         self.open = 0
         self.announcer: Any = None  # the zeroconf child (serve/announce.py), if one runs
+        self.memory = ConversationMemory(max_turns=gateway.config.wyoming.history_turns)
 
     def _count(self, outcome: str) -> None:
         self.gateway.metrics.inc("hoosh_wyoming_connections_total", {"outcome": outcome},
@@ -69,7 +71,7 @@ class WyomingServer(StreamServer):
         outcome = "closed"
         try:
             with gevent.Timeout(w.session_timeout_s, SessionTimeout):
-                Session(self.gateway, rfile, wfile, peer).run()
+                Session(self.gateway, rfile, wfile, peer, self.memory).run()
         except HooshError as e:  # a ProtocolViolation: the peer broke a rule
             outcome = e.code or "protocol_error"
             log.warning("wyoming: %s: %s", peer, e.message)
