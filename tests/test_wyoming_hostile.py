@@ -116,7 +116,7 @@ def test_a_stalled_peer_times_out_and_a_slow_drip_cannot_keep_a_connection(gatew
 def test_a_thousand_idle_connections_leave_http_and_the_next_peers_served(gateway_factory):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4096)), hard))
-    gw = start(gateway_factory, max_connections=50, idle_timeout_s=2)
+    gw = start(gateway_factory, max_connections=50, idle_timeout_s=5)
     socks = []
     try:
         for _ in range(1000):
@@ -130,6 +130,10 @@ def test_a_thousand_idle_connections_leave_http_and_the_next_peers_served(gatewa
             events, closed = read_until_closed(s, timeout=2)
             busy += closed and [e["data"]["code"] for e in events] == ["busy"]
         assert busy == 100
+        # Accepted in order: the first 50 are open, idle, until idle_timeout_s.
+        metrics = requests.get(gw.url + "/metrics", timeout=5).text
+        assert "hoosh_wyoming_connections_open 50.0" in metrics
+        assert "hoosh_wyoming_connections_max 50.0" in metrics
     finally:
         for s in socks:
             s.close()

@@ -44,6 +44,17 @@ class WyomingServer(StreamServer):
         self.open = 0
         self.announcer: Any = None  # the zeroconf child (serve/announce.py), if one runs
         self.memory = ConversationMemory(max_turns=gateway.config.wyoming.history_turns)
+        gateway.metrics.gauge_callback(self._gauges)
+
+    def _gauges(self) -> list[tuple[str, str, list[tuple[dict[str, str], float]]]]:
+        w = self.gateway.config.wyoming
+        return [
+            ("hoosh_wyoming_connections_open", "Wyoming connections open now", [({}, self.open)]),
+            ("hoosh_wyoming_connections_max", "Cap on Wyoming connections "
+             "(wyoming.max_connections)", [({}, w.max_connections)]),
+            ("hoosh_wyoming_conversations", "Voice conversations remembered (wyoming."
+             "history_turns)", [({}, len(self.memory))]),
+        ]  # fmt: skip
 
     def _count(self, outcome: str) -> None:
         self.gateway.metrics.inc("hoosh_wyoming_connections_total", {"outcome": outcome},
