@@ -291,3 +291,19 @@ def test_a_peer_that_stops_reading_times_out_and_frees_the_voice(gateway_factory
     pcm, _, events = synthesize(gw.port, "The voice is free again.")
     assert pcm and events[-1].type == "audio-stop"
     assert 'outcome="idle_timeout"' in requests.get(gw.url + "/metrics", timeout=5).text
+
+
+def test_allow_from_changes_on_a_reload(gateway_factory):
+    import signal
+
+    gw = start(gateway_factory, allow_from=["192.168.1.0/24"])
+    assert raw_exchange(gw.port, header({"type": "describe"}), timeout=5) == ([], True)
+    text = gw.config_path.read_text().replace('["192.168.1.0/24"]', '["127.0.0.1"]')
+    gw.config_path.write_text(text)
+    gw.proc.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "config reloaded" not in gw.log:
+        assert time.monotonic() < deadline, gw.log
+        time.sleep(0.05)
+    events, _ = raw_exchange(gw.port, header({"type": "describe"}), timeout=2)
+    assert [e["type"] for e in events] == ["info"]
