@@ -307,3 +307,16 @@ def test_allow_from_changes_on_a_reload(gateway_factory):
         time.sleep(0.05)
     events, _ = raw_exchange(gw.port, header({"type": "describe"}), timeout=2)
     assert [e["type"] for e in events] == ["info"]
+
+
+def test_a_taken_wyoming_port_stops_start_up_with_a_clear_message(tmp_path):
+    from tests.conftest import GatewayProcess
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        cfg = wyoming_toml().replace("port = 0", f"port = {taken.getsockname()[1]}")
+        gw = GatewayProcess(cfg, tmp_path)
+        with pytest.raises(RuntimeError, match="did not start"):
+            gw.start(timeout=30)
+    assert "cannot listen on 127.0.0.1" in gw.log and "Traceback" not in gw.log

@@ -99,7 +99,12 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
                            error_log=logging.getLogger("hoosh_edge.wsgi"),
                            spawn=gevent.pool.Pool())  # fmt: skip
 
-    wyoming = _start_wyoming(config, gateway)
+    try:
+        wyoming = _start_wyoming(config, gateway)
+    except StartupError:  # e.g. the Wyoming port is taken
+        listener.close()
+        gateway.close()
+        raise
 
     def drain_and_stop(timeout: float = 10.0) -> None:
         server.close()  # no new connections
