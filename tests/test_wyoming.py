@@ -184,3 +184,25 @@ def test_metrics_count_wyoming_routes_and_http_answers_meanwhile(gw):
     assert waits and max(waits) < 1.0, waits
     text = requests.get(gw.url + "/metrics", timeout=5).text
     assert 'hoosh_requests_total{route="wyoming:tts",status="200"}' in text
+
+
+def test_sigterm_lets_a_wyoming_answer_finish(tmp_path):
+    import signal
+
+    with GatewayProcess(speech_toml(), tmp_path) as g:
+        port = wyoming_port(g)
+
+        async def go() -> list:
+            async with AsyncTcpClient("127.0.0.1", port) as c:
+                await c.write_event(Synthesize(text=SENTENCE * 2).event())
+                events = [await asyncio.wait_for(c.read_event(), 60)]
+                while events[-1].type != "audio-chunk":
+                    events.append(await asyncio.wait_for(c.read_event(), 60))
+                g.proc.send_signal(signal.SIGTERM)  # mid-answer
+                while events[-1] is not None and events[-1].type != "audio-stop":
+                    events.append(await asyncio.wait_for(c.read_event(), 60))
+                return events
+
+        events = run(go())
+        assert events[-1] is not None and events[-1].type == "audio-stop"
+        assert g.proc.wait(20) == 0

@@ -59,6 +59,15 @@ def _start_wyoming(config: Config, gateway: Any) -> Any:
     return server
 
 
+def _drain_wyoming(wyoming: Any, gateway: Any, timeout: float = 10.0) -> None:
+    """Let Wyoming answers in progress finish (HTTP's are done by now), then end the sessions."""
+    wyoming.close()
+    deadline = time.monotonic() + timeout
+    while gateway.inflight > 0 and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    wyoming.stop(timeout=0)
+
+
 def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     """Start the gateway and block until SIGTERM / SIGINT."""
     from hoosh_edge.app import create_app
@@ -151,6 +160,7 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         stuck_jobs.kill()
         if wyoming is not None:
             announce.stop_announcer(wyoming.announcer)
+            _drain_wyoming(wyoming, gateway)
         if systemd_watchdog is not None:
             systemd_watchdog.kill()
         gateway.close()
