@@ -92,6 +92,13 @@ class UnsupportedMediaType(InvalidRequest):
     code = "unsupported_media_type"
 
 
+class ProtocolViolation(InvalidRequest):
+    """A Wyoming peer broke the framing or a bound: that connection ends with an error event."""
+
+    code = "protocol_error"
+    ends_connection = True
+
+
 class AuthenticationError(HooshError):
     status = 401
     type = "authentication_error"

@@ -103,3 +103,35 @@ class Exposure:
                 "no one. The operator must create a key ('hoosh-edge keys create NAME').",
                 code="no_api_keys",
             )
+
+
+def check_wyoming_exposure(config: Config) -> None:
+    """Refuse a Wyoming listener beyond loopback unless the operator named who may connect.
+
+    Wyoming has no authentication: whoever reaches the port may transcribe, speak and chat (and
+    spend through a provider), so keys on the HTTP side do not cover it.
+    """
+    w, host = config.wyoming, config.server.host
+    if w.port is None or is_loopback(host) or w.allow_from or w.allow_unauthenticated:
+        return
+    raise StartupError(
+        f"refusing to serve Wyoming on {host}:{w.port} to anyone: the protocol has no "
+        'authentication. Name who may connect ([wyoming] allow_from = ["192.168.1.0/24"]), or '
+        "set wyoming.allow_unauthenticated = true if you really mean it."
+    )
+
+
+def wyoming_peer_allowed(config: Config, peer: str) -> bool:
+    """Whether a Wyoming peer at ``peer`` may connect: in ``allow_from`` when it is set."""
+    import ipaddress
+
+    w = config.wyoming
+    if not w.allow_from:
+        return True  # loopback listener, or beyond it with allow_unauthenticated (checked at start)
+    try:
+        address = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:192.168.1.7 on a dual-stack socket
+    address = mapped or address
+    return any(address in ipaddress.ip_network(net) for net in w.allow_from)

@@ -118,7 +118,7 @@ class Gateway:
         they started with. On-device model changes take effect at the next restart.
         """
         from hoosh_edge.config import ConfigError, load_config
-        from hoosh_edge.exposure import StartupError, check_exposure
+        from hoosh_edge.exposure import StartupError, check_exposure, check_wyoming_exposure
 
         old = self.config
         try:
@@ -127,6 +127,7 @@ class Gateway:
             policy = CachePolicy.from_config(new.cache)
             router = Router(new, self.local_backends + build_providers(new))
             check_exposure(new, keys_exist=self.keys.has_active_keys())
+            check_wyoming_exposure(new)
             self.ledger.seed_rules([dict(b) for b in new.budgets])
         except (ConfigError, HooshError, ValueError, StartupError) as e:
             message = e.message if isinstance(e, HooshError) else str(e)

@@ -216,7 +216,8 @@ class LocalSpeech:
         return value
 
     def synthesize(self, voice: str, text: str, speed: float,
-                   should_stop: Callable[[], bool] | None = None) -> Iterator[bytes]:  # fmt: skip
+                   should_stop: Callable[[], bool] | None = None,
+                   speaker_id: int = 0) -> Iterator[bytes]:  # fmt: skip
         """PCM per sentence as it is made; holds the voice until the stream ends.
 
         Synthesis stops between sentences when ``should_stop`` says so, or when the reader closes
@@ -225,7 +226,7 @@ class LocalSpeech:
         key = f"tts:{voice}"
         with self.pool.slot(key).use() as v:
             stream = ThreadStream(v.synthesize_stream, text, speed=speed, should_stop=should_stop,
-                                  max_buffer=2, owner=key)  # fmt: skip
+                                  speaker_id=speaker_id, max_buffer=2, owner=key)  # fmt: skip
             try:
                 yield from stream
             finally:

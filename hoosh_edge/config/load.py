@@ -30,6 +30,7 @@ from hoosh_edge.config.schema import (
     typed,
 )
 from hoosh_edge.config.server import parse_server
+from hoosh_edge.config.wyoming import parse_wyoming
 
 
 def _parse_local(t: dict, kind: str, src: str) -> LocalEngineConfig:
@@ -157,7 +158,7 @@ def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> Routin
 
 
 _TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone",
-             "ollama"}  # fmt: skip
+             "ollama", "wyoming"}  # fmt: skip
 
 
 def _parse_ollama(t: dict, src: str, main_port: int) -> OllamaConfig:
@@ -256,6 +257,7 @@ def parse_config(
         ),  # fmt: skip
         routing=_parse_routing(typed(raw, "routing", dict, "", src, {}), src, providers),
         ollama=_parse_ollama(typed(raw, "ollama", dict, "", src, {}), src, server.port),
+        wyoming=parse_wyoming(typed(raw, "wyoming", dict, "", src, {}), src),
         budgets=tuple(budgets),
         pricing=tuple(pricing.items()),
         cache=tuple(typed(raw, "cache", dict, "", src, {}).items()),

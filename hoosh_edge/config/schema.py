@@ -124,6 +124,33 @@ class OllamaConfig:
 
 
 @dataclass(frozen=True)
+class WyomingConfig:
+    """``[wyoming]``: Home Assistant's voice pipeline over TCP (doors/wyoming_tcp.py); off by default."""
+
+    port: int | None = None  # None: no Wyoming listener; 0: any free port (tests)
+    allow_from: tuple[str, ...] = ()  # who may connect (CIDR networks); () = anyone on loopback
+    allow_unauthenticated: bool = False  # beyond loopback with no allow_from: anyone may connect
+    stt_model: str = "whisper-1"  # transcribe without a name: the first local whisper model
+    tts_model: str = "tts-1"  # what synthesis is routed as (local Piper, then providers)
+    voice: str | None = None  # synthesize without a voice: local.tts.default_voice
+    cloud_voice: str = "alloy"  # the voice a provider gets when the asked one is a Piper voice
+    chat_model: str | None = None  # conversation (``handle``); None: not offered
+    system_prompt: str = ("You are a voice assistant in a home. Answer in one or two short "
+                          "sentences, in plain words that read well aloud.")  # fmt: skip
+    max_tokens: int = 200  # the longest answer a conversation turn may write
+    history_turns: int = 6  # turns of a conversation (by conversation_id) sent again; 0 = none
+    zeroconf: bool = False  # announce _wyoming._tcp.local. (the zeroconf package)
+    zeroconf_name: str | None = None
+    # Bounds on a peer: each violation ends that connection with an error event.
+    max_line_bytes: int = 8192  # one JSON header line
+    max_data_bytes: int = 262144  # data_length
+    max_payload_bytes: int = 1048576  # payload_length (one audio chunk)
+    idle_timeout_s: float = 30.0  # no complete event for this long
+    session_timeout_s: float = 300.0  # a connection's whole life
+    max_connections: int = 64
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration, and the warnings met while reading it."""
 
@@ -135,6 +162,7 @@ class Config:
     embeddings: LocalEngineConfig = field(default_factory=LocalEngineConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     ollama: OllamaConfig = field(default_factory=OllamaConfig)
+    wyoming: WyomingConfig = field(default_factory=WyomingConfig)
     budgets: tuple[dict[str, Any], ...] = ()
     pricing: tuple[tuple[str, dict[str, Any]], ...] = ()
     cache: tuple[tuple[str, Any], ...] = ()

@@ -70,6 +70,7 @@ class SpeechAsk:
     speed: float
     response_format: str
     body: dict[str, Any]
+    speaker: int | None = None  # a multi-speaker local voice's speaker id (Wyoming's speaker)
 
 
 class Speech:
@@ -242,6 +243,8 @@ def speak(gw: Gateway, s: SpeechAsk, caller: Caller, ctx: CallContext, cache_ask
     if cache.policy.enabled and cache.policy.speech_cacheable():
         first = targets[0]
         voice_id = first.model if first.backend.is_local else s.voice
+        if s.speaker is not None and first.backend.is_local:
+            voice_id = f"{voice_id}#{s.speaker}"
         key = speech_key(first.provider, voice_id, s.model, s.text, s.response_format, s.speed)
         entry = run_books(cache.get, key) if cache_ask.lookup else None
         if entry is not None:
@@ -255,7 +258,8 @@ def speak(gw: Gateway, s: SpeechAsk, caller: Caller, ctx: CallContext, cache_ask
         if not target.backend.is_local:
             return (*target.backend.speech(target.model, s.body), None)
         pcm = gw.speech.synthesize(target.model, s.text, s.speed,
-                                   should_stop=lambda: deadline.expired)  # fmt: skip
+                                   should_stop=lambda: deadline.expired,
+                                   speaker_id=s.speaker or 0)  # fmt: skip
         try:
             first = next(pcm)  # errors (queue full, no memory) still get a JSON answer
         except StopIteration:

@@ -7,15 +7,15 @@ import signal
 import socket
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 import gevent
 import gevent.pool
 
 from hoosh_edge import workers
 from hoosh_edge.config import Config
-from hoosh_edge.exposure import StartupError, check_exposure
-from hoosh_edge.serve import boot, sdnotify, watchdog
+from hoosh_edge.exposure import StartupError, check_exposure, check_wyoming_exposure
+from hoosh_edge.serve import announce, boot, sdnotify, watchdog
 from hoosh_edge.serve.connections import ConnectionLimits, GatewayServer, raise_open_file_limit
 from hoosh_edge.version import __version__
 
@@ -43,6 +43,31 @@ def make_listener(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _start_wyoming(config: Config, gateway: Any) -> Any:
+    """The Wyoming listener on server.host when ``[wyoming] port`` is set, else None."""
+    if config.wyoming.port is None:
+        return None
+    from hoosh_edge.doors.wyoming_tcp import start_wyoming
+
+    listener = make_listener(config.server.host, config.wyoming.port)
+    try:
+        server = start_wyoming(listener, gateway)
+    except BaseException:
+        listener.close()
+        raise
+    server.announcer = announce.start_announcer(config, listener.getsockname()[1])
+    return server
+
+
+def _drain_wyoming(wyoming: Any, gateway: Any, timeout: float = 10.0) -> None:
+    """Let Wyoming answers in progress finish (HTTP's are done by now), then end the sessions."""
+    wyoming.close()
+    deadline = time.monotonic() + timeout
+    while gateway.inflight > 0 and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    wyoming.stop(timeout=0)
+
+
 def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     """Start the gateway and block until SIGTERM / SIGINT."""
     from hoosh_edge.app import create_app
@@ -66,6 +91,8 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     gateway = build_gateway(config)
     try:
         check_exposure(config, keys_exist=gateway.auth.keys_exist())
+        check_wyoming_exposure(config)
+        announce.check_zeroconf(config)
     except StartupError:
         gateway.close()
         raise
@@ -90,10 +117,21 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
                                      error_log=logging.getLogger("hoosh_edge.wsgi"),
                                      spawn=gevent.pool.Pool()))  # fmt: skip
 
+    try:
+        wyoming = _start_wyoming(config, gateway)
+    except StartupError:  # e.g. the Wyoming port is taken
+        listener.close()
+        for extra in servers[1:]:
+            extra.socket.close()  # the [ollama] port, not started yet
+        gateway.close()
+        raise
+
     def drain_and_stop(timeout: float = 10.0) -> None:
         for extra in servers[1:]:
             extra.close()
         server.close()  # no new connections
+        if wyoming is not None:
+            wyoming.close()
         deadline = time.monotonic() + timeout
         while gateway.inflight > 0 and time.monotonic() < deadline:
             gevent.sleep(0.05)
@@ -101,6 +139,8 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         for extra in servers[1:]:
             extra.stop(timeout=0)
         server.stop(timeout=0)
+        if wyoming is not None:
+            wyoming.stop(timeout=0)
 
     def stop(signum: int) -> None:
         sdnotify.notify_stopping()
@@ -120,6 +160,9 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         print(f"  Ollama's API also on http://{shown}:{ollama_port}", file=out)
     for line in gateway.describe():
         print(f"  {line}", file=out)
+    if wyoming is not None:
+        w_host, w_port = wyoming.socket.getsockname()[:2]
+        print(f"  wyoming: tcp://{f'[{w_host}]' if ':' in w_host else w_host}:{w_port}", file=out)
     if config.source:
         print(f"  config: {config.source}", file=out)
     print(f"  connections: at most {limits.max_connections} ({limits.per_client} per client, "
@@ -133,6 +176,9 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         server.serve_forever()
     finally:
         stuck_jobs.kill()
+        if wyoming is not None:
+            announce.stop_announcer(wyoming.announcer)
+            _drain_wyoming(wyoming, gateway)
         if systemd_watchdog is not None:
             systemd_watchdog.kill()
         gateway.close()

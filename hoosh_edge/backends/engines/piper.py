@@ -68,6 +68,21 @@ def split_sentences(text: str, *, min_chars: int = 20, max_chars: int = 250) -> 
     return merged
 
 
+def complete_sentences_end(text: str) -> int:
+    """Where the last finished sentence in ``text`` ends (0: none yet), for text still arriving.
+
+    A sentence is finished once its end mark is followed by whitespace: "3." may become "3.5".
+    """
+    end = 0
+    for m in _SENTENCE_END.finditer(text):
+        if m.end() >= len(text) or not text[m.end()].isspace():
+            continue
+        if m.group().rstrip("\"'\u201d\u2019)]") == "." and _is_abbreviation(text[: m.start() + 1]):
+            continue
+        end = m.end()
+    return end
+
+
 def _is_abbreviation(sentence_so_far: str) -> bool:
     """Does the text end in an abbreviation or an initial ("Dr.", "e.g.", "J.") rather than a full stop?"""
     if not sentence_so_far.endswith("."):
@@ -249,7 +264,12 @@ class PiperVoice:
         return np.asarray(audio, dtype=np.float32).reshape(-1)
 
     def synthesize_stream(
-        self, text: str, *, speed: float = 1.0, should_stop: Callable[[], bool] | None = None
+        self,
+        text: str,
+        *,
+        speed: float = 1.0,
+        should_stop: Callable[[], bool] | None = None,
+        speaker_id: int = 0,
     ) -> Iterator[bytes]:
         """Yield int16 mono little-endian PCM at ``sample_rate``, one sentence at a time.
 
@@ -265,7 +285,9 @@ class PiperVoice:
             phonemes = self.phonemize(sentence)
             if not any(p.strip() for p in phonemes):
                 continue
-            audio = self.synthesize_ids(self.phoneme_ids(phonemes), speed=speed)
+            audio = self.synthesize_ids(
+                self.phoneme_ids(phonemes), speed=speed, speaker_id=speaker_id
+            )
             if audio.size:
                 yield float_to_int16(audio)
 
