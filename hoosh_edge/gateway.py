@@ -65,6 +65,7 @@ class Gateway:
         self.cache = cache
         self.keys = keys
         self.prompt_states = prompt_states
+        self.lease: Any = None  # books.fleet.Lease when the books are shared
         self.metrics = Metrics()
         self.accountant.metrics = self.metrics
         self.auth = Authenticator(keys, StaticKeys(config.server.api_keys, config.server.admin_key))
@@ -184,6 +185,11 @@ class Gateway:
     def storage_report(self) -> dict[str, Any]:
         """The data folder's state and the usage waiting for it, for the health endpoints."""
         report = self.db.state.report()
+        if self.ledger.db is not self.db:  # the shared books (PostgreSQL) fail on their own
+            shared = self.ledger.db.state.report()
+            report["books"] = shared
+            if shared["state"] != "ok":
+                report["state"], report["error"] = shared["state"], shared["error"]
         report.update(self.accountant.pending.report())
         return report
 
@@ -200,6 +206,10 @@ class Gateway:
             log.warning("storage: %d usage record(s) could not be written before stopping; "
                         "they are lost", len(self.accountant.pending))  # fmt: skip
         self.keys.flush_last_used()
+        if self.lease is not None:
+            self.lease.stop()
+        if self.ledger.db is not self.db:
+            self.ledger.db.close()
         self.db.close()
         if self.prompt_states is not None:
             self.prompt_states.close()  # the writes still queued reach the disk
@@ -218,6 +228,17 @@ def prompt_state_store(config: Config) -> PromptStateStore | None:
         log.warning("prompt cache: cannot use %s (%s); saved prompt states stay in RAM",
                     folder, e)  # fmt: skip
         return PromptStateStore(None, ram_bytes=c.prompt_cache_mb << 20)
+
+
+def _shared_books(config: Config) -> Any:
+    """The fleet's PostgreSQL books when ``[database]`` names them, else None (SQLite)."""
+    cfg = config.database
+    if cfg is None or not cfg.url:
+        return None
+    from hoosh_edge.books.pg import PgDatabase
+
+    return PgDatabase.open(cfg.url, password=cfg.password, connect_timeout_s=cfg.connect_timeout_s,
+                           lease_s=cfg.lease_s)  # fmt: skip
 
 
 def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool = True) -> Gateway:
@@ -249,12 +270,20 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
     speech = LocalSpeech(pool, configured_models(config.stt, found.stt),
                          configured_models(config.tts, found.tts), config.stt, config.tts,
                          models_dir=models_dir)  # fmt: skip
-    ledger = SpendLedger(db, timezone=config.timezone)
+    books, lease = _shared_books(config), None
+    ledger = SpendLedger(books or db, timezone=config.timezone)
+    if books is not None:
+        from hoosh_edge.books.fleet import Lease
+        from hoosh_edge.books.orphans import owner
+
+        lease = Lease(ledger, owner(), books.lease_s)
+        lease.start()
     ledger.seed_rules([dict(b) for b in config.budgets])
     gw = Gateway(config, pool=pool, speech=speech, local_backends=backends, db=db, ledger=ledger,
                  accountant=Accountant(ledger, PriceTable(dict(config.pricing))),
                  cache=ResponseCache(db, CachePolicy.from_config(config.cache)),
-                 keys=KeyStore(db), prompt_states=states)  # fmt: skip
+                 keys=KeyStore(books or db), prompt_states=states)  # fmt: skip
+    gw.lease = lease
     if start:
         for mid in config.llm.preload:
             if not llm or mid not in llm:

@@ -49,7 +49,14 @@ def rule(name: str, **kw) -> dict:
 
 
 @pytest.fixture
-def database(tmp_path: Path):
+def database(books_db):
+    """Each test on both engines: the SQLite file and PostgreSQL (conftest.books_db)."""
+    return books_db
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path):
+    """SQLite only: what a pid tells on one box (leases across boxes: test_fleet_books.py)."""
     db = Database.open(tmp_path)
     yield db
     db.close()
@@ -231,7 +238,8 @@ def test_release_gives_the_budget_back(ledger: SpendLedger) -> None:
     ledger.reserve(Usage(cost_micro_usd=1000), **CLOUD)
 
 
-def test_reservations_of_dead_processes_are_booked_at_start(database: Database) -> None:
+def test_reservations_of_dead_processes_are_booked_at_start(sqlite_database: Database) -> None:
+    database = sqlite_database
     ledger = SpendLedger(database)
     live = ledger.reserve(Usage(cost_micro_usd=5), **CLOUD, request_id="live")
     boot = orphans.owner().split(":")[0]

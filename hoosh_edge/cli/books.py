@@ -14,9 +14,16 @@ from typing import Any
 from hoosh_edge.config import Config
 
 
-def _db(config: Config):
+def _db(config: Config, *, shared: bool = True):
+    """The books: the fleet's PostgreSQL when ``[database]`` names one, else the SQLite file."""
     from hoosh_edge.books.db import Database
 
+    cfg = config.database
+    if shared and cfg is not None and cfg.url:
+        from hoosh_edge.books.pg import PgDatabase
+
+        return PgDatabase.open(cfg.url, password=cfg.password,
+                               connect_timeout_s=cfg.connect_timeout_s, lease_s=cfg.lease_s)  # fmt: skip
     return Database.open(Path(config.server.data_dir))
 
 
@@ -144,7 +151,7 @@ def cmd_budget(args: argparse.Namespace, config: Config) -> int:
 def cmd_cache(args: argparse.Namespace, config: Config) -> int:
     from hoosh_edge.books.cache import CachePolicy, ResponseCache
 
-    db = _db(config)
+    db = _db(config, shared=False)  # the response cache stays on each box
     try:
         cache = ResponseCache(db, CachePolicy.from_config(config.cache))
         if args.action == "stats":

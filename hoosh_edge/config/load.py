@@ -17,6 +17,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from hoosh_edge.config.database import parse_database
 from hoosh_edge.config.providers import env_providers, parse_provider
 from hoosh_edge.config.schema import (
     PHONEMIZERS,
@@ -144,7 +145,8 @@ def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> Routin
     )
 
 
-_TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone"}
+_TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone",
+             "database"}  # fmt: skip
 
 
 def load_config(
@@ -231,6 +233,7 @@ def parse_config(
         pricing=tuple(pricing.items()),
         cache=tuple(typed(raw, "cache", dict, "", src, {}).items()),
         timezone=tz,
+        database=parse_database(typed(raw, "database", dict, "", src, {}), src, env),
         source=None if src == "(defaults)" else src,
         warnings=tuple(warnings),
     )
