@@ -1,0 +1,199 @@
+"""Two gateway processes on one PostgreSQL: one budget, one set of keys, and a kill -9.
+
+Real gateways (``python hoosh_edge.py``), a real PostgreSQL server (``tests/pg_server.py``) and
+the harshest legal upstream (``FakeOpenAI(billing=True)``, which bills every call it starts).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+from decimal import Decimal
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+
+from tests.conftest import GatewayProcess, openai_provider_toml
+from tests.fake_openai import FakeOpenAI
+
+IN_USD_PER_MTOK, OUT_USD_PER_MTOK = 10, 100
+PRICED = f"""
+[pricing."gpt-4o-mini"]
+input_usd_per_mtok = {IN_USD_PER_MTOK}
+output_usd_per_mtok = {OUT_USD_PER_MTOK}
+max_output_tokens = 300
+"""
+ADMIN_KEY = "hoosh-fleet-admin-key-0123456789"
+
+
+def cost_micro(bill: dict[str, int]) -> int:
+    return math.ceil(bill["prompt_tokens"] * IN_USD_PER_MTOK +
+                     bill["completion_tokens"] * OUT_USD_PER_MTOK)  # fmt: skip
+
+
+def fleet_config(fake: FakeOpenAI, url: str, *, extra: str = "", lease_s: int = 30) -> str:
+    provider = openai_provider_toml(fake).replace("timeout_s = 2\n", "timeout_s = 30\n")
+    return (
+        f"[server]\nmax_connections_per_client = 200\n{extra}\n"
+        f'[database]\nurl = "{url}"\nlease_s = {lease_s}\n' + provider + PRICED
+    )
+
+
+def rows(url: str, sql: str, params: Any = ()) -> list[dict[str, Any]]:
+    with psycopg.connect(url) as conn:
+        cur = conn.execute(sql, params)
+        names = [c.name for c in cur.description]
+        return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def chat(gw: GatewayProcess, text: str, headers: dict[str, str] | None = None,
+         **extra: Any) -> requests.Response:  # fmt: skip
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": text}],
+            "max_tokens": 100, **extra}  # fmt: skip
+    return requests.post(gw.url + "/v1/chat/completions", json=body, headers=headers, timeout=60)
+
+
+@pytest.fixture
+def billing_openai():
+    with FakeOpenAI(billing=True) as fake:
+        yield fake
+
+
+def test_eighty_concurrent_calls_on_two_gateways_never_cross_one_block_rule(
+    billing_openai, gateway_factory, pg_url
+):
+    fake = billing_openai
+    # One call: ~60 prompt tokens and 100 completion tokens, about $0.0106; room for ~30 of 80.
+    limit_micro = 320_000
+    rule = f"""
+[[budgets]]
+name = "shared"
+scope = "cloud"
+metric = "usd"
+limit = "{limit_micro / 1_000_000}"
+period = "total"
+action = "block"
+"""
+    cfg = fleet_config(fake, pg_url) + rule
+    gws = [gateway_factory(cfg), gateway_factory(cfg)]
+    n = 80
+    results: list[Any] = [None] * n
+    barrier = threading.Barrier(n)
+
+    def one(i: int) -> None:
+        barrier.wait()
+        try:
+            r = chat(gws[i % 2], f"call {i:02d}: tell me about the weather in Paris please.")
+            results[i] = (i % 2, r.status_code, r.text)
+        except requests.RequestException as e:
+            results[i] = (i % 2, 0, str(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    served = [r for r in results if r[1] == 200]
+    refused = [r for r in results if r[1] != 200]
+    for _, status, text in refused:
+        assert status == 429, text
+        assert json.loads(text)["error"]["code"] == "budget_exceeded", text
+    billed = sum(cost_micro(b) for b in fake.billed)
+    # The one promise: both boxes together never let the upstream bill past the rule.
+    assert billed <= limit_micro, (billed, limit_micro)
+    # Not a trivial pass: most of the room was used, and both boxes served and refused.
+    assert billed >= limit_micro * 0.8, (billed, limit_micro)
+    assert {box for box, *_ in served} == {0, 1}
+    assert refused
+    # The shared books hold exactly the upstream's bill, and no reservation is left open.
+    ledger = rows(pg_url, "SELECT cost_micro_usd FROM ledger WHERE kind = 'call'")
+    assert len(ledger) == len(fake.billed) == len(served)
+    assert sum(r["cost_micro_usd"] for r in ledger) == billed
+    assert rows(pg_url, "SELECT id FROM reservations") == []
+    # Each box's view of the rule is the shared one.
+    for gw in gws:
+        doc = requests.get(gw.url + "/admin/budgets/shared", timeout=10).json()
+        assert Decimal(doc["used"]) * 1_000_000 == billed and Decimal(doc["reserved"]) == 0
+    print(f"\n80 concurrent on 2 gateways: {len(served)} served, {len(refused)} refused, "
+          f"billed ${billed / 1e6:.6f} of ${limit_micro / 1e6:.2f}")  # fmt: skip
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_a_key_made_on_one_gateway_works_on_the_other_and_its_revocation_too(
+    fake_openai, gateway_factory, pg_url
+):
+    cfg = fleet_config(fake_openai, pg_url, extra=f'admin_key = "{ADMIN_KEY}"')
+    a, b = gateway_factory(cfg), gateway_factory(cfg)
+    r = requests.post(a.url + "/admin/keys", json={"name": "phone"}, headers=bearer(ADMIN_KEY),
+                      timeout=10)  # fmt: skip
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    # At once on the other box: no cache to wait out.
+    assert chat(b, "hi", headers=bearer(key)).status_code == 200
+    assert chat(a, "hi", headers=bearer(key)).status_code == 200
+    listed = requests.get(b.url + "/admin/keys", headers=bearer(ADMIN_KEY), timeout=10).json()
+    assert [k["name"] for k in listed["data"]] == ["phone"]
+    r = requests.delete(b.url + "/admin/keys/phone", headers=bearer(ADMIN_KEY), timeout=10)
+    assert r.status_code == 200, r.text
+    refused = chat(a, "hi", headers=bearer(key))
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+
+
+def test_kill_9_of_one_gateway_loses_no_answered_call_and_its_holds_are_booked_by_the_other(
+    fake_openai, gateway_factory, pg_url
+):
+    # A rule, so every paid call holds a reservation while it runs.
+    rule = '[[budgets]]\nname = "roomy"\nscope = "cloud"\nmetric = "usd"\nlimit = "100"\n'
+    rule += 'period = "total"\naction = "block"\n'
+    cfg = fleet_config(fake_openai, pg_url, lease_s=5) + rule
+    a, b = gateway_factory(cfg), gateway_factory(cfg)
+    answered: list[str] = []
+    stop = threading.Event()
+
+    def load() -> None:
+        while not stop.is_set():
+            try:
+                r = chat(a, "kill me softly")
+            except requests.RequestException:
+                return
+            if r.status_code == 200:
+                answered.append(r.headers["X-Request-Id"])
+
+    threads = [threading.Thread(target=load) for _ in range(6)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    fake_openai.script("hang", 30)  # one call stays in flight on a: its hold is open at the kill
+    threading.Thread(target=lambda: chat_quietly(a), daemon=True).start()
+    time.sleep(0.8)
+    a.kill9()
+    stop.set()
+    for t in threads:
+        t.join(10)
+    assert len(answered) > 10
+    booked = {r["request_id"] for r in rows(pg_url, "SELECT request_id FROM ledger")}
+    assert set(answered) <= booked  # every answer a client got was booked before it was sent
+    # The dead box's open holds are booked at their reservation by the live box, after the lease.
+    deadline = time.monotonic() + 20
+    while rows(pg_url, "SELECT id FROM reservations") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert rows(pg_url, "SELECT id FROM reservations") == []
+    orphaned = rows(pg_url, "SELECT cost_micro_usd FROM ledger WHERE kind = 'orphaned'")
+    assert orphaned and all(r["cost_micro_usd"] > 0 for r in orphaned)
+    assert "of a box whose lease ran out" in b.log
+    assert chat(b, "still here").status_code == 200
+
+
+def chat_quietly(gw: GatewayProcess) -> None:
+    try:
+        chat(gw, "hang on")
+    except requests.RequestException:
+        pass
