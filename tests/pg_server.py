@@ -57,11 +57,13 @@ class PgServer:
             shutil.chown(self.root, self.user)
         self._run(self.initdb, "-D", str(self.data), "-U", "postgres", "-A", "trust",
                   "--no-sync", "-E", "UTF8")  # fmt: skip
-        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                f"-c unix_socket_directories={self.root} -c fsync=off -c max_connections=100")  # fmt: skip
-        self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.root / "log"), "-o", opts,
-                  "-w", "-t", "60", "start")  # fmt: skip
+        self.resume()
         return self
+
+    @property
+    def options(self) -> str:
+        return (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
+                f"-c unix_socket_directories={self.root} -c fsync=off -c max_connections=100")  # fmt: skip
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -72,6 +74,15 @@ class PgServer:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def pause(self) -> None:
+        """Stop the server, keeping its data: the database is unreachable until ``resume``."""
+        self._run(self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+    def resume(self) -> None:
+        """Start it again on the same port with the same data."""
+        self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.root / "log"), "-o",
+                  self.options, "-w", "-t", "60", "start")  # fmt: skip
 
     def stop(self) -> None:
         try:

@@ -11,14 +11,24 @@ import math
 import threading
 import time
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 import requests
 
-from tests.conftest import GatewayProcess, openai_provider_toml
+from tests.conftest import GatewayProcess, openai_provider_toml, require, require_module
 from tests.fake_openai import FakeOpenAI
+from tests.synth_gguf import make_tiny_gguf
+from tests.test_storage import (
+    CLOUD_RULE,
+    health,
+    local,
+    local_toml,
+    paid,
+    requests_by_provider,
+)
 
 IN_USD_PER_MTOK, OUT_USD_PER_MTOK = 10, 100
 PRICED = f"""
@@ -197,3 +207,56 @@ def chat_quietly(gw: GatewayProcess) -> None:
         chat(gw, "hang on")
     except requests.RequestException:
         pass
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    return make_tiny_gguf(tmp_path_factory.mktemp("gguf") / "tiny.gguf")
+
+
+@pytest.fixture
+def own_pg():
+    """A PostgreSQL server of this test's own, to stop and start again."""
+    require_module("psycopg", "psycopg is not installed (pip install 'psycopg[binary]')")
+    from tests.pg_server import PgServer, pg_tools
+
+    require(pg_tools(), "initdb / pg_ctl are not installed (apt-get install postgresql)")
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+def test_the_database_away_refuses_paid_calls_serves_local_ones_and_recovers(
+    own_pg, tiny, fake_openai, gateway_factory
+):
+    url = own_pg.new_database()
+    cfg = fleet_config(fake_openai, url) + local_toml(tiny) + CLOUD_RULE
+    gw = gateway_factory(cfg)
+    assert paid(gw).status_code == 200
+    assert local(gw, "warm").status_code == 200
+    upstream_before = len(fake_openai.chat_requests)
+
+    own_pg.pause()
+    r = paid(gw)
+    assert r.status_code == 503, r.text
+    err = r.json()["error"]
+    assert err["code"] == "storage_unavailable" and err["type"] == "server_error"
+    assert f"127.0.0.1:{own_pg.port}" in err["message"] and "PostgreSQL" in err["message"]
+    s = paid(gw, stream=True)
+    assert s.status_code == 503 and s.json()["error"]["code"] == "storage_unavailable"
+    assert len(fake_openai.chat_requests) == upstream_before  # nothing went upstream unbooked
+    served = [local(gw, f"while away {i}") for i in range(3)]
+    assert [x.status_code for x in served] == [200, 200, 200], [x.text for x in served]
+    doc = health(gw)
+    assert doc["status"] == "degraded", doc
+    assert doc["storage"]["books"]["state"] == "unavailable"
+    assert doc["storage"]["pending_usage"] == 3
+
+    own_pg.resume()  # no restart of the gateway
+    r = paid(gw)
+    assert r.status_code == 200, r.text
+    doc = health(gw)
+    assert doc["status"] == "ok" and doc["storage"]["pending_usage"] == 0, doc
+    # Every call served while the database was away reached the books once it came back.
+    assert requests_by_provider(gw) == {"fake": 2, "local": 4}
+    assert "Traceback" not in gw.log, gw.log

@@ -145,9 +145,17 @@ class PgDatabase:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[PgSession]:
-        """A consistent snapshot of committed data (never waits for a writer)."""
-        with self._session("_rconn", self._rlock, write=False) as session:
-            yield session
+        """A consistent snapshot of committed data (never waits for a writer).
+
+        A server that cannot be read cannot be written either: the state says so at once, so
+        a paid call is not admitted on the strength of an earlier success.
+        """
+        try:
+            with self._session("_rconn", self._rlock, write=False) as session:
+                yield session
+        except StorageUnavailable as problem:
+            self.state.failed(problem)
+            raise
 
     def close(self) -> None:
         """Close both connections."""
