@@ -38,7 +38,8 @@ def pg_tools() -> tuple[str, str] | None:
 class PgServer:
     """One cluster: ``start()``, ``url(dbname)``, ``new_database()``, ``stop()``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, fsync: bool = False) -> None:
+        self.fsync = fsync  # off for tests (speed); on for benchmarks (what a box would run)
         tools = pg_tools()
         if tools is None:
             raise RuntimeError("initdb / pg_ctl not found (apt-get install postgresql)")
@@ -63,7 +64,7 @@ class PgServer:
     @property
     def options(self) -> str:
         return (f"-c listen_addresses=127.0.0.1 -c port={self.port} "
-                f"-c unix_socket_directories={self.root} -c fsync=off -c max_connections=100")  # fmt: skip
+                f"-c unix_socket_directories={self.root} -c fsync={'on' if self.fsync else 'off'} -c max_connections=100")  # fmt: skip
 
     def url(self, dbname: str = "postgres") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"

@@ -9,6 +9,7 @@ IGNORE`` to ``ON CONFLICT DO NOTHING``, and gives ``lastrowid`` by ``RETURNING i
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from decimal import Decimal
@@ -24,6 +25,7 @@ _INSERT = re.compile(r"^\s*INSERT\s+(OR\s+IGNORE\s+)?INTO\s+(\w+)", re.IGNORECAS
 _TOKEN = re.compile(r"'(?:[^']|'')*'|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
 
 
+@functools.lru_cache(maxsize=512)
 def translate(sql: str, named: bool) -> str:
     """``?`` / ``:name`` to ``%s`` / ``%(name)s``; a literal ``%`` doubled."""
 
