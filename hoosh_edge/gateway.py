@@ -208,8 +208,9 @@ class Gateway:
         self.keys.flush_last_used()
         if self.lease is not None:
             self.lease.stop()
-        if self.ledger.db is not self.db:
-            self.ledger.db.close()
+        for shared in {id(d): d for d in (self.ledger.db, self.cache.db)}.values():
+            if shared is not self.db:
+                shared.close()
         self.db.close()
         if self.prompt_states is not None:
             self.prompt_states.close()  # the writes still queued reach the disk
@@ -241,6 +242,13 @@ def _shared_books(config: Config) -> Any:
                            lease_s=cfg.lease_s)  # fmt: skip
 
 
+def pg_cache_lock() -> int:
+    """The shared cache's advisory lock (imported here only: psycopg is an optional extra)."""
+    from hoosh_edge.books.pg import CACHE_LOCK
+
+    return CACHE_LOCK
+
+
 def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool = True) -> Gateway:
     """A complete Gateway: every configured provider, every local model found, the books opened.
 
@@ -270,6 +278,10 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
     speech = LocalSpeech(pool, configured_models(config.stt, found.stt),
                          configured_models(config.tts, found.tts), config.stt, config.tts,
                          models_dir=models_dir)  # fmt: skip
+    policy = CachePolicy.from_config(config.cache)
+    if policy.shared and not (config.database and config.database.url):
+        raise ValueError("[cache] shared = true keeps the cache in the fleet's database: it "
+                         "needs a [database] table")  # fmt: skip
     books, lease = _shared_books(config), None
     ledger = SpendLedger(books or db, timezone=config.timezone)
     if books is not None:
@@ -279,9 +291,10 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
         lease = Lease(ledger, owner(), books.lease_s)
         lease.start()
     ledger.seed_rules([dict(b) for b in config.budgets])
+    cache_db = books.sibling(pg_cache_lock()) if books is not None and policy.shared else db
     gw = Gateway(config, pool=pool, speech=speech, local_backends=backends, db=db, ledger=ledger,
                  accountant=Accountant(ledger, PriceTable(dict(config.pricing))),
-                 cache=ResponseCache(db, CachePolicy.from_config(config.cache)),
+                 cache=ResponseCache(cache_db, policy),
                  keys=KeyStore(books or db), prompt_states=states)  # fmt: skip
     gw.lease = lease
     if start:

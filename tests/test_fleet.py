@@ -260,3 +260,31 @@ def test_the_database_away_refuses_paid_calls_serves_local_ones_and_recovers(
     # Every call served while the database was away reached the books once it came back.
     assert requests_by_provider(gw) == {"fake": 2, "local": 4}
     assert "Traceback" not in gw.log, gw.log
+
+
+def test_a_shared_cache_answers_on_one_box_what_the_other_stored(
+    fake_openai, gateway_factory, pg_url
+):
+    cfg = fleet_config(fake_openai, pg_url) + "\n[cache]\nshared = true\n"
+    a, b = gateway_factory(cfg), gateway_factory(cfg)
+    first = chat(a, "the same question", temperature=0)
+    assert first.status_code == 200 and first.headers["X-Hoosh-Cache"] == "MISS"
+    upstream = len(fake_openai.chat_requests)
+    again = chat(b, "the same question", temperature=0)
+    assert again.status_code == 200 and again.headers["X-Hoosh-Cache"] == "HIT", again.headers
+    assert len(fake_openai.chat_requests) == upstream  # answered from the shared cache
+    content = again.json()["choices"][0]["message"]["content"]
+    assert content == first.json()["choices"][0]["message"]["content"]
+    stored = rows(pg_url, "SELECT kind, entries FROM response_cache, response_cache_totals")
+    assert stored == [{"kind": "chat", "entries": 1}]
+    # Without shared, each box keeps its own: the other box misses.
+    local_cfg = fleet_config(fake_openai, pg_url)
+    c, d = gateway_factory(local_cfg), gateway_factory(local_cfg)
+    assert chat(c, "another question", temperature=0).headers["X-Hoosh-Cache"] == "MISS"
+    assert chat(d, "another question", temperature=0).headers["X-Hoosh-Cache"] == "MISS"
+
+
+def test_a_shared_cache_without_a_database_stops_start_up(fake_openai, gateway_factory):
+    with pytest.raises(RuntimeError) as caught:
+        gateway_factory(openai_provider_toml(fake_openai) + "\n[cache]\nshared = true\n")
+    assert "needs a [database] table" in str(caught.value)

@@ -32,8 +32,10 @@ from hoosh_edge.books.sql import PgSession
 from hoosh_edge.errors import StorageUnavailable
 from hoosh_edge.workers import native_lock
 
-# The one lock every write transaction holds (an arbitrary 64-bit constant, "hoosh").
+# The one lock every write transaction of the books holds (an arbitrary constant, "hoosh"), and
+# the shared cache's own (its writes never wait behind a reservation, nor a reservation on them).
 WRITE_LOCK = 0x686F6F7368
+CACHE_LOCK = 0x686F6F7369
 STATEMENT_TIMEOUT_MS = 10_000
 
 
@@ -56,8 +58,10 @@ class PgDatabase:
         password: str | None = None,
         connect_timeout_s: float = 3.0,
         lease_s: float = 30.0,
+        lock_key: int = WRITE_LOCK,
     ) -> None:
         self.url = url
+        self.lock_key = lock_key
         self.lease_s = lease_s  # a box silent this long is dead (fleet.py)
         self.password = password
         self.connect_timeout_s = connect_timeout_s
@@ -121,7 +125,7 @@ class PgDatabase:
                 with conn.transaction():
                     session = PgSession(conn)
                     if write:
-                        session.execute("SELECT pg_advisory_xact_lock(?)", [WRITE_LOCK])
+                        session.execute("SELECT pg_advisory_xact_lock(?)", [self.lock_key])
                     else:
                         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     yield session
@@ -166,6 +170,11 @@ class PgDatabase:
                     with contextlib.suppress(Exception):
                         conn.close()
                 setattr(self, role, None)
+
+    def sibling(self, lock_key: int) -> PgDatabase:
+        """The same database on connections of its own, writing under another lock (the cache)."""
+        return PgDatabase(self.url, password=self.password, connect_timeout_s=self.connect_timeout_s,
+                          lease_s=self.lease_s, lock_key=lock_key)  # fmt: skip
 
     def ping(self) -> float:
         """Seconds one round trip takes (for the doctor and tests)."""

@@ -2,7 +2,8 @@
 
 The same tables as ``migrations.py`` under the same names, in PostgreSQL's dialect, for the
 stores a fleet shares: budget rules, ledger, reservations, running totals and closures, API keys.
-The response cache and saved prompt states stay in each box's SQLite file. Append, never edit:
+The response cache lives here only with ``[cache] shared = true``; saved prompt states always stay
+in each box's SQLite file. Append, never edit:
 ``PgDatabase.migrate`` applies each once, under the books' write lock, whichever box starts first.
 """
 
@@ -97,6 +98,50 @@ PG_MIGRATIONS: list[Migration] = [
             last_used_at TEXT,
             revoked_at TEXT
         );
+        """,
+    ),
+    Migration(
+        "0006_response_cache",
+        # Used only with [cache] shared = true; rowid orders ties in eviction, as in SQLite.
+        """
+        CREATE TABLE response_cache (
+            rowid BIGSERIAL,
+            key TEXT NOT NULL PRIMARY KEY,
+            kind TEXT NOT NULL,
+            provider TEXT NOT NULL,
+            model TEXT NOT NULL,
+            body BYTEA NOT NULL,
+            meta TEXT NOT NULL,
+            size BIGINT NOT NULL,
+            checksum TEXT NOT NULL,
+            created DOUBLE PRECISION NOT NULL,
+            last_used DOUBLE PRECISION NOT NULL
+        );
+        CREATE INDEX response_cache_lru ON response_cache (last_used);
+        CREATE INDEX response_cache_created ON response_cache (created);
+        CREATE TABLE response_cache_totals (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            entries BIGINT NOT NULL,
+            bytes BIGINT NOT NULL
+        );
+        INSERT INTO response_cache_totals (id, entries, bytes) VALUES (1, 0, 0);
+        CREATE FUNCTION response_cache_count() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF TG_OP = 'INSERT' THEN
+                UPDATE response_cache_totals SET entries = entries + 1, bytes = bytes + NEW.size;
+            ELSIF TG_OP = 'DELETE' THEN
+                UPDATE response_cache_totals SET entries = entries - 1, bytes = bytes - OLD.size;
+            ELSE
+                UPDATE response_cache_totals SET bytes = bytes - OLD.size + NEW.size;
+            END IF;
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER response_cache_added AFTER INSERT ON response_cache
+            FOR EACH ROW EXECUTE FUNCTION response_cache_count();
+        CREATE TRIGGER response_cache_removed AFTER DELETE ON response_cache
+            FOR EACH ROW EXECUTE FUNCTION response_cache_count();
+        CREATE TRIGGER response_cache_resized AFTER UPDATE OF size ON response_cache
+            FOR EACH ROW EXECUTE FUNCTION response_cache_count();
         """,
     ),
     Migration(

@@ -21,8 +21,8 @@ import psycopg
 ID_TABLES = frozenset({"ledger", "reservations"})
 
 _INSERT = re.compile(r"^\s*INSERT\s+(OR\s+IGNORE\s+)?INTO\s+(\w+)", re.IGNORECASE)
-# A quoted literal, a ``?``, a ``:name`` or a ``%``: everything else passes through as it is.
-_TOKEN = re.compile(r"'(?:[^']|'')*'|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
+# A quoted literal, ``IS ?``, a ``?``, a ``:name`` or a ``%``: everything else passes through.
+_TOKEN = re.compile(r"'(?:[^']|'')*'|\bIS \?|\?|(?<![:\w]):([A-Za-z_]\w*)|%")
 
 
 @functools.lru_cache(maxsize=512)
@@ -35,6 +35,8 @@ def translate(sql: str, named: bool) -> str:
             return text.replace("%", "%%")
         if text == "?":
             return "%s"
+        if text == "IS ?":  # SQLite's null-safe comparison
+            return "IS NOT DISTINCT FROM %s"
         if text == "%":
             return "%%"
         return f"%({m.group(1)})s" if named else text
@@ -92,12 +94,27 @@ class Result:
     def __iter__(self) -> Iterator[Row]:
         return iter(self.fetchall())
 
+    def close(self) -> None:
+        """Nothing to free: the rows were read at once."""
+
 
 class PgSession:
     """One open transaction on a psycopg connection, spoken to as the stores speak to SQLite."""
 
     def __init__(self, conn: psycopg.Connection) -> None:
-        self.conn = conn
+        self._conn = conn
+
+    @property
+    def conn(self) -> PgSession:
+        """What ``sqlite_utils.Database.conn`` is to the stores: here, ``executemany``."""
+        return self
+
+    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        """One statement for each row of parameters."""
+        rows = list(rows)
+        if rows:
+            with self._conn.cursor() as cur:
+                cur.executemany(translate(sql, False), rows)  # type: ignore[arg-type]
 
     def execute(self, sql: str, params: Sequence[Any] | dict[str, Any] | None = None) -> Result:
         """Run one statement with SQLite-style placeholders; rows are read at once."""
@@ -111,7 +128,7 @@ class PgSession:
             if m.group(2).lower() in ID_TABLES and "RETURNING" not in text.upper():
                 text += " RETURNING id"
                 returning = True
-        cur = self.conn.execute(text, params if params is not None else [])  # type: ignore[arg-type]
+        cur = self._conn.execute(text, params if params is not None else [])  # type: ignore[arg-type]
         rows: list[Row] = []
         if cur.description is not None:
             names = {col.name: i for i, col in enumerate(cur.description)}
@@ -121,4 +138,4 @@ class PgSession:
 
     def raw(self, script: str) -> None:
         """Run a migration's statements (no placeholders) inside the open transaction."""
-        self.conn.execute(script.encode())  # bytes: no placeholder parsing, several statements
+        self._conn.execute(script.encode())  # bytes: no placeholder parsing, several statements
