@@ -288,3 +288,24 @@ def test_a_shared_cache_without_a_database_stops_start_up(fake_openai, gateway_f
     with pytest.raises(RuntimeError) as caught:
         gateway_factory(openai_provider_toml(fake_openai) + "\n[cache]\nshared = true\n")
     assert "needs a [database] table" in str(caught.value)
+
+
+def test_the_cli_on_one_box_makes_a_key_every_box_takes_and_lists_the_shared_budget(
+    fake_openai, gateway_factory, pg_url
+):
+    from tests.test_budget_bounds import hoosh
+
+    rule = '[[budgets]]\nname = "fleet"\nscope = "cloud"\nmetric = "usd"\nlimit = "5"\n'
+    rule += 'period = "day"\naction = "block"\n'
+    cfg = fleet_config(fake_openai, pg_url, extra=f'admin_key = "{ADMIN_KEY}"') + rule
+    a, b = gateway_factory(cfg), gateway_factory(cfg)
+    made = hoosh("keys", "create", "laptop", config=a.config_path)
+    assert made.returncode == 0, made.stderr
+    key = next(w for w in made.stdout.split() if w.startswith("hk-"))
+    for gw in (a, b):
+        assert chat(gw, "from the laptop", headers=bearer(key)).status_code == 200
+    listed = hoosh("budget", "list", config=b.config_path)
+    assert listed.returncode == 0 and "fleet" in listed.stdout, listed.stdout + listed.stderr
+    gone = hoosh("keys", "revoke", "laptop", config=b.config_path)
+    assert gone.returncode == 0, gone.stderr
+    assert chat(a, "from the laptop", headers=bearer(key)).status_code == 401

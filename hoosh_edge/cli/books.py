@@ -1,4 +1,7 @@
-"""The books' subcommands: keys, budget and cache, on the gateway's SQLite file directly.
+"""The books' subcommands: keys, budget and cache, on the gateway's books directly.
+
+The books are the SQLite file in data_dir, or the fleet's PostgreSQL when ``[database]`` names
+one (the cache there only with ``[cache] shared = true``).
 
 The running gateway sees a change on its next request; no gateway need be running.
 """
@@ -151,9 +154,10 @@ def cmd_budget(args: argparse.Namespace, config: Config) -> int:
 def cmd_cache(args: argparse.Namespace, config: Config) -> int:
     from hoosh_edge.books.cache import CachePolicy, ResponseCache
 
-    db = _db(config, shared=False)  # the response cache stays on each box
+    policy = CachePolicy.from_config(config.cache)
+    db = _db(config, shared=policy.shared)  # this box's file unless [cache] shared = true
     try:
-        cache = ResponseCache(db, CachePolicy.from_config(config.cache))
+        cache = ResponseCache(db, policy)
         if args.action == "stats":
             stats = cache.stats()
             for k in (
