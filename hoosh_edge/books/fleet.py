@@ -6,7 +6,8 @@ has no lease, or one older than ``lease_s``, belongs to a box that died (``kill 
 a cable pulled): whichever box notices first books it at its reserved amount as ``orphaned``, as
 a restart does on one box (``orphans.py``). A box cut off from the database longer than its lease
 may find its reservations booked when it comes back; its commit then writes the real row too, so
-the books err on the side of having spent more, never less.
+the books err on the side of having spent more, never less. Leases are stamped and judged by the
+database server's clock, never a box's own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import gevent
 
-from hoosh_edge.books.orphans import now_us, settle_orphans
+from hoosh_edge.books.orphans import DB_NOW_US, settle_orphans
 from hoosh_edge.errors import StorageUnavailable
 
 log = logging.getLogger("hoosh_edge.books.fleet")
@@ -25,12 +26,12 @@ log = logging.getLogger("hoosh_edge.books.fleet")
 
 def renew(database: Any, me: str) -> None:
     """Write (or refresh) this box's lease."""
-    now = now_us()
     with database.write() as db:
         db.execute(
-            "INSERT INTO boxes (owner, host, started_at, seen_at) VALUES (?, ?, ?, ?) "
+            f"INSERT INTO boxes (owner, host, started_at, seen_at) "
+            f"VALUES (?, ?, {DB_NOW_US}, {DB_NOW_US}) "
             "ON CONFLICT (owner) DO UPDATE SET seen_at = EXCLUDED.seen_at",
-            [me, socket.gethostname(), now, now],
+            [me, socket.gethostname()],
         )
 
 

@@ -81,15 +81,22 @@ def now_us() -> int:
     return int(time.time() * 1_000_000)
 
 
+# The database server's clock, in microseconds: leases are stamped and judged by one clock, so
+# boxes whose own clocks disagree (no RTC, NTP not yet synced) never call each other dead.
+DB_NOW_US = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT"
+
+
 def dead_owners(db: Any, owners: list[str], lease_s: float, me: str) -> list[str]:
     """The owners among ``owners`` with no lease younger than ``lease_s`` (never ``me``)."""
-    cutoff = now_us() - int(lease_s * 1_000_000)
+    lease_us = int(lease_s * 1_000_000)
     alive = {
         row["owner"]
-        for row in db.execute("SELECT owner FROM boxes WHERE seen_at >= ?", [cutoff]).fetchall()
+        for row in db.execute(
+            f"SELECT owner FROM boxes WHERE seen_at >= {DB_NOW_US} - ?", [lease_us]
+        ).fetchall()
     }
     # Leases long expired are forgotten, so the table stays as small as the fleet.
-    db.execute("DELETE FROM boxes WHERE seen_at < ?", [cutoff - int(lease_s * 10_000_000)])
+    db.execute(f"DELETE FROM boxes WHERE seen_at < {DB_NOW_US} - ?", [lease_us * 11])
     return [who for who in owners if who != me and who not in alive]
 
 

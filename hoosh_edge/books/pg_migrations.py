@@ -167,7 +167,7 @@ PG_MIGRATIONS: list[Migration] = [
         CREATE TABLE boxes (
             owner TEXT PRIMARY KEY,
             host TEXT NOT NULL,
-            started_at BIGINT NOT NULL,  -- microseconds since the epoch, UTC
+            started_at BIGINT NOT NULL,  -- microseconds since the epoch, by the server's clock
             seen_at BIGINT NOT NULL
         );
         """,
