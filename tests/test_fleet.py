@@ -309,3 +309,17 @@ def test_the_cli_on_one_box_makes_a_key_every_box_takes_and_lists_the_shared_bud
     gone = hoosh("keys", "revoke", "laptop", config=b.config_path)
     assert gone.returncode == 0, gone.stderr
     assert chat(a, "from the laptop", headers=bearer(key)).status_code == 401
+
+
+def test_a_box_that_cannot_reach_the_database_at_start_says_so_in_one_line(
+    fake_openai, gateway_factory
+):
+    from tests.pg_server import free_port
+
+    port = free_port()  # nothing listens there
+    cfg = fleet_config(fake_openai, f"postgresql://hoosh@127.0.0.1:{port}/books")
+    with pytest.raises(RuntimeError) as caught:
+        gateway_factory(cfg.replace("[database]\n", "[database]\nconnect_timeout_s = 1\n"))
+    said = str(caught.value)
+    assert f"PostgreSQL 127.0.0.1:{port}/books" in said and "cannot be used" in said
+    assert "Traceback" not in said
