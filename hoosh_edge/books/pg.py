@@ -115,7 +115,9 @@ class PgDatabase:
         )
 
     @contextlib.contextmanager
-    def _session(self, role: str, lock: Any, *, write: bool) -> Iterator[PgSession]:
+    def _session(
+        self, role: str, lock: Any, *, write: bool, durable: bool = True
+    ) -> Iterator[PgSession]:
         with self._locked(lock):
             conn = getattr(self, role)
             try:
@@ -126,6 +128,10 @@ class PgDatabase:
                     session = PgSession(conn)
                     if write:
                         session.execute("SELECT pg_advisory_xact_lock(?)", [self.lock_key])
+                        if not durable:
+                            # Free on-device usage: safe from the death of a box, and flushed
+                            # by the server within a fraction of a second; no wait for it here.
+                            session.execute("SET LOCAL synchronous_commit = off")
                     else:
                         session.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     yield session
@@ -138,9 +144,12 @@ class PgDatabase:
 
     @contextlib.contextmanager
     def write(self, *, durable: bool = True) -> Iterator[PgSession]:
-        """One transaction holding the books' write lock: committed on success, else rolled back."""
+        """One transaction holding the books' write lock: committed on success, else rolled back.
+
+        ``durable=False`` (free on-device usage) does not wait for the server's disk, as on SQLite.
+        """
         try:
-            with self._session("_wconn", self._wlock, write=True) as session:
+            with self._session("_wconn", self._wlock, write=True, durable=durable) as session:
                 yield session
         except StorageUnavailable as problem:
             self.state.failed(problem)
