@@ -251,6 +251,10 @@ def test_the_database_away_refuses_paid_calls_serves_local_ones_and_recovers(
     assert doc["status"] == "degraded", doc
     assert doc["storage"]["books"]["state"] == "unavailable"
     assert doc["storage"]["pending_usage"] == 3
+    metrics = requests.get(gw.url + "/metrics", timeout=10)
+    assert metrics.status_code == 200 and "hoosh_storage_writable 0" in metrics.text
+    status = requests.get(gw.url + "/admin/budgets", timeout=10)
+    assert status.status_code == 503 and status.json()["error"]["code"] == "storage_unavailable"
 
     own_pg.resume()  # no restart of the gateway
     r = paid(gw)
