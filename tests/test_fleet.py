@@ -253,8 +253,10 @@ def test_the_database_away_refuses_paid_calls_serves_local_ones_and_recovers(
     assert doc["storage"]["pending_usage"] == 3
     metrics = requests.get(gw.url + "/metrics", timeout=10)
     assert metrics.status_code == 200 and "hoosh_storage_writable 0" in metrics.text
-    status = requests.get(gw.url + "/admin/budgets", timeout=10)
-    assert status.status_code == 503 and status.json()["error"]["code"] == "storage_unavailable"
+    budgets = requests.get(gw.url + "/admin/budgets", timeout=10)
+    assert budgets.status_code == 503 and budgets.json()["error"]["code"] == "storage_unavailable"
+    page = requests.get(gw.url + "/admin/status.json", timeout=10)
+    assert page.status_code == 200 and "cannot be used" in page.json()["budgets"]["error"]
 
     own_pg.resume()  # no restart of the gateway
     r = paid(gw)
