@@ -23,6 +23,8 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
+import psycopg.waiting
+from gevent._hub_local import get_hub_if_exists
 
 from hoosh_edge.books import storage
 from hoosh_edge.books.db import Database
@@ -37,6 +39,23 @@ from hoosh_edge.workers import native_lock
 WRITE_LOCK = 0x686F6F7368
 CACHE_LOCK = 0x686F6F7369
 STATEMENT_TIMEOUT_MS = 10_000
+
+
+class _Connection(psycopg.Connection):
+    """A connection that waits in C on threads with no gevent hub (the books pool's).
+
+    Under monkey-patching psycopg waits through gevent everywhere, which a greenlet on the hub's
+    thread needs; an OS thread of the books pool has nothing to yield to, and the C wait costs
+    it a fraction of the CPU.
+    """
+
+    def wait(self, gen: Any, interval: float = 0.1, timeout: float | None = None) -> Any:
+        if _wait_c is not None and get_hub_if_exists() is None:
+            return _wait_c(gen, self.pgconn.socket, interval=interval, timeout=timeout)
+        return super().wait(gen, interval=interval, timeout=timeout)
+
+
+_wait_c = getattr(psycopg.waiting, "wait_c", None)  # only with the binary or C build
 
 
 def _where(url: str) -> str:
@@ -104,7 +123,7 @@ class PgDatabase:
         }
         if self.password is not None:
             kwargs["password"] = self.password
-        return psycopg.connect(self.url, **kwargs)
+        return _Connection.connect(self.url, **kwargs)
 
     def _fault(self, exc: BaseException) -> StorageUnavailable:
         """The error a caller sees when the server cannot be used."""
