@@ -141,9 +141,13 @@ class Gateway:
         for w in new.warnings:
             log.warning("config: %s", w)
         restart = [k for k in ("llm", "stt", "tts") if getattr(new, k) != getattr(old, k)]
+        later = [f"local.{k}" for k in restart]
+        cache_shared = self.cache.db is not self.db
+        if new.database != old.database or policy.shared != cache_shared:
+            later.append("database")  # where the books and the cache live is chosen at start-up
         log.info("config reloaded from %s", new.source or "the environment")
         return {"reloaded": True, "source": new.source, "providers": [p.name for p in new.providers],
-                "restart_needed_for": [f"local.{k}" for k in restart]}  # fmt: skip
+                "restart_needed_for": later}  # fmt: skip
 
     def describe(self) -> list[str]:
         """What this gateway serves, for the start-up banner."""

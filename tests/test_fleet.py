@@ -329,3 +329,15 @@ def test_a_box_that_cannot_reach_the_database_at_start_says_so_in_one_line(
     said = str(caught.value)
     assert f"PostgreSQL 127.0.0.1:{port}/books" in said and "cannot be used" in said
     assert "Traceback" not in said
+
+
+def test_a_reload_says_where_the_books_live_changes_only_at_the_next_start(
+    fake_openai, gateway_factory, pg_url
+):
+    gw = gateway_factory(fleet_config(fake_openai, pg_url))
+    same = requests.post(gw.url + "/admin/reload", timeout=10).json()
+    assert same["reloaded"] and same["restart_needed_for"] == []
+    gw.config_path.write_text(gw.config_path.read_text() + "\n[cache]\nshared = true\n")
+    moved = requests.post(gw.url + "/admin/reload", timeout=10).json()
+    assert moved["reloaded"] and moved["restart_needed_for"] == ["database"]
+    assert chat(gw, "still served").status_code == 200
