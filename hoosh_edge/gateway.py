@@ -240,10 +240,9 @@ def _shared_books(config: Config) -> Any:
     cfg = config.database
     if cfg is None or not cfg.url:
         return None
-    from hoosh_edge.books.pg import PgDatabase
+    from hoosh_edge.books.fleet import open_shared_books
 
-    return PgDatabase.open(cfg.url, password=cfg.password, connect_timeout_s=cfg.connect_timeout_s,
-                           lease_s=cfg.lease_s)  # fmt: skip
+    return open_shared_books(cfg)
 
 
 def pg_cache_lock() -> int:

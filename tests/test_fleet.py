@@ -341,3 +341,29 @@ def test_a_reload_says_where_the_books_live_changes_only_at_the_next_start(
     moved = requests.post(gw.url + "/admin/reload", timeout=10).json()
     assert moved["reloaded"] and moved["restart_needed_for"] == ["database"]
     assert chat(gw, "still served").status_code == 200
+
+
+def test_without_the_driver_a_database_table_stops_start_up_in_one_sentence(
+    fake_openai, gateway_factory, tmp_path
+):
+    shim = tmp_path / "no-driver" / "psycopg"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('No module named psycopg')\n")
+    cfg = fleet_config(fake_openai, "postgresql://hoosh@127.0.0.1:5432/books")
+    with pytest.raises(RuntimeError) as caught:
+        gateway_factory(cfg, env={"PYTHONPATH": str(shim.parent)})
+    said = str(caught.value)
+    assert "[database] needs the PostgreSQL driver" in said and "psycopg[binary]" in said
+    assert "Traceback" not in said
+
+
+def test_the_cli_with_the_database_away_says_so_in_one_line(fake_openai, tmp_path):
+    from tests.pg_server import free_port
+    from tests.test_budget_bounds import hoosh
+
+    port = free_port()
+    cfg = tmp_path / "hoosh-edge.toml"
+    cfg.write_text(fleet_config(fake_openai, f"postgresql://hoosh@127.0.0.1:{port}/books"))
+    listed = hoosh("keys", "list", config=cfg)
+    assert listed.returncode != 0
+    assert f"127.0.0.1:{port}/books" in listed.stderr and "Traceback" not in listed.stderr

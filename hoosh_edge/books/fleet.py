@@ -77,3 +77,16 @@ class Lease:
                 db.execute("DELETE FROM boxes WHERE owner = ?", [self.me])
         except StorageUnavailable:
             pass
+
+
+def open_shared_books(cfg: Any) -> Any:
+    """``PgDatabase.open`` for a ``[database]`` table; a missing driver is said in one sentence."""
+    try:
+        from hoosh_edge.books.pg import PgDatabase
+    except ImportError as e:
+        raise ValueError(
+            f"[database] needs the PostgreSQL driver, which is not installed ({e}): "
+            "pip install 'psycopg[binary]' (the 'postgres' extra of hoosh-edge)"
+        ) from None
+    return PgDatabase.open(cfg.url, password=cfg.password, connect_timeout_s=cfg.connect_timeout_s,
+                           lease_s=cfg.lease_s)  # fmt: skip

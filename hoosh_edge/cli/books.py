@@ -23,10 +23,9 @@ def _db(config: Config, *, shared: bool = True):
 
     cfg = config.database
     if shared and cfg is not None and cfg.url:
-        from hoosh_edge.books.pg import PgDatabase
+        from hoosh_edge.books.fleet import open_shared_books
 
-        return PgDatabase.open(cfg.url, password=cfg.password,
-                               connect_timeout_s=cfg.connect_timeout_s, lease_s=cfg.lease_s)  # fmt: skip
+        return open_shared_books(cfg)
     return Database.open(Path(config.server.data_dir))
 
 
