@@ -562,3 +562,17 @@ def test_running_totals_agree_with_the_ledger(ledger: SpendLedger) -> None:
     ledger.delete_rule("tok")
     with ledger.db.read() as r:
         assert r.execute("SELECT COUNT(*) FROM budget_usage").fetchone()[0] == 0
+
+
+def test_a_correction_is_appended_and_counted_on_both_engines(ledger: SpendLedger) -> None:
+    r = ledger.reserve(Usage(cost_micro_usd=900), **CLOUD, request_id="req-1")
+    ledger.commit(r, Usage(cost_micro_usd=700))
+    ledger.create_rule(rule("all-usd", scope="all", metric="usd", limit="1", period="total"))
+    fixed = orphans.correct(ledger, "req-1", "0.0005", "invoice says less")
+    assert fixed["was_usd"] == "0.0007" and fixed["now_usd"] == "0.0005" and fixed["entry"] > 0
+    state = next(s for s in ledger.rule_states() if s.rule.name == "all-usd")
+    assert state.used == 500  # the rule's total follows the correction
+    summary = orphans.orphan_summary(ledger)
+    assert summary["corrections"] == 1 and summary["corrections_usd"] == "-0.0002"
+    with pytest.raises(NotFound):
+        orphans.correct(ledger, "no-such-request", "0.1", "typo")
