@@ -5,8 +5,9 @@
 One fake OpenAI upstream; gateways with one usd block rule (so every call reserves, then commits):
 ``sqlite`` (the default file, durability full), ``postgres`` (one box on a local PostgreSQL with
 fsync on, started here in a temporary folder as tests/pg_server.py does) and ``2 boxes`` (two
-gateways on that database, the load split between them). Prints requests per second, p50 / p99
-latency, what the gateway adds to p50 over the direct call, and the gateway's CPU per call.
+gateways on that database, the load split between them: max(1, conc / 2) clients each, so its
+conc-1 row has two clients). Prints requests per second, p50 / p99 latency, what the gateway adds
+to p50 over the direct call, and the gateways' CPU per call.
 """
 
 from __future__ import annotations
