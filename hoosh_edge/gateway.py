@@ -70,6 +70,7 @@ class Gateway:
         self.prompt_states = prompt_states
         self.embeddings = embeddings or LocalEmbeddings(pool, {}, config.embeddings)
         self.semantic = SemanticCache(db, lambda: self.cache.policy)
+        self.lease: Any = None  # books.fleet.Lease when the books are shared
         self.metrics = Metrics()
         self.accountant.metrics = self.metrics
         self.auth = Authenticator(keys, StaticKeys(config.server.api_keys, config.server.admin_key))
@@ -145,12 +146,14 @@ class Gateway:
         self.auth = Authenticator(self.keys, StaticKeys(new.server.api_keys, new.server.admin_key))
         for w in new.warnings:
             log.warning("config: %s", w)
-        restart = [
-            k for k in ("llm", "stt", "tts", "embeddings") if getattr(new, k) != getattr(old, k)
-        ]
+        restart = [k for k in ("llm", "stt", "tts", "embeddings") if getattr(new, k) != getattr(old, k)]
+        later = [f"local.{k}" for k in restart]
+        cache_shared = self.cache.db is not self.db
+        if new.database != old.database or policy.shared != cache_shared:
+            later.append("database")  # where the books and the cache live is chosen at start-up
         log.info("config reloaded from %s", new.source or "the environment")
         return {"reloaded": True, "source": new.source, "providers": [p.name for p in new.providers],
-                "restart_needed_for": [f"local.{k}" for k in restart]}  # fmt: skip
+                "restart_needed_for": later}  # fmt: skip
 
     def describe(self) -> list[str]:
         """What this gateway serves, for the start-up banner."""
@@ -196,6 +199,11 @@ class Gateway:
     def storage_report(self) -> dict[str, Any]:
         """The data folder's state and the usage waiting for it, for the health endpoints."""
         report = self.db.state.report()
+        if self.ledger.db is not self.db:  # the shared books (PostgreSQL) fail on their own
+            shared = self.ledger.db.state.report()
+            report["books"] = shared
+            if shared["state"] != "ok":
+                report["state"], report["error"] = shared["state"], shared["error"]
         report.update(self.accountant.pending.report())
         return report
 
@@ -212,6 +220,11 @@ class Gateway:
             log.warning("storage: %d usage record(s) could not be written before stopping; "
                         "they are lost", len(self.accountant.pending))  # fmt: skip
         self.keys.flush_last_used()
+        if self.lease is not None:
+            self.lease.stop()
+        for shared in {id(d): d for d in (self.ledger.db, self.cache.db)}.values():
+            if shared is not self.db:
+                shared.close()
         self.db.close()
         if self.prompt_states is not None:
             self.prompt_states.close()  # the writes still queued reach the disk
@@ -230,6 +243,23 @@ def prompt_state_store(config: Config) -> PromptStateStore | None:
         log.warning("prompt cache: cannot use %s (%s); saved prompt states stay in RAM",
                     folder, e)  # fmt: skip
         return PromptStateStore(None, ram_bytes=c.prompt_cache_mb << 20)
+
+
+def _shared_books(config: Config) -> Any:
+    """The fleet's PostgreSQL books when ``[database]`` names them, else None (SQLite)."""
+    cfg = config.database
+    if cfg is None or not cfg.url:
+        return None
+    from hoosh_edge.books.fleet import open_shared_books
+
+    return open_shared_books(cfg)
+
+
+def pg_cache_lock() -> int:
+    """The shared cache's advisory lock (imported here only: psycopg is an optional extra)."""
+    from hoosh_edge.books.pg import CACHE_LOCK
+
+    return CACHE_LOCK
 
 
 def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool = True) -> Gateway:
@@ -263,12 +293,26 @@ def build_gateway(config: Config, *, pool: ModelPool | None = None, start: bool 
                          models_dir=models_dir)  # fmt: skip
     embeddings = LocalEmbeddings(pool, configured_models(config.embeddings, found.embed),
                                  config.embeddings)  # fmt: skip
-    ledger = SpendLedger(db, timezone=config.timezone)
+    policy = CachePolicy.from_config(config.cache)
+    if policy.shared and not (config.database and config.database.url):
+        raise ValueError("[cache] shared = true keeps the cache in the fleet's database: it "
+                         "needs a [database] table")  # fmt: skip
+    books, lease = _shared_books(config), None
+    ledger = SpendLedger(books or db, timezone=config.timezone)
+    if books is not None:
+        from hoosh_edge.books.fleet import Lease
+        from hoosh_edge.books.orphans import owner
+
+        lease = Lease(ledger, owner(), books.lease_s)
+        lease.start()
     ledger.seed_rules([dict(b) for b in config.budgets])
+    cache_db = books.sibling(pg_cache_lock()) if books is not None and policy.shared else db
     gw = Gateway(config, pool=pool, speech=speech, local_backends=backends, db=db, ledger=ledger,
                  accountant=Accountant(ledger, PriceTable(dict(config.pricing))),
-                 cache=ResponseCache(db, CachePolicy.from_config(config.cache)),
-                 keys=KeyStore(db), prompt_states=states, embeddings=embeddings)  # fmt: skip
+                 cache=ResponseCache(cache_db, policy),
+                 keys=KeyStore(books or db), prompt_states=states,
+                 embeddings=embeddings)  # fmt: skip
+    gw.lease = lease
     semantic = gw.cache.policy.semantic
     if semantic is not None and not gw.embeddings.models:
         log.warning("[cache] semantic is set but no on-device embedding model is installed "

@@ -258,3 +258,39 @@ connect_timeout_s = 1
 retry_max_s = 5
 {extra}
 """
+
+
+# ---- PostgreSQL (the shared books of several boxes) ------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """A real PostgreSQL server on a free loopback port, for the whole run."""
+    require_module("psycopg", "psycopg is not installed (pip install 'psycopg[binary]')")
+    from tests.pg_server import PgServer, pg_tools
+
+    require(pg_tools(), "initdb / pg_ctl are not installed (apt-get install postgresql)")
+    server = PgServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server) -> str:
+    """The URL of a fresh, empty database on the test server."""
+    return pg_server.new_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def books_db(request, tmp_path):
+    """The books' database on each engine: the SQLite file, then PostgreSQL."""
+    if request.param == "sqlite":
+        from hoosh_edge.books.db import Database
+
+        db = Database.open(tmp_path)
+    else:
+        from hoosh_edge.books.pg import PgDatabase
+
+        db = PgDatabase.open(request.getfixturevalue("pg_url"))
+    yield db
+    db.close()

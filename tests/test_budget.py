@@ -49,7 +49,14 @@ def rule(name: str, **kw) -> dict:
 
 
 @pytest.fixture
-def database(tmp_path: Path):
+def database(books_db):
+    """Each test on both engines: the SQLite file and PostgreSQL (conftest.books_db)."""
+    return books_db
+
+
+@pytest.fixture
+def sqlite_database(tmp_path: Path):
+    """SQLite only: what a pid tells on one box (leases across boxes: test_fleet_books.py)."""
     db = Database.open(tmp_path)
     yield db
     db.close()
@@ -231,7 +238,8 @@ def test_release_gives_the_budget_back(ledger: SpendLedger) -> None:
     ledger.reserve(Usage(cost_micro_usd=1000), **CLOUD)
 
 
-def test_reservations_of_dead_processes_are_booked_at_start(database: Database) -> None:
+def test_reservations_of_dead_processes_are_booked_at_start(sqlite_database: Database) -> None:
+    database = sqlite_database
     ledger = SpendLedger(database)
     live = ledger.reserve(Usage(cost_micro_usd=5), **CLOUD, request_id="live")
     boot = orphans.owner().split(":")[0]
@@ -554,3 +562,17 @@ def test_running_totals_agree_with_the_ledger(ledger: SpendLedger) -> None:
     ledger.delete_rule("tok")
     with ledger.db.read() as r:
         assert r.execute("SELECT COUNT(*) FROM budget_usage").fetchone()[0] == 0
+
+
+def test_a_correction_is_appended_and_counted_on_both_engines(ledger: SpendLedger) -> None:
+    r = ledger.reserve(Usage(cost_micro_usd=900), **CLOUD, request_id="req-1")
+    ledger.commit(r, Usage(cost_micro_usd=700))
+    ledger.create_rule(rule("all-usd", scope="all", metric="usd", limit="1", period="total"))
+    fixed = orphans.correct(ledger, "req-1", "0.0005", "invoice says less")
+    assert fixed["was_usd"] == "0.0007" and fixed["now_usd"] == "0.0005" and fixed["entry"] > 0
+    state = next(s for s in ledger.rule_states() if s.rule.name == "all-usd")
+    assert state.used == 500  # the rule's total follows the correction
+    summary = orphans.orphan_summary(ledger)
+    assert summary["corrections"] == 1 and summary["corrections_usd"] == "-0.0002"
+    with pytest.raises(NotFound):
+        orphans.correct(ledger, "no-such-request", "0.1", "typo")

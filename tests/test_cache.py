@@ -47,10 +47,9 @@ class Clock:
 
 
 @pytest.fixture
-def database(tmp_path: Path):
-    db = Database.open(tmp_path)
-    yield db
-    db.close()
+def database(books_db):
+    """Each test on both engines: this box's file and the fleet's PostgreSQL (shared = true)."""
+    return books_db
 
 
 @pytest.fixture

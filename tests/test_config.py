@@ -50,7 +50,7 @@ BAD = [
     ({"budgets": [3]}, "'budgets[0]' must be a table ([[budgets]])"),
     ({"pricing": {"gpt-4.1": 3}}, "'pricing.\"gpt-4.1\"' must be a table"),
     ({"timezone": "Mars/Base"}, "'timezone' 'Mars/Base' is not a known IANA time zone"),
-    ({"nope": 1}, "unknown key 'nope' (allowed: budgets, cache, local,"),
+    ({"nope": 1}, "unknown key 'nope' (allowed: budgets, cache, database, local,"),
 ]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -33,10 +34,9 @@ class Clock:
 
 
 @pytest.fixture
-def database(tmp_path: Path):
-    db = Database.open(tmp_path)
-    yield db
-    db.close()
+def database(books_db):
+    """Each test on both engines: the SQLite file and PostgreSQL (conftest.books_db)."""
+    return books_db
 
 
 @pytest.fixture
@@ -72,14 +72,30 @@ def test_create_returns_a_long_random_key_once_and_a_record_without_it(store: Ke
     assert second != key and second[3:11] != key[3:11]
 
 
+def dump_all(database: Any, tmp_path: Path) -> str:
+    """Every row of every table, as text: the whole file, or every table of the PostgreSQL db."""
+    if isinstance(database, Database):
+        conn = sqlite3.connect(tmp_path / DB_FILENAME)
+        try:
+            return "\n".join(conn.iterdump())
+        finally:
+            conn.close()
+    with database.read() as db:
+        tables = [r[0] for r in db.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]  # fmt: skip
+        return "\n".join(
+            repr(tuple(row)) for t in tables for row in db.execute(f"SELECT * FROM {t}").fetchall()
+        )
+
+
 def test_the_database_holds_a_hash_and_a_short_prefix_never_the_key(
-    store: KeyStore, tmp_path: Path
+    store: KeyStore, database: Any, tmp_path: Path
 ) -> None:
     _, key = store.create("phone")
-    conn = sqlite3.connect(tmp_path / DB_FILENAME)
-    dump = "\n".join(conn.iterdump())
-    row = conn.execute("SELECT prefix, key_hash FROM api_keys").fetchone()
-    conn.close()
+    dump = dump_all(database, tmp_path)
+    assert key[3:11] in dump  # the dump did read the keys' rows
+    with database.read() as db:
+        row = db.execute("SELECT prefix, key_hash FROM api_keys").fetchone()
     assert key not in dump and key[3:] not in dump
     assert row[0] == key[3:11]
     assert len(row[1]) == 64 and key[11:] not in row[1]

@@ -178,9 +178,10 @@ class CachePolicy:
     max_bytes: int = 256 * MIB
     cache_nondeterministic: bool = False
     semantic: SemanticPolicy | None = None  # off unless [cache] semantic names models
+    shared: bool = False  # in the fleet's PostgreSQL ([database]) instead of this box's file
 
     def __post_init__(self) -> None:
-        for name in ("enabled", "cache_nondeterministic"):
+        for name in ("enabled", "cache_nondeterministic", "shared"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"[cache] {name} must be true or false, "
                                  f"not {getattr(self, name)!r}")  # fmt: skip

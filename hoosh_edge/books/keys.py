@@ -33,7 +33,13 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from hoosh_edge.books.money import parse_decimal, to_micro
-from hoosh_edge.errors import InvalidRequest, LastKey, PermissionDenied, ServiceUnavailable
+from hoosh_edge.errors import (
+    InvalidRequest,
+    LastKey,
+    PermissionDenied,
+    ServiceUnavailable,
+    StorageUnavailable,
+)
 from hoosh_edge.threads import run_books
 
 if TYPE_CHECKING:
@@ -46,6 +52,7 @@ _PREFIX_LEN = 8  # random characters kept in clear as the lookup id
 _RANDOM_BYTES = 32  # 43 url-safe characters
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _RESERVED = re.compile(r"^(admin|static-\d+)$")
+_VERIFIED_MAX = 1024  # keys remembered for an outage of the books' server
 ACTIVE_KEYS_TTL_S = 0.1  # how stale has_active_keys() may be about another process's change
 _COLUMNS = (
     "name, prefix, allowed_models, rpm, max_concurrent, budget_usd, "
@@ -171,6 +178,8 @@ class KeyStore:
         self.last_used_interval = last_used_interval
         self._written: dict[str, float] = {}  # name -> when last_used_at was last written
         self._pending: dict[str, float] = {}  # name -> last use not yet written
+        # digest -> record at its last successful check; used only while the books are away.
+        self._verified: dict[str, KeyRecord] = {}
 
     def create(
         self,
@@ -243,9 +252,14 @@ class KeyStore:
         known = self._active_keys
         if known is not None and now - known[1] < ACTIVE_KEYS_TTL_S:
             return known[0]
-        with self.db.read() as db:
-            sql = "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)"
-            active = bool(db.execute(sql).fetchone()[0])
+        try:
+            with self.db.read() as db:
+                sql = "SELECT EXISTS (SELECT 1 FROM api_keys WHERE revoked_at IS NULL)"
+                active = bool(db.execute(sql).fetchone()[0])
+        except StorageUnavailable:
+            if known is None:
+                raise
+            return known[0]  # the books' server is away: what it said last still holds
         self._active_keys = (active, now)
         return active
 
@@ -279,14 +293,25 @@ class KeyStore:
         prefix = presented[len(KEY_PREFIX) : len(KEY_PREFIX) + _PREFIX_LEN]
         row = None
         if presented.startswith(KEY_PREFIX) and len(prefix) == _PREFIX_LEN:
-            with self.db.read() as db:
-                row = db.execute(
-                    f"SELECT {_COLUMNS}, key_hash FROM api_keys WHERE prefix = ?", [prefix]
-                ).fetchone()
+            try:
+                with self.db.read() as db:
+                    row = db.execute(
+                        f"SELECT {_COLUMNS}, key_hash FROM api_keys WHERE prefix = ?", [prefix]
+                    ).fetchone()
+            except StorageUnavailable:
+                # The shared books' server is away: a key it vouched for last time still opens
+                # free on-device calls (paid ones are refused without the books anyway).
+                if digest not in self._verified:
+                    raise
+                return self._verified[digest]
         stored = row["key_hash"] if row else hash_key("")
         if not hmac.compare_digest(digest, stored) or row is None or row["revoked_at"]:
+            self._verified.pop(digest, None)
             return None
         record = _record(row)
+        if len(self._verified) >= _VERIFIED_MAX:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[digest] = record
         self._touch(record.name)
         return record
 

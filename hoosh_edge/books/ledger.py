@@ -374,7 +374,7 @@ class SpendLedger(RuleBook):
         column = columns[group_by]
         with self.db.read() as db:
             rows = db.execute(
-                f"SELECT {column} AS grp, {tally.TOTALS}, SUM(kind = 'orphaned') AS orphaned, "
+                f"SELECT {column} AS grp, {tally.TOTALS}, SUM(CASE WHEN kind = 'orphaned' THEN 1 ELSE 0 END) AS orphaned, "
                 "SUM(CASE WHEN kind = 'orphaned' THEN cost_micro_usd ELSE 0 END) AS orphaned_micro "
                 f"FROM ledger {where} GROUP BY {column} "
                 "ORDER BY SUM(cost_micro_usd) DESC, SUM(requests) DESC, grp",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -75,6 +76,30 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def now_us() -> int:
+    """Microseconds since the epoch, UTC (as ``boxes`` keeps them)."""
+    return int(time.time() * 1_000_000)
+
+
+# The database server's clock, in microseconds: leases are stamped and judged by one clock, so
+# boxes whose own clocks disagree (no RTC, NTP not yet synced) never call each other dead.
+DB_NOW_US = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000000)::BIGINT"
+
+
+def dead_owners(db: Any, owners: list[str], lease_s: float, me: str) -> list[str]:
+    """The owners among ``owners`` with no lease younger than ``lease_s`` (never ``me``)."""
+    lease_us = int(lease_s * 1_000_000)
+    alive = {
+        row["owner"]
+        for row in db.execute(
+            f"SELECT owner FROM boxes WHERE seen_at >= {DB_NOW_US} - ?", [lease_us]
+        ).fetchall()
+    }
+    # Leases long expired are forgotten, so the table stays as small as the fleet.
+    db.execute(f"DELETE FROM boxes WHERE seen_at < {DB_NOW_US} - ?", [lease_us * 11])
+    return [who for who in owners if who != me and who not in alive]
+
+
 # ---- settling and correcting --------------------------------------------------------------------
 
 
@@ -82,7 +107,11 @@ def settle_orphans(ledger: Ledger) -> int:
     """Book every reservation of a dead process at its reserved amount; return how many."""
     with ledger.db.write() as db:
         owners = db.execute("SELECT DISTINCT pid, owner FROM reservations").fetchall()
-        dead = [who for pid, who in owners if orphaned(pid, who)]
+        if getattr(ledger.db, "shared", False):
+            # Boxes share the database: a pid means nothing on another machine, a lease does.
+            dead = dead_owners(db, [who for _, who in owners], ledger.db.lease_s, owner())
+        else:
+            dead = [who for pid, who in owners if orphaned(pid, who)]
         settled = 0
         for who in dead:
             rows = db.execute("SELECT * FROM reservations WHERE owner = ?", [who]).fetchall()

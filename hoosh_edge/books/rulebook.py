@@ -106,10 +106,9 @@ class RuleBook:
         stamp = self.now().astimezone(UTC).isoformat()
         with self.db.write() as db:
             placeholders = ",".join("?" * len(names))
-            db.execute(
-                f"DELETE FROM budget_rules WHERE source = 'config' AND name NOT IN ({placeholders})",
-                names,
-            )
+            # "NOT IN ()" is SQLite only: with no config rules, every config rule goes.
+            keep = f" AND name NOT IN ({placeholders})" if names else ""
+            db.execute(f"DELETE FROM budget_rules WHERE source = 'config'{keep}", names)
             # Running totals follow a rule's scope and period: start them afresh.
             db.execute("DELETE FROM budget_usage WHERE rule NOT IN (SELECT name FROM budget_rules)")
             for rule in rules:

@@ -92,7 +92,10 @@ class Accountant:
         """Whether any budget rule exists (re-read at most once a second: rules change live)."""
         now = time.monotonic()
         if now - self._rules_checked_at > 1.0:
-            self._has_rules = bool(self.ledger.list_rules())
+            try:
+                self._has_rules = bool(self.ledger.list_rules())
+            except StorageUnavailable:
+                return self._has_rules  # the books are away: admit() refuses paid calls anyway
             self._rules_checked_at = now
         return self._has_rules
 

@@ -1,4 +1,7 @@
-"""The books' subcommands: keys, budget and cache, on the gateway's SQLite file directly.
+"""The books' subcommands: keys, budget and cache, on the gateway's books directly.
+
+The books are the SQLite file in data_dir, or the fleet's PostgreSQL when ``[database]`` names
+one (the cache there only with ``[cache] shared = true``).
 
 The running gateway sees a change on its next request; no gateway need be running.
 """
@@ -14,9 +17,15 @@ from typing import Any
 from hoosh_edge.config import Config
 
 
-def _db(config: Config):
+def _db(config: Config, *, shared: bool = True):
+    """The books: the fleet's PostgreSQL when ``[database]`` names one, else the SQLite file."""
     from hoosh_edge.books.db import Database
 
+    cfg = config.database
+    if shared and cfg is not None and cfg.url:
+        from hoosh_edge.books.fleet import open_shared_books
+
+        return open_shared_books(cfg)
     return Database.open(Path(config.server.data_dir))
 
 
@@ -144,9 +153,10 @@ def cmd_budget(args: argparse.Namespace, config: Config) -> int:
 def cmd_cache(args: argparse.Namespace, config: Config) -> int:
     from hoosh_edge.books.cache import CachePolicy, ResponseCache
 
-    db = _db(config)
+    policy = CachePolicy.from_config(config.cache)
+    db = _db(config, shared=policy.shared)  # this box's file unless [cache] shared = true
     try:
-        cache = ResponseCache(db, CachePolicy.from_config(config.cache))
+        cache = ResponseCache(db, policy)
         if args.action == "stats":
             stats = cache.stats()
             for k in (

@@ -17,6 +17,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
+from hoosh_edge.config.database import parse_database
 from hoosh_edge.config.providers import env_providers, parse_provider
 from hoosh_edge.config.schema import (
     PHONEMIZERS,
@@ -158,7 +159,7 @@ def _parse_routing(t: dict, src: str, providers: list[ProviderConfig]) -> Routin
 
 
 _TOP_KEYS = {"server", "providers", "local", "routing", "budgets", "pricing", "cache", "timezone",
-             "ollama", "wyoming"}  # fmt: skip
+             "ollama", "wyoming", "database"}  # fmt: skip
 
 
 def _parse_ollama(t: dict, src: str, main_port: int) -> OllamaConfig:
@@ -262,6 +263,7 @@ def parse_config(
         pricing=tuple(pricing.items()),
         cache=tuple(typed(raw, "cache", dict, "", src, {}).items()),
         timezone=tz,
+        database=parse_database(typed(raw, "database", dict, "", src, {}), src, env),
         source=None if src == "(defaults)" else src,
         warnings=tuple(warnings),
     )

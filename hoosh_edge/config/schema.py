@@ -167,6 +167,7 @@ class Config:
     pricing: tuple[tuple[str, dict[str, Any]], ...] = ()
     cache: tuple[tuple[str, Any], ...] = ()
     timezone: str = "UTC"
+    database: Any = None  # config.database.DatabaseConfig; None: the books stay in SQLite
     source: str | None = None  # the file it came from, for messages
     warnings: tuple[str, ...] = ()
 

@@ -20,6 +20,7 @@ from hoosh_edge.books.ledger import SpendLedger
 from hoosh_edge.books.money import format_usd
 from hoosh_edge.books.orphans import orphan_summary
 from hoosh_edge.doors.common import gateway
+from hoosh_edge.errors import StorageUnavailable
 from hoosh_edge.version import __version__
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ def _section(name: str, build: Any) -> Any:
     """``build()``, or an error marker: one broken part must not blank the whole page."""
     try:
         return build()
+    except StorageUnavailable as e:  # the books' server away: said once by StorageState
+        return {"error": e.message}
     except Exception as e:  # noqa: BLE001 - shown to the operator, logged in full
         log.exception("status: %s failed", name)
         return {"error": f"{type(e).__name__}: {e}"}

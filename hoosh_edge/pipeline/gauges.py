@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hoosh_edge import device
+from hoosh_edge.errors import StorageUnavailable
 
 if TYPE_CHECKING:
     from hoosh_edge.gateway import Gateway
@@ -38,7 +39,11 @@ def gateway_gauges(gw: Gateway) -> list[Gauge]:
         )
     )
     samples = []
-    for state in gw.ledger.rule_states():
+    try:
+        states = gw.ledger.rule_states()
+    except StorageUnavailable:
+        states = []  # the shared books' server is away: the scrape goes on without them
+    for state in states:
         rule = state.rule
         samples.append(
             (
@@ -51,7 +56,7 @@ def gateway_gauges(gw: Gateway) -> list[Gauge]:
         (
             "hoosh_storage_writable",
             "1 while the data folder takes writes, 0 after a write failed",
-            [({}, 1.0 if gw.db.state.ok else 0.0)],
+            [({}, 1.0 if gw.db.state.ok and gw.ledger.db.state.ok else 0.0)],
         )
     )
     books = gw.accountant.pending.report()
