@@ -146,7 +146,9 @@ class Gateway:
         self.auth = Authenticator(self.keys, StaticKeys(new.server.api_keys, new.server.admin_key))
         for w in new.warnings:
             log.warning("config: %s", w)
-        restart = [k for k in ("llm", "stt", "tts", "embeddings") if getattr(new, k) != getattr(old, k)]
+        restart = [
+            k for k in ("llm", "stt", "tts", "embeddings") if getattr(new, k) != getattr(old, k)
+        ]
         later = [f"local.{k}" for k in restart]
         cache_shared = self.cache.db is not self.db
         if new.database != old.database or policy.shared != cache_shared:
