@@ -16,21 +16,13 @@ import pytest
 import requests
 
 from hoosh_edge.config import ConfigError, parse_config
+from tests.conftest import openai_provider_toml
 from tests.fake_openai import FakeOpenAI
 
 
 def provider_toml(fake: FakeOpenAI) -> str:
     # A read timeout well past the slow answers below: the drain is what is tested, not this.
-    return f"""
-[[providers]]
-name = "fake"
-type = "openai"
-base_url = "{fake.url}"
-api_key = "{fake.api_key}"
-models = ["gpt-*"]
-timeout_s = 30
-connect_timeout_s = 1
-"""
+    return openai_provider_toml(fake, timeout_s=30)
 
 
 def free_port() -> int:
