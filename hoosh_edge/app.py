@@ -38,11 +38,11 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.json.sort_keys = False
     app.extensions["hoosh"] = gateway
 
-    from hoosh_edge.doors import anthropic_count  # noqa: F401 - adds its route to the messages blueprint
+    # These add their routes to a blueprint below: the messages one, and Ollama's.
+    from hoosh_edge.doors import anthropic_count, ollama_embed, ollama_pull  # noqa: F401
     from hoosh_edge.doors.admin import bp as admin_bp
     from hoosh_edge.doors.anthropic_messages import bp as messages_bp
     from hoosh_edge.doors.bodies import check_headers
-    from hoosh_edge.doors.ollama_embed import bp as ollama_embed_bp
     from hoosh_edge.doors.ollama_models import bp as ollama_bp  # /api/chat and /api/generate too
     from hoosh_edge.doors.openai_audio import bp as audio_bp
     from hoosh_edge.doors.openai_chat import bp as chat_bp
@@ -58,7 +58,6 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.register_blueprint(models_bp)
     app.register_blueprint(ollama_bp)
     app.register_blueprint(embeddings_bp)
-    app.register_blueprint(ollama_embed_bp)
 
     @app.before_request
     def _start() -> Response | None:

@@ -25,6 +25,7 @@ Every failure a client can see is a ``HooshError``. Its class says the HTTP stat
     |   +-- InsufficientMemory (code insufficient_memory)          fallback_ok
     |   +-- ProviderDisabled (code provider_disabled)              fallback_ok
     |   +-- StorageUnavailable (code storage_unavailable)          fallback_ok
+    |   +-- ShuttingDown (code shutting_down)                       may_have_billed
     +-- DeadlineExceeded (504 deadline_exceeded)
     +-- UpstreamError (502 upstream_error)                         fallback_ok
         +-- UpstreamTimeout (504)
@@ -201,6 +202,18 @@ class StorageUnavailable(ServiceUnavailable):
 
     code = "storage_unavailable"
     fallback_ok = True
+
+
+class ShuttingDown(ServiceUnavailable):
+    """SIGTERM's drain time ran out before this request finished; it is cut.
+
+    ``may_have_billed``: a cloud call cut in flight may still be billed, so its reservation is
+    booked, never given back.
+    """
+
+    code = "shutting_down"
+    may_have_billed = True
+    ends_connection = True
 
 
 class DeadlineExceeded(HooshError):

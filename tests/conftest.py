@@ -245,7 +245,7 @@ def gateway_factory(tmp_path, request):
 
 
 def openai_provider_toml(fake: FakeOpenAI, *, name: str = "fake", models: str = '["gpt-*"]',
-                         extra: str = "") -> str:  # fmt: skip
+                         extra: str = "", timeout_s: float = 2) -> str:  # fmt: skip
     return f"""
 [[providers]]
 name = "{name}"
@@ -253,7 +253,7 @@ type = "openai"
 base_url = "{fake.url}"
 api_key = "{fake.api_key}"
 models = {models}
-timeout_s = 2
+timeout_s = {timeout_s}
 connect_timeout_s = 1
 retry_max_s = 5
 {extra}

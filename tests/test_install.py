@@ -183,8 +183,10 @@ def test_unit_says_what_the_service_needs() -> None:
     assert s["StateDirectory"] == ["hoosh-edge"] and s["ConfigurationDirectory"] == ["hoosh-edge"]
     assert s["RestrictAddressFamilies"] == ["AF_INET AF_INET6 AF_UNIX"]
     assert s["KillSignal"] == ["SIGTERM"]
-    # The server drains for up to 10 s on SIGTERM; systemd must wait longer than that.
-    assert int(s["TimeoutStopSec"][0]) > 10
+    # The server drains for up to server.drain_timeout_s on SIGTERM; systemd must wait longer.
+    from hoosh_edge.config.schema import ServerConfig
+
+    assert int(s["TimeoutStopSec"][0]) > ServerConfig().drain_timeout_s
     assert re.fullmatch(r"\d+[KMGT]?", s["MemoryMax"][0])
     for key in ("NoNewPrivileges", "ProtectHome", "PrivateTmp", "PrivateDevices",
                 "ProtectKernelTunables", "ProtectControlGroups"):  # fmt: skip

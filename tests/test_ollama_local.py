@@ -120,6 +120,9 @@ def test_home_assistant_and_open_webui_bodies_on_the_local_model(gw):
     assert r.headers["X-Hoosh-Provider"] == "local"
     got = lines(r)
     assert got[-1]["done"] and got[-1]["eval_count"] <= 64
+    deadline = time.monotonic() + 5  # the log comes through a pipe a thread reads: wait for it
+    while gw.log.count('"path":"/api/chat"') < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
     access = [json.loads(x) for x in gw.log.splitlines() if '"path":"/api/chat"' in x]
     assert [a["provider"] for a in access] == ["local", "local"]
 

@@ -48,6 +48,7 @@ class ServerConfig:
     inference_threads: int = 32  # OS threads for models and audio decoding
     books_threads: int = 2  # OS threads for the ledger and the cache, never shared with models
     stuck_job_s: float = 120.0  # a pool job this long past its expected time is logged and counted
+    drain_timeout_s: float = 10.0  # SIGTERM: requests in flight may finish for this long
 
 
 @dataclass(frozen=True)

@@ -170,13 +170,18 @@ def require_json_type(content_type: str | None) -> None:
 def read_json(limit: int, *, dotted: bool = False) -> Any:
     """The request body as checked JSON: declared as JSON, at most ``limit`` bytes."""
     require_json_type(request.headers.get("Content-Type"))
+    return parse_json(read_bounded(limit), dotted=dotted)
+
+
+def read_bounded(limit: int) -> bytes:
+    """The raw request body, refused with a 413 past ``limit`` bytes (declared or sent)."""
     length = request.content_length
     if length is not None and length > limit:
         raise PayloadTooLarge(f"The request body is {length} bytes; the limit is {limit} bytes.")
     data = request.stream.read(limit + 1)
     if len(data) > limit:
         raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
-    return parse_json(data, dotted=dotted)
+    return data
 
 
 def form_text(name: str) -> str | None:

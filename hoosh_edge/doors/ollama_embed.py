@@ -4,50 +4,30 @@
 input past the model's limit is cut; false: a 400), ``dimensions``, ``keep_alive`` and
 ``options`` (ignored: an encoder has no sampling), and answers
 ``{"model", "embeddings": [[...]], "total_duration", "load_duration", "prompt_eval_count"}``
-(durations in nanoseconds); ``keep_alive: 0`` unloads the model after the answer. ``/api/embeddings`` takes ``prompt`` and answers ``{"embedding"}``.
-Errors are Ollama's ``{"error": "..."}`` with the HTTP status the gateway's error carries.
+(durations in nanoseconds); ``keep_alive: 0`` unloads the model after the answer.
+``/api/embeddings`` takes ``prompt`` and answers ``{"embedding"}``. The routes are on the Ollama
+blueprint (``ollama_http``): its body reading, ``:latest`` names and ``{"error": "..."}`` errors.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any
 
-from flask import Blueprint, Response, g, jsonify, request
-from werkzeug.exceptions import HTTPException
+from flask import Response, g, jsonify
 
-from hoosh_edge.doors.bodies import parse_json
-from hoosh_edge.doors.common import cache_ask, call_context, caller, error_headers, gateway
+from hoosh_edge.doors.common import cache_ask, call_context, caller, gateway
+from hoosh_edge.doors.ollama_http import bp, embeds, gateway_name, read_body, wanted
 from hoosh_edge.doors.openai_embeddings import parse_inputs
-from hoosh_edge.errors import HooshError, InvalidRequest, PayloadTooLarge
+from hoosh_edge.errors import InvalidRequest
 from hoosh_edge.limits import Deadline
 from hoosh_edge.pipeline.embeddings import EmbedAsk, Embedded, embed
 
-bp = Blueprint("ollama_embed", __name__)
-log = logging.getLogger(__name__)
 
-
-def _model(body: dict[str, Any]) -> str:
-    model = body.get("model")
-    if not isinstance(model, str) or not model.strip():
-        raise InvalidRequest("model is required")
-    # Ollama's clients name a model with its tag; ':latest' is the one tag a local model has.
-    return model.removesuffix(":latest")
-
-
-def _body() -> dict[str, Any]:
-    """The JSON body, bounded; whatever its Content-Type says (Ollama reads any, curl sends a form)."""
-    limit = gateway().config.server.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"the request body is over the limit of {limit} bytes")
-    body = parse_json(data)
-    if not isinstance(body, dict):
-        raise InvalidRequest("the request body must be a JSON object")
-    return body
+def _request() -> tuple[dict[str, Any], str]:
+    """The body (a JSON object) and the gateway's id of the model it names."""
+    body = read_body()
+    return body, gateway_name(gateway(), wanted(body), embeds)
 
 
 def _run(ask: EmbedAsk) -> tuple[Embedded, int]:
@@ -72,8 +52,7 @@ def _vector(v: Any) -> list[float]:
 
 @bp.post("/api/embed")
 def api_embed() -> Response:
-    body = _body()
-    model = _model(body)
+    body, model = _request()
     if "input" not in body:
         raise InvalidRequest("input is required")
     truncate = body.get("truncate")
@@ -101,8 +80,7 @@ def api_embed() -> Response:
 
 @bp.post("/api/embeddings")
 def api_embeddings() -> Response:
-    body = _body()
-    model = _model(body)
+    body, model = _request()
     prompt = body.get("prompt")
     if not isinstance(prompt, str):
         raise InvalidRequest("prompt must be a string")
@@ -124,18 +102,3 @@ def _answer(doc: dict[str, Any], out: Embedded | None) -> Response:
         if out.served.cost_usd is not None:
             resp.headers["X-Hoosh-Cost-USD"] = out.served.cost_usd
     return resp
-
-
-@bp.errorhandler(HooshError)
-def _hoosh_error(e: HooshError) -> tuple[Response, int]:
-    resp = jsonify({"error": e.message})
-    resp.headers.update(error_headers(e))
-    return resp, e.status
-
-
-@bp.errorhandler(Exception)
-def _unexpected(e: Exception) -> tuple[Response, int]:
-    if isinstance(e, HTTPException):
-        return jsonify({"error": e.description or e.name}), e.code or 500
-    log.exception("request %s failed", g.get("request_id", "-"))
-    return jsonify({"error": "internal server error"}), 500

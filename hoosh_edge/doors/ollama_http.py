@@ -5,24 +5,25 @@ pipeline as /v1/chat/completions is (keys, limits, budgets, the cache, fallback,
 lines). The door always reads the answer as chunks, so it can time it: ``stream: false`` joins
 them into one JSON object, otherwise each becomes an NDJSON line and the last says ``done``.
 Errors take Ollama's shape ``{"error": "message"}`` with the HTTP status of the failure; one that
-happens after the stream began is a final ``{"error": ...}`` line. Models, pulls and the rest of
-/api/* are in ``ollama_models``.
+happens after the stream began is a final ``{"error": ...}`` line. Every /api/* route is on this
+blueprint and shares its body reading, model names and errors: models are in ``ollama_models``,
+pulls in ``ollama_pull``, embeddings in ``ollama_embed``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
-from flask import Blueprint, Response, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify
 from werkzeug.exceptions import HTTPException
 
 from hoosh_edge.books.keys import require_model
 from hoosh_edge.books.money import format_usd
-from hoosh_edge.doors.bodies import parse_json, read_json
+from hoosh_edge.doors.bodies import parse_json, read_bounded
 from hoosh_edge.doors.common import (
     cache_ask,
     call_context,
@@ -32,10 +33,11 @@ from hoosh_edge.doors.common import (
     logged_stream,
     served_headers,
 )
-from hoosh_edge.errors import HooshError, PayloadTooLarge
+from hoosh_edge.errors import HooshError, InvalidRequest
 from hoosh_edge.formats import ollama as fmt
 from hoosh_edge.pipeline.call import KEEPALIVE, ChunkStream
 from hoosh_edge.pipeline.chat import serve_chat
+from hoosh_edge.pipeline.embeddings import targets_for
 
 if TYPE_CHECKING:
     from hoosh_edge.gateway import Gateway
@@ -78,16 +80,20 @@ def _unexpected(e: Exception) -> Response:
 
 
 def read_body() -> Any:
-    """The JSON body; Ollama's own docs post it with ``curl -d`` (a form type) or no type at all."""
-    limit = gateway().config.server.max_body_bytes
-    kind = (request.headers.get("Content-Type") or "").partition(";")[0].strip().lower()
-    if kind not in ("", "application/x-www-form-urlencoded"):
-        return read_json(limit)
-    # Safe to take: a cross-site page's form post carries an Origin, which browser.check refused.
-    data = request.stream.read(limit + 1)
-    if len(data) > limit:
-        raise PayloadTooLarge(f"The request body is over the limit of {limit} bytes.")
-    return parse_json(data)
+    """The JSON body, bounded, whatever its Content-Type says: Ollama reads any, and its own docs
+    post with ``curl -d`` (a form type). Safe to take: a cross-site page's simple post carries an
+    Origin, which browser.check refused before this."""
+    return parse_json(read_bounded(gateway().config.server.max_body_bytes))
+
+
+def wanted(body: Any) -> str:
+    """The model a body names (``model``, or the older ``name``)."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
+    return name.strip()
 
 
 def is_known(gw: Gateway, name: str) -> bool:
@@ -102,9 +108,18 @@ def is_known(gw: Gateway, name: str) -> bool:
     return any(b.serves(name) for b in r.backends)
 
 
-def gateway_name(gw: Gateway, name: str) -> str:
+def embeds(gw: Gateway, name: str) -> bool:
+    """Whether an on-device embedding model or a provider that embeds would take ``name``."""
+    try:
+        return bool(targets_for(gw, name))
+    except HooshError:
+        return False
+
+
+def gateway_name(gw: Gateway, name: str,
+                 known: Callable[[Gateway, str], bool] = is_known) -> str:  # fmt: skip
     """The gateway's id for an Ollama model name: as given, or without its ``:latest`` tag."""
-    if name.endswith(":latest") and not is_known(gw, name) and is_known(gw, name[:-7]):
+    if name.endswith(":latest") and not known(gw, name) and known(gw, name[:-7]):
         return name[:-7]
     return name
 

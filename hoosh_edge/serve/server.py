@@ -10,10 +10,12 @@ import time
 from typing import Any, TextIO
 
 import gevent
+import gevent.event
 import gevent.pool
 
 from hoosh_edge import workers
 from hoosh_edge.config import Config
+from hoosh_edge.errors import ShuttingDown
 from hoosh_edge.exposure import StartupError, check_exposure, check_wyoming_exposure
 from hoosh_edge.serve import announce, boot, sdnotify, watchdog
 from hoosh_edge.serve.connections import ConnectionLimits, GatewayServer, raise_open_file_limit
@@ -59,13 +61,15 @@ def _start_wyoming(config: Config, gateway: Any) -> Any:
     return server
 
 
-def _drain_wyoming(wyoming: Any, gateway: Any, timeout: float = 10.0) -> None:
-    """Let Wyoming answers in progress finish (HTTP's are done by now), then end the sessions."""
-    wyoming.close()
-    deadline = time.monotonic() + timeout
-    while gateway.inflight > 0 and time.monotonic() < deadline:
-        gevent.sleep(0.05)
-    wyoming.stop(timeout=0)
+def _cut(servers: list[GatewayServer]) -> None:
+    """End what still runs with a 503 ``shutting_down`` (an error event in a stream), so the
+    pipeline books it and the client hears why; a second later, whatever is left is killed."""
+    message = "The gateway is shutting down and this request had not finished; try again later."
+    for srv in servers:
+        for handler in list(srv.pool):
+            handler.kill(ShuttingDown(message), block=False)
+    for srv in servers:
+        srv.pool.join(timeout=1)
 
 
 def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
@@ -126,25 +130,42 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
         gateway.close()
         raise
 
-    def drain_and_stop(timeout: float = 10.0) -> None:
-        for extra in servers[1:]:
-            extra.close()
-        server.close()  # no new connections
-        if wyoming is not None:
-            wyoming.close()
-        deadline = time.monotonic() + timeout
-        while gateway.inflight > 0 and time.monotonic() < deadline:
-            gevent.sleep(0.05)
-        # What is left is idle keep-alive connections (or requests past the drain time).
-        for extra in servers[1:]:
-            extra.stop(timeout=0)
-        server.stop(timeout=0)
-        if wyoming is not None:
-            wyoming.stop(timeout=0)
+    # ``drained`` is set once the drain is over; the main greenlet waits for it, not in
+    # serve_forever(), which stops the pool itself as soon as the listener closes, with gevent's
+    # 1 s stop_timeout, and would cut every answer still being written. ``cut``: a second signal.
+    drained, cut = gevent.event.Event(), gevent.event.Event()
+    drain_s = config.server.drain_timeout_s
+    stopping: list[int] = []  # the signal that began the drain
+
+    def drain_and_stop() -> None:
+        try:
+            for srv in servers:
+                srv.close()  # no new connections, on either port
+            if wyoming is not None:
+                wyoming.close()
+            deadline = time.monotonic() + drain_s
+            while gateway.inflight > 0 and time.monotonic() < deadline and not cut.is_set():
+                gevent.sleep(0.05)
+            if gateway.inflight > 0:
+                log.warning("drain: %d request(s) still running are cut", gateway.inflight)
+                _cut(servers)
+            # What is left is idle keep-alive connections (or requests that ignored the cut).
+            for srv in servers:
+                srv.stop(timeout=0)
+            if wyoming is not None:
+                wyoming.stop(timeout=0)
+        finally:
+            drained.set()
 
     def stop(signum: int) -> None:
+        if stopping:
+            log.info("signal %d again: ending the drain now", signum)  # a second Ctrl-C
+            cut.set()
+            return
+        stopping.append(signum)
         sdnotify.notify_stopping()
-        log.info("signal %d: stopping (draining in-flight requests for up to 10 s)", signum)
+        log.info("signal %d: stopping (draining in-flight requests for up to %g s)", signum,
+                 drain_s)  # fmt: skip
         gevent.spawn(drain_and_stop)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -173,12 +194,11 @@ def serve(config: Config, *, out: TextIO = sys.stdout) -> int:
     systemd_watchdog = sdnotify.start_watchdog(lambda: server.started)
     stuck_jobs = watchdog.start(gateway.metrics)
     try:
-        server.serve_forever()
+        drained.wait()
     finally:
         stuck_jobs.kill()
         if wyoming is not None:
             announce.stop_announcer(wyoming.announcer)
-            _drain_wyoming(wyoming, gateway)
         if systemd_watchdog is not None:
             systemd_watchdog.kill()
         gateway.close()

@@ -31,6 +31,19 @@ BATCH_TOKENS = 2048
 ST_FILES = ("model.safetensors", "config.json", "tokenizer.json")
 
 
+GGUF_N_CTX = 512  # the context a GGUF embedding model is loaded with: its longest input
+
+
+def served_tokens(path: str | os.PathLike) -> int:
+    """The longest input (in tokens) the model at ``path`` reads here, from its files alone."""
+    p = Path(path)
+    if not p.is_dir():
+        return GGUF_N_CTX
+    cfg = _json_or(p / "config.json", {})
+    st = _json_or(p / "sentence_bert_config.json", {})
+    return min(int(st.get("max_seq_length") or 512), int(cfg.get("max_position_embeddings", 512)))
+
+
 def is_sentence_folder(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a sentence-transformers folder this engine can load."""
     p = Path(path)
@@ -118,9 +131,7 @@ class SentenceModel(Embedder):
         self.vocab_size = int(cfg["vocab_size"])
         if cfg.get("hidden_act", "gelu") != "gelu":
             raise InvalidRequest(f"{root}: activation {cfg.get('hidden_act')!r} is not supported")
-        st = _json_or(root / "sentence_bert_config.json", {})
-        self.max_tokens = min(int(st.get("max_seq_length") or 512),
-                              int(cfg.get("max_position_embeddings", 512)))  # fmt: skip
+        self.max_tokens = served_tokens(root)
         pooling = _json_or(root / "1_Pooling" / "config.json", {"pooling_mode_mean_tokens": True})
         self.pooling = "cls" if pooling.get("pooling_mode_cls_token") else "mean"
         modules = _json_or(root / "modules.json", [])
@@ -241,7 +252,8 @@ class SentenceModel(Embedder):
 class GGUFEmbedder(Embedder):
     """A GGUF embedding model through llama.cpp (``embedding=True``, mean pooling, L2-normalised)."""
 
-    def __init__(self, path: str | os.PathLike, n_threads: int = 0, n_ctx: int = 512) -> None:
+    def __init__(self, path: str | os.PathLike, n_threads: int = 0,
+                 n_ctx: int = GGUF_N_CTX) -> None:  # fmt: skip
         import llama_cpp
 
         self.llm = llama_cpp.Llama(

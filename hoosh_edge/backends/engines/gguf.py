@@ -11,7 +11,17 @@ _GGUF_SCALARS = dict(zip((0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12), "BbHhIif?Qqd", st
 
 
 def read_gguf_metadata(path: str) -> dict[str, Any]:
-    """Scalar and string metadata of a GGUF file (arrays skipped), without reading the weights."""
+    """Scalar and string metadata of a GGUF file (arrays skipped), without reading the weights.
+
+    A file that is not GGUF, or is cut or damaged, raises ``ValueError``.
+    """
+    try:
+        return _read_metadata(path)
+    except (struct.error, KeyError) as e:  # cut short, or a value type no GGUF has
+        raise ValueError(f"{path}: damaged GGUF metadata ({type(e).__name__}: {e})") from None
+
+
+def _read_metadata(path: str) -> dict[str, Any]:
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         if mm[:4] != b"GGUF":
             raise ValueError(f"{path} is not a GGUF file")

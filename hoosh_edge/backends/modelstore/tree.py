@@ -43,28 +43,39 @@ class TreeStat:
     files: int
 
 
-def _files(root: Path) -> list[tuple[str, Path]]:
-    """Every regular file under ``root`` as (relative POSIX path, path), sorted by path bytes."""
-    out = []
-    for dirpath, _dirs, names in os.walk(root):
+def _files(root: Path, follow_links: bool = False) -> list[tuple[str, Path]]:
+    """Every regular file under ``root`` as (relative POSIX path, path), sorted by path bytes.
+
+    ``follow_links``: read a linked file as the file it points to (a Hugging Face cache folder
+    is all links), for describing a folder the store did not install.
+    """
+    out, seen = [], set()
+    for dirpath, dirs, names in os.walk(root, followlinks=follow_links):
+        if follow_links:  # a link back up the tree must not walk it forever
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                dirs[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
         for name in names:
             p = Path(dirpath, name)
-            if p.is_symlink():  # a tree we install holds none; one found was put there by hand
+            # A tree we install holds no links; one found was put there by hand.
+            if p.is_symlink() and not follow_links:
                 raise ModelStoreError(f"{p} is a symbolic link; a model tree holds only files")
             out.append((p.relative_to(root).as_posix(), p))
     return sorted(out, key=lambda x: x[0].encode("utf-8", "surrogateescape"))
 
 
-def tree_sha256(root: Path) -> str:
+def tree_sha256(root: Path, follow_links: bool = False) -> str:
     """The sha256 of the tree's canonical listing (see the module docstring)."""
-    listing = "".join(f"{sha256_file(p)}  {rel}\n" for rel, p in _files(root))
+    listing = "".join(f"{sha256_file(p)}  {rel}\n" for rel, p in _files(root, follow_links))
     return hashlib.sha256(listing.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def tree_stat(root: Path) -> TreeStat:
+def tree_stat(root: Path, follow_links: bool = False) -> TreeStat:
     """The tree's total size, newest mtime and file count (stat calls only)."""
     size = newest = count = 0
-    for _rel, p in _files(root):
+    for _rel, p in _files(root, follow_links):
         st = p.stat()
         size, newest, count = size + st.st_size, max(newest, st.st_mtime_ns), count + 1
     return TreeStat(size, newest, count)
