@@ -47,6 +47,14 @@ def test_a_foreign_page_cannot_send_simple_posts(gateway_factory, fake_openai):
         err = assert_error(r, 403, "cross_origin_refused")
         assert EVIL in err["message"]
         assert "Access-Control-Allow-Origin" not in r.headers
+    # Ollama's door reads JSON whatever the Content-Type (as Ollama does): the Origin still
+    # decides, before the body is read, and the refusal is in Ollama's shape.
+    ollama_chat = {"model": "gpt-4o-mini", "messages": CHAT["messages"], "stream": False}
+    for path, body in (("/api/chat", ollama_chat), ("/api/generate", {"model": "gpt-4o-mini",
+                       "prompt": "hi"}), ("/api/pull", {"model": "smollm2"})):  # fmt: skip
+        r = requests.post(u + path, data=json.dumps(body), headers=simple, timeout=5)
+        assert r.status_code == 403, r.text
+        assert EVIL in r.json()["error"] and "Access-Control-Allow-Origin" not in r.headers
     # A JSON body does not help, nor does an opaque origin (sandboxed iframe, file://).
     r = requests.post(u + "/v1/chat/completions", json=CHAT, headers={"Origin": "null"}, timeout=5)
     assert_error(r, 403, "cross_origin_refused")
@@ -158,6 +166,8 @@ def test_a_page_on_another_origin_cannot_change_the_gateway(gateway_factory, tmp
       Promise.allSettled([
         fetch(gw + "/admin/budgets", opts({json.dumps(json.dumps(RULE))})),
         fetch(gw + "/admin/keys", opts('{{"name": "lockout"}}')),
+        fetch(gw + "/api/pull", opts('{{"model": "smollm2"}}')),
+        fetch(gw + "/api/chat", opts('{{"model": "smollm2", "messages": []}}')),
       ]).then(() => {{ document.body.dataset.sent = "yes"; }});
     """
     handler = type("Page", (_Page,), {"html": f"<body><script>{script}</script></body>".encode()})
@@ -170,7 +180,7 @@ def test_a_page_on_another_origin_cannot_change_the_gateway(gateway_factory, tmp
         server.server_close()
     assert 'data-sent="yes"' in dom
     # The browser did send both (the access log has them), and both were refused.
-    for path in ("/admin/budgets", "/admin/keys"):
+    for path in ("/admin/budgets", "/admin/keys", "/api/pull", "/api/chat"):
         assert f'"method":"POST","path":"{path}","status":403' in gw.log, gw.log[-2000:]
     assert requests.get(gw.url + "/admin/budgets", timeout=5).json()["data"] == []
     assert requests.get(gw.url + "/admin/keys", timeout=5).json()["data"] == []
