@@ -241,6 +241,9 @@ class LlamaEngine:
                         yield _call_chunk(entry, first)
                         first = False
                     held, scored = "", [] if scored is not None else None
+                    if calls.repeated:
+                        finish = "stop"
+                        break
                     if n >= prep.max_tokens:
                         break
                     continue

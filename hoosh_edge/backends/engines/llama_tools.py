@@ -268,19 +268,28 @@ def call_id() -> str:
 
 @dataclass
 class CallFramer:
-    """Turns the text of calls, as it is generated, into OpenAI ``delta.tool_calls`` entries."""
+    """Turns the text of calls, as it is generated, into OpenAI ``delta.tool_calls`` entries.
+
+    A call that repeats an earlier one (same name, same arguments) ends the answer and is not
+    sent: small models, free to write more calls, write the same one until the token limit.
+    While a call's arguments are still a prefix of an earlier same-named call's, they wait.
+    """
 
     names: list[str]
     buf: str = ""
     index: int = -1
     in_args: bool = False
     started: list[str] = field(default_factory=list)
+    repeated: bool = False  # the last call repeated an earlier one: stop generating
+    _done: list[tuple[str, str]] = field(default_factory=list)
+    _args_text: str = ""
+    _waiting: list[dict[str, Any]] | None = None  # the head and arguments held back
 
     def feed(self, text: str) -> list[dict[str, Any]]:
         """The tool_calls delta entries ``text`` completes (the tail that may end a call waits)."""
         self.buf += text
         out: list[dict[str, Any]] = []
-        while True:
+        while not self.repeated:
             if not self.in_args:
                 self.buf = self.buf.lstrip("\n")
                 name = next((n for n in self.names if self.buf.startswith(self._lead(n))), None)
@@ -290,32 +299,59 @@ class CallFramer:
                 self.index += 1
                 self.in_args = True
                 self.started.append(name)
-                out.append({"index": self.index, "id": call_id(), "type": "function",
-                            "function": {"name": name, "arguments": ""}})  # fmt: skip
+                self._args_text = ""
+                head = {"index": self.index, "id": call_id(), "type": "function",
+                        "function": {"name": name, "arguments": ""}}  # fmt: skip
+                same = any(n == name for n, _ in self._done)
+                self._waiting = [head] if same else None
+                out += [] if same else [head]
             at = self.buf.find(END)
             if at < 0:
                 hold = _partial_suffix(self.buf, END)
                 if len(self.buf) > hold:
-                    out.append(self._args(self.buf[: len(self.buf) - hold]))
+                    out += self._arguments(self.buf[: len(self.buf) - hold])
                     self.buf = self.buf[len(self.buf) - hold :]
                 return out
-            if at:
-                out.append(self._args(self.buf[:at]))
+            out += self._arguments(self.buf[:at]) if at else []
             self.buf = self.buf[at + len(END) :]
             self.in_args = False
+            call = (self.started[-1], self._args_text)
+            if self._waiting is not None and call in self._done:
+                self.repeated, self._waiting = True, None
+                self.started.pop()
+                self.index -= 1
+                return out
+            out += self._release()
+            self._done.append(call)
+        return out
 
     def flush(self) -> list[dict[str, Any]]:
         """What is left when generation stopped early (a call cut by the token limit)."""
-        if self.in_args and self.buf:
-            entry, self.buf = self._args(self.buf), ""
+        out = self._arguments(self.buf) if self.in_args and self.buf else []
+        self.buf = ""
+        if self._waiting is not None and not out:
+            self._waiting = None  # cut while it could still be a repeat: nothing new to send
+            self.started.pop()
+            self.index -= 1
+        return out + self._release()
+
+    def _arguments(self, text: str) -> list[dict[str, Any]]:
+        self._args_text += text
+        entry = {"index": self.index, "function": {"arguments": text}}
+        if self._waiting is None:
             return [entry]
-        return []
+        self._waiting.append(entry)
+        name = self.started[-1]
+        if any(n == name and a.startswith(self._args_text) for n, a in self._done):
+            return []
+        return self._release()  # no longer a repeat: send what waited, then stream on
+
+    def _release(self) -> list[dict[str, Any]]:
+        waiting, self._waiting = self._waiting or [], None
+        return waiting
 
     def _lead(self, name: str) -> str:
         return f'{HEAD}{json.dumps(name)}, "arguments": '
-
-    def _args(self, text: str) -> dict[str, Any]:
-        return {"index": self.index, "function": {"arguments": text}}
 
 
 def _partial_suffix(text: str, marker: str) -> int:

@@ -1,0 +1,111 @@
+"""Tool calls on llama.cpp without a model: the plan, the prompt, the call framing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.conftest import require_module
+
+require_module("llama_cpp", "llama-cpp-python is not installed (scripts/setup)")
+
+from hoosh_edge.backends.engines import llama_tools  # noqa: E402
+from hoosh_edge.backends.engines.llama_tools import CallFramer, call_block  # noqa: E402
+from hoosh_edge.errors import InvalidRequest  # noqa: E402
+from hoosh_edge.formats.openai import join_chunks  # noqa: E402
+
+TOOLS = [{"type": "function", "function": {"name": "a", "parameters": {"type": "object"}}},
+         {"type": "function", "function": {"name": "b"}}]  # fmt: skip
+
+
+def framed(text: str, step: int = 1) -> tuple[list[dict], CallFramer]:
+    """The entries of ``text`` fed ``step`` characters at a time, then flushed."""
+    f = CallFramer(["a", "b"])
+    out = []
+    for i in range(0, len(text), step):
+        out += f.feed(text[i : i + step])
+        if f.repeated:
+            break
+    return out + f.flush(), f
+
+
+def joined(entries: list[dict]) -> list[dict]:
+    chunks = [{"choices": [{"index": 0, "delta": {"tool_calls": [e]}}]} for e in entries]
+    return join_chunks(chunks)["choices"][0]["message"]["tool_calls"]
+
+
+@pytest.mark.parametrize("step", [1, 3, 1000])
+def test_calls_are_framed_as_openai_streams_them(step):
+    text = call_block("a", '{"x": "}\\n</tool_call>"}') + "\n" + call_block("b", "{}")
+    entries, f = framed(text, step)
+    heads = [e for e in entries if "id" in e]
+    assert [h["function"] for h in heads] == [{"name": "a", "arguments": ""},
+                                              {"name": "b", "arguments": ""}]  # fmt: skip
+    assert all(h["id"].startswith("call_") and h["type"] == "function" for h in heads)
+    calls = joined(entries)
+    assert [json.loads(c["function"]["arguments"]) for c in calls] == [{"x": "}\n</tool_call>"}, {}]
+    if step == 1:
+        assert len(entries) > 10  # fragments as the text arrives, the end marker held back
+    assert not f.repeated and f.started == ["a", "b"]
+
+
+def test_a_repeated_call_ends_the_answer_unsent():
+    same = call_block("a", '{"n": 1}')
+    text = "\n".join([same, call_block("a", '{"n": 12}'), same, call_block("b", "{}")])
+    entries, f = framed(text)
+    calls = joined(entries)
+    assert [c["function"]["arguments"] for c in calls] == ['{"n": 1}', '{"n": 12}']
+    assert f.repeated and f.started == ["a", "a"]
+    # The second call waits while its arguments could still be the first's.
+    f = CallFramer(["a"])
+    f.feed(same + "\n")
+    assert f.feed('<tool_call>\n{"name": "a", "arguments": {"n": 1') == []
+    out = f.feed("2")
+    assert out[0]["id"] and "".join(e["function"]["arguments"] for e in out) == '{"n": 12'
+
+
+def test_a_call_cut_by_the_token_limit_is_sent_as_far_as_it_went():
+    entries, f = framed(call_block("a", '{"n": 1}')[:-8])
+    assert joined(entries)[0]["function"]["arguments"].startswith('{"n": 1')
+
+
+def test_plan_modes_and_refusals():
+    assert llama_tools.plan({"tools": TOOLS, "tool_choice": "none"}) is None
+    assert llama_tools.plan({"tools": []}) is None
+    p = llama_tools.plan({"tools": TOOLS})
+    assert (p.mode, p.parallel, [t["name"] for t in p.tools]) == ("auto", True, ["a", "b"])
+    p = llama_tools.plan({"tools": TOOLS, "parallel_tool_calls": False,
+                          "tool_choice": {"type": "function", "function": {"name": "b"}}})  # fmt: skip
+    assert (p.mode, p.parallel, p.named, [t["name"] for t in p.tools]) == (
+        "required", False, "b", ["b"])  # fmt: skip
+    assert "must call the function b" in llama_tools.tools_system(p)
+    with pytest.raises(InvalidRequest, match="share one name"):
+        llama_tools.plan({"tools": TOOLS + TOOLS[:1]})
+    with pytest.raises(InvalidRequest, match="describe an object"):
+        llama_tools.plan({"tools": [{"type": "function", "function": {
+            "name": "s", "parameters": {"type": "string"}}}]})  # fmt: skip
+    with pytest.raises(InvalidRequest) as e:
+        llama_tools.plan({"tools": TOOLS, "tool_choice": {"type": "allowed_tools"}})
+    assert e.value.fallback_ok and e.value.param == "tool_choice"
+
+
+def test_tool_turns_render_generically_and_for_templates_that_know_tools():
+    call = {"id": "c1", "type": "function", "function": {"name": "a", "arguments": '{"q": 1}'}}
+    msgs = [{"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "one"},
+            {"role": "tool", "tool_call_id": "c1", "content": "two"}]  # fmt: skip
+    p = llama_tools.plan({"tools": TOOLS, "tool_choice": "required"})
+    generic, specs = llama_tools.for_template(msgs, p, False, False)
+    assert specs is None and generic[0]["role"] == "system" and "# Tools" in generic[0]["content"]
+    assert generic[2] == {"role": "assistant", "content": call_block("a", '{"q": 1}')}
+    assert generic[3]["role"] == "user" and generic[3]["content"].count("<tool_response>") == 2
+    assert json.loads(generic[3]["content"].split("\n")[1]) == {"name": "a", "content": "one"}
+    native, specs = llama_tools.for_template(msgs, p, True, False)
+    assert [s["function"]["name"] for s in specs] == ["a", "b"]
+    assert native[2]["tool_calls"][0]["function"]["arguments"] == {"q": 1}
+    assert native[3] == {"role": "tool", "tool_call_id": "c1", "content": "one", "name": "a"}
+    assert "<tool_call>" in native[0]["content"]  # the format, since the template has none
+    native, _ = llama_tools.for_template(msgs, p, True, True)
+    assert native[0] == msgs[0]
