@@ -82,6 +82,7 @@ REFUSED = [
     ({"type": "array", "items": [{"type": "string"}]}, "items"),
     ({"type": "string", "maxLength": 100000}, "above 1000"),
     ({"nullable": True, "type": "string"}, "nullable"),
+    ({"type": "string", "pattern": "^(ab|c){2,5000}$"}, "more than 1000"),
 ]
 
 

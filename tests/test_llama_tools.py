@@ -109,3 +109,43 @@ def test_tool_turns_render_generically_and_for_templates_that_know_tools():
     assert "<tool_call>" in native[0]["content"]  # the format, since the template has none
     native, _ = llama_tools.for_template(msgs, p, True, True)
     assert native[0] == msgs[0]
+
+
+# A template that knows tools, as Hugging Face templates do: ``tools``, ``tool_calls`` with object
+# arguments, ``tool`` messages.
+TOOLS_TEMPLATE = (
+    "{% if tools %}<|tools|>{% for t in tools %}{{ t.function.name }};{% endfor %}\n{% endif %}"
+    "{% for m in messages %}<|{{ m.role }}|>{{ m.content or '' }}"
+    "{% for c in m.tool_calls or [] %}[{{ c.function.name }} {{ c.function.arguments | tojson }}]"
+    "{% endfor %}{% if m.role == 'tool' %}({{ m.name }}){% endif %}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def test_a_template_that_knows_tools_renders_them_itself(tmp_path):
+    import synth_gguf
+
+    from hoosh_edge.backends.engines.llama import LlamaEngine
+    from hoosh_edge.backends.engines.llama_prompt import prompt_tokens, template_messages
+    from hoosh_edge.backends.engines.pool import ModelPool
+
+    path = synth_gguf.make_tiny_gguf(tmp_path / "t.gguf", chat_template=TOOLS_TEMPLATE)
+    pool = ModelPool(reserve_bytes=0, mem_available=lambda: None)
+    engine = LlamaEngine({"t": str(path)}, pool, n_threads=1, n_ctx=1024)
+    call = {"id": "c1", "type": "function", "function": {"name": "a", "arguments": '{"q": 1}'}}
+    req = {"tools": TOOLS, "messages": [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "c1", "content": "one"}]}  # fmt: skip
+    with pool.slot("t").use() as m:
+        assert m.knows_tools and not m.writes_calls
+        tokens = prompt_tokens(m, template_messages(req), llama_tools.plan(req))
+        text = m.llm.detokenize(tokens).decode().replace("\u2581", " ")
+    # (The formatter's trim_blocks drops the newline after each block tag.)
+    assert text.startswith("<|tools|>a;b;<|system|>To call functions")
+    assert text.endswith('<|user|>hi<|assistant|>[a {"q": 1}]<|tool|>one(a)<|assistant|>')
+    assert "# Tools" not in text  # the generic block is for templates without tools
+    chunks = list(engine.chat_stream("t", {**req, "tool_choice": "required", "max_tokens": 200,
+                                           "parallel_tool_calls": False}))  # fmt: skip
+    joined_calls = join_chunks(chunks)["choices"][0]["message"]["tool_calls"]
+    assert len(joined_calls) == 1 and joined_calls[0]["function"]["name"] in ("a", "b")

@@ -13,7 +13,7 @@ cannot enforce is an ``InvalidRequest`` naming the keyword and where it is. Supp
   Without ``additionalProperties`` the output holds only the listed properties.
 - arrays: ``items`` (one schema), ``minItems``, ``maxItems``; ``prefixItems`` (a fixed tuple).
 - strings: ``minLength``, ``maxLength``, ``pattern`` (anchored with ``^...$``, no lookaround),
-  ``format`` date, time, date-time, uuid.
+  ``format`` date, time, date-time, uuid. Counts (lengths, items, ``{n,m}``) up to 1000.
 - integers: ``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum`` (numbers);
   integers have at most 15 digits.
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from llama_cpp import llama_grammar as lg
@@ -46,6 +47,7 @@ _BY_TYPE = {
     "integer": set(BOUNDS),
 }
 _ALWAYS = {"type", "enum", "const"}
+MAX_REPEAT = 1000  # longest minLength/maxLength/minItems/maxItems/pattern {n,m} spelled out
 INT_CAP = 10**15 - 1  # the converter's own integers stop at 16 digits
 # JSON strings may not hold raw control characters; the converter's rule allows them.
 JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
@@ -162,6 +164,10 @@ def _check_string(schema: dict[str, Any], where: str, param: str) -> None:
         not isinstance(pattern, str) or not pattern.startswith("^") or not pattern.endswith("$")
     ):
         raise refuse(where, "a 'pattern' not anchored with ^...$", param)
+    counts = [int(n) for n in re.findall(r"\{\s*(\d+)?\s*(?:,\s*(\d+)?\s*)?\}", pattern or "")
+              for n in n if n]  # fmt: skip
+    if counts and max(counts) > MAX_REPEAT:  # the grammar spells each repetition out
+        raise refuse(where, f"a 'pattern' repeating more than {MAX_REPEAT} times", param)
     _counts(schema, ("minLength", "maxLength"), where, param)
 
 
@@ -173,8 +179,8 @@ def _counts(schema: dict[str, Any], keys: tuple[str, str], where: str, param: st
     lo, hi = schema.get(keys[0], 0), schema.get(keys[1])
     if hi is not None and hi < lo:
         raise InvalidRequest(f"{where}: {keys[1]} is below {keys[0]}.", param=param)
-    if max(lo, hi or 0) > 1000:  # the grammar spells each repetition out
-        raise refuse(where, f"a {keys[0]}/{keys[1]} above 1000", param)
+    if max(lo, hi or 0) > MAX_REPEAT:  # the grammar spells each repetition out
+        raise refuse(where, f"a {keys[0]}/{keys[1]} above {MAX_REPEAT}", param)
 
 
 def int_bounds(schema: dict[str, Any], where: str, param: str) -> tuple[int, int]:
