@@ -217,6 +217,12 @@ def test_anthropic_sdk_calls_a_local_tool(tiny, gateway_factory):
                                       "content": "sunny"}]}],
         tool_choice={"type": "none"})  # fmt: skip
     assert follow.content[0].type == "text" and follow.stop_reason == "max_tokens"
+    bad = [{"name": "f", "input_schema": {"type": "object", "properties": {
+        "n": {"type": "number", "maximum": 3}}}}]  # fmt: skip
+    with pytest.raises(anthropic.BadRequestError) as e:
+        a.messages.create(model="tiny", max_tokens=5, tools=bad, messages=ASK)
+    assert e.value.body["type"] == "error" and "maximum" in e.value.body["error"]["message"]
+    assert e.value.body["error"]["type"] == "invalid_request_error"
 
 
 def test_tool_request_too_long_for_the_local_context_falls_back(tiny, fake_openai,

@@ -18,7 +18,13 @@ How a request runs:
   chunk says how many prompt tokens were reused (``prompt_tokens_details.cached_tokens``). The
   capture runs after the usage chunk is handed over: the caller has its answer while the model
   stays taken until the capture is done.
-- How a request becomes a prompt, its limits and its sampling: ``llama_prompt``.
+- How a request becomes a prompt, its limits and its sampling: ``llama_prompt``; tools and the
+  grammar of a call: ``llama_tools``; JSON schemas as grammars: ``llama_schema``.
+- Tool calls stream as OpenAI streams them: a first ``delta.tool_calls`` entry with index, id,
+  type, name and arguments "", then argument fragments as tokens arrive; ``finish_reason``
+  "tool_calls". In "auto" mode the grammar decides text or call at the first token; a text
+  answer then goes on without the grammar (checking the vocabulary against it costs more than
+  the model).
 """
 
 from __future__ import annotations
@@ -126,9 +132,8 @@ class LlamaEngine:
         """Generate a chat reply as OpenAI chunk dicts, then a usage chunk. Call from a greenlet."""
         slot = self._slot(model_id)
         messages = template_messages(req)
-        shaped: Shaped = shape(
-            req
-        )  # a bad schema or tool is refused before the model is waited for
+        # A bad schema or tool is refused before the model is waited for.
+        shaped: Shaped = shape(req)
         held = slot.use()
         m = held.__enter__()
         stream: ThreadStream[dict[str, Any]] | None = None
