@@ -75,7 +75,11 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
 
 
 def make_tiny_gguf(
-    path: str | Path, *, seed: int = 0, name: str = "tiny-test", n_ctx_train: int = N_CTX_TRAIN,
+    path: str | Path,
+    *,
+    seed: int = 0,
+    name: str = "tiny-test",
+    n_ctx_train: int = N_CTX_TRAIN,
     chat_template: str = CHAT_TEMPLATE,
 ) -> Path:
     """Write a few-hundred-KB llama GGUF with a byte vocabulary and a chat template to ``path``."""

@@ -180,7 +180,7 @@ def test_anthropic_sdk_tool_use_on_smollm2(gw):
     tools = [{"name": "get_weather", "description": "The weather forecast of a city",
               "input_schema": WEATHER}]  # fmt: skip
     msg = a.messages.create(model="smollm2", max_tokens=150, tools=tools, messages=ASK,
-                            tool_choice={"type": "any"}, temperature=0)  # fmt: skip
+                            tool_choice={"type": "any"}, extra_body={"temperature": 0})  # fmt: skip
     assert msg.stop_reason == "tool_use"
     use = next(b for b in msg.content if b.type == "tool_use")
     assert use.name == "get_weather" and use.id
@@ -192,7 +192,8 @@ def test_anthropic_sdk_tool_use_on_smollm2(gw):
         final = s.get_final_message()
     assert len(deltas) > 1 and final.stop_reason == "tool_use"
     jsonschema.validate(next(b for b in final.content if b.type == "tool_use").input, WEATHER)
-    follow = a.messages.create(model="smollm2", max_tokens=60, temperature=0, tools=tools,
+    follow = a.messages.create(model="smollm2", max_tokens=60, tools=tools,
+                               extra_body={"temperature": 0},
                                tool_choice={"type": "none"}, messages=[
         *ASK, {"role": "assistant", "content": [use.model_dump()]},
         {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id,

@@ -48,6 +48,7 @@ from hoosh_edge.backends.engines.llama_prompt import (
     shape,
     template_messages,
 )
+from hoosh_edge.backends.engines.llama_sampling import sampled_with
 from hoosh_edge.backends.engines.llama_tools import CallFramer
 from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
 from hoosh_edge.backends.engines.prompt_cache import (
@@ -313,7 +314,7 @@ class _Sampled:
     def __init__(self, llm: Any, prompt: list[int], sampling: dict[str, Any]) -> None:
         self.llm, self.prompt, self.sampling = llm, prompt, sampling
         self.made: list[int] = []
-        self._gen = llm.generate(prompt, **sampling)
+        self._gen = sampled_with(llm, prompt, sampling)
 
     def __iter__(self) -> _Sampled:
         return self
@@ -324,8 +325,8 @@ class _Sampled:
         return tok
 
     def unconstrain(self) -> None:
-        # Checking every token of the vocabulary against a grammar costs more than the model
-        # (SmolLM2: 2.5x); a new generation reuses the evaluated prefix, so this costs one token.
+        # Even checked token by token, a grammar costs time; a new generation reuses the
+        # evaluated prefix, so this costs one token.
         self._gen.close()
         free = {**self.sampling, "grammar": None}
         self._gen = self.llm.generate(self.prompt + self.made, **free)
