@@ -149,3 +149,35 @@ def test_a_template_that_knows_tools_renders_them_itself(tmp_path):
                                            "parallel_tool_calls": False}))  # fmt: skip
     joined_calls = join_chunks(chunks)["choices"][0]["message"]["tool_calls"]
     assert len(joined_calls) == 1 and joined_calls[0]["function"]["name"] in ("a", "b")
+
+
+def test_checked_sampling_draws_what_the_grammar_first_chain_draws(tmp_path):
+    """Greedy: the token drawn freely, if the grammar allows it, is the grammar's best too."""
+    import llama_cpp
+    import synth_gguf
+
+    from hoosh_edge.backends.engines.llama_prompt import loaded, prepare, template_messages
+    from hoosh_edge.backends.engines.llama_sampling import sampled_with
+
+    path = synth_gguf.make_tiny_gguf(tmp_path / "t.gguf")
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=1024, n_threads=1, verbose=False)
+    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": -40,
+              "maximum": 900}, "s": {"type": "string", "maxLength": 12}}, "required": ["n", "s"]}  # fmt: skip
+    req = {"messages": [{"role": "user", "content": "hi"}], "temperature": 0, "max_tokens": 60,
+           "response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                                                                      "schema": schema}}}  # fmt: skip
+    prep = prepare(loaded(llm, 1024), template_messages(req), req)
+
+    def draw(gen) -> list[int]:
+        out = []
+        for tok in gen:
+            if tok == llm.token_eos() or len(out) == 60:
+                break
+            out.append(tok)
+        return out
+
+    plain = draw(llm.generate(prep.prompt, **prep.sampling))
+    checked = draw(sampled_with(llm, prep.prompt, prep.sampling))
+    assert checked == plain
+    assert json.loads(llm.detokenize(checked).decode())["n"] in range(-40, 901)
+    assert "_init_sampler" not in vars(llm)  # generate() is left as it was
