@@ -217,6 +217,10 @@ def test_anthropic_sdk_calls_a_local_tool(tiny, gateway_factory):
                                       "content": "sunny"}]}],
         tool_choice={"type": "none"})  # fmt: skip
     assert follow.content[0].type == "text" and follow.stop_reason == "max_tokens"
+    # Counting tokens on a local model counts the tools too, as the model is shown them.
+    bare = a.messages.count_tokens(model="tiny", messages=ASK).input_tokens
+    shown = a.messages.count_tokens(model="tiny", messages=ASK, tools=tools).input_tokens
+    assert shown > bare + len(json.dumps(WEATHER))
     bad = [{"name": "f", "input_schema": {"type": "object", "properties": {
         "n": {"type": "number", "maximum": 3}}}}]  # fmt: skip
     with pytest.raises(anthropic.BadRequestError) as e:

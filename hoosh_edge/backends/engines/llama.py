@@ -49,7 +49,7 @@ from hoosh_edge.backends.engines.llama_prompt import (
     template_messages,
 )
 from hoosh_edge.backends.engines.llama_sampling import sampled_with
-from hoosh_edge.backends.engines.llama_tools import CallFramer
+from hoosh_edge.backends.engines.llama_tools import CallFramer, plan
 from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
 from hoosh_edge.backends.engines.prompt_cache import (
     ModelDigest,
@@ -123,11 +123,14 @@ class LlamaEngine:
             with self._slot(model_id).use():
                 pass
 
-    def tokenize_count(self, model_id: str, messages: list[dict[str, Any]]) -> int:
-        """Prompt tokens of ``messages`` after the chat template (loads the model; waits its turn)."""
+    def tokenize_count(self, model_id: str, messages: list[dict[str, Any]],
+                       req: dict[str, Any] | None = None) -> int:  # fmt: skip
+        """Prompt tokens of ``messages`` after the chat template, with the tools ``req`` shows
+        (loads the model; waits its turn)."""
         msgs = template_messages({"messages": messages})
+        tools = plan(req) if req else None
         with self._slot(model_id).use() as m:
-            return len(run_blocking(prompt_tokens, m, msgs, owner=model_id))
+            return len(run_blocking(prompt_tokens, m, msgs, tools, owner=model_id))
 
     def chat_stream(self, model_id: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Generate a chat reply as OpenAI chunk dicts, then a usage chunk. Call from a greenlet."""
@@ -214,15 +217,15 @@ class LlamaEngine:
             # Logprobs of tokens whose text is held back travel with the chunk that sends it.
             scored: list[dict[str, Any]] | None = [] if prep.top_logprobs is not None else None
             known = _known_tokens(llm)
-            plan = prep.tools
+            tools = prep.tools
             # "required" answers are calls from the first token; "auto" ones are once they begin
             # with "<" (the grammar keeps text answers from doing so).
             calls = (
-                CallFramer([t["name"] for t in plan.tools])
-                if plan and plan.mode == "required"
+                CallFramer([t["name"] for t in tools.tools])
+                if tools and tools.mode == "required"
                 else None
             )
-            undecided = plan is not None and calls is None
+            undecided = tools is not None and calls is None
             sampled = _Sampled(llm, prep.prompt, prep.sampling)
             for tok in sampled:
                 piece = known.get(tok, _UNSEEN)
@@ -239,7 +242,7 @@ class LlamaEngine:
                 if undecided and held:
                     undecided = False
                     if held.startswith("<"):
-                        calls = CallFramer([t["name"] for t in plan.tools])
+                        calls = CallFramer([t["name"] for t in tools.tools])
                     elif prep.free_text:
                         sampled.unconstrain()  # the grammar chose text: the rest is free
                 if calls is not None:
