@@ -124,17 +124,14 @@ def prepare(m: LoadedLlama, messages: list[dict[str, Any]], req: dict[str, Any],
         "min_p": DEFAULTS["min_p"],
         "presence_penalty": float(req.get("presence_penalty") or 0.0),
         "frequency_penalty": float(req.get("frequency_penalty") or 0.0),
-        "grammar": compiled(m, shaped.grammar),
+        "grammar": compiled(m, shaped.grammar, "tools" if shaped.tools else "response_format"),
     }
     seed = req.get("seed")
     # Unseeded requests must differ from each other, so never reuse the model's last seed.
     seed = random.getrandbits(31) if seed is None else int(seed) & 0xFFFFFFFF
     top = int(req.get("top_logprobs") or 0) if req.get("logprobs") else None
-    free = (
-        shaped.tools is not None
-        and shaped.tools.mode == "auto"
-        and not ((req.get("response_format") or {}).get("type", "text") != "text")
-    )
+    plain = (req.get("response_format") or {}).get("type", "text") == "text"
+    free = shaped.tools is not None and shaped.tools.mode == "auto" and plain
     return Prepared(prompt, min(max_tokens or room, room), stops, sampling, seed,
                      client_stops, top, shaped.tools, free)  # fmt: skip
 
@@ -188,7 +185,7 @@ def template_messages(req: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def compiled(m: LoadedLlama, text: str | None) -> Any:
+def compiled(m: LoadedLlama, text: str | None, param: str = "response_format") -> Any:
     """A LlamaGrammar for ``text``, parsed once here so a bad one is a 400, not a crash."""
     if text is None:
         return None
@@ -197,7 +194,6 @@ def compiled(m: LoadedLlama, text: str | None) -> Any:
 
     probe = llama_cpp.llama_sampler_init_grammar(m.llm._model.vocab, text.encode(), b"root")
     if not probe:  # llama.cpp gives NULL for a grammar it cannot parse; adding it would crash
-        raise InvalidRequest("The schema made a grammar llama.cpp cannot parse.",
-                             param="response_format")  # fmt: skip
+        raise InvalidRequest("The schema made a grammar llama.cpp cannot parse.", param=param)
     llama_cpp.llama_sampler_free(probe)
     return LlamaGrammar.from_string(text, verbose=False)

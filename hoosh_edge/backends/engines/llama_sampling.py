@@ -66,10 +66,11 @@ class GrammarChecked:
         return not math.isinf(self._one[0].logit)
 
     def close(self) -> None:
-        if self._grammar:
+        if getattr(self, "_grammar", None):  # also when __init__ stopped half-way
             self._lib.llama_sampler_free(self._grammar)
             self._grammar = None
-        self._chain.close()
+        if getattr(self, "_chain", None) is not None:
+            self._chain.close()
 
     def __del__(self) -> None:
         self.close()
