@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/tool_calls.py [--runs 5] [--max-tokens 64] [--threads 2]
 
 Five kinds of answer to one question, side by side, run after run in turn (so the machine's noise
-hits all alike), each run with a fresh tag in its system message so no prompt is reused:
+hits all alike), each request with a fresh tag in its system message so no prompt is reused (the
+gateway keeps prompt states):
 
 - plain: no tools; "auto text": the two tools offered, tool_choice auto, the model answering in
   text; "required call" and "named call": a grammar-constrained call; "json_schema": a
@@ -66,7 +67,7 @@ def request(kind: str, run: int, args: argparse.Namespace) -> dict[str, Any]:
     if kind == "auto text":
         user = "Tell me a short story about the weather."  # a question no tool answers
     return {"model": "smollm2", "temperature": 0, "max_tokens": args.max_tokens,
-            "messages": [{"role": "system", "content": f"[{run}] You are a helpful assistant."},
+            "messages": [{"role": "system", "content": f"[{run} {kind}] You are a helpful assistant."},
                          {"role": "user", "content": user}], **KINDS[kind]}  # fmt: skip
 
 
