@@ -61,6 +61,11 @@ SUPPORTED = [
     {"enum": ["a", 1, None]},
     {"type": "object", "additionalProperties": {"type": "number"}},
     {},
+    # A recursive definition, the $ref beside its $defs.
+    {"$defs": {"n": {"type": "object", "properties": {"next": {"anyOf": [
+        {"$ref": "#/$defs/n"}, {"type": "null"}]}}, "required": ["next"]}}, "$ref": "#/$defs/n"},
+    # Names and values with quotes, backslashes and newlines.
+    {"type": "object", "properties": {'a"b\\c\n': {"const": 'x"y'}}, "required": ['a"b\\c\n']},
 ]  # fmt: skip
 REFUSED = [
     ({"oneOf": [{"type": "string"}]}, "oneOf"),
@@ -83,6 +88,7 @@ REFUSED = [
     ({"type": "string", "maxLength": 100000}, "above 1000"),
     ({"nullable": True, "type": "string"}, "nullable"),
     ({"type": "string", "pattern": "^(ab|c){2,5000}$"}, "more than 1000"),
+    ({"type": "string", "pattern": "^(a$"}, "not a regular expression"),
 ]
 
 
@@ -105,6 +111,13 @@ def test_unsupported_keywords_are_refused_by_name(schema, word):
         llama_tools.plan({"tools": [tool]})
     assert word in str(e.value) and e.value.param == "tools"
     assert "tools[0].function.parameters.properties.v" in str(e.value)
+
+
+def test_a_ref_that_points_nowhere_is_refused():
+    with pytest.raises(InvalidRequest, match="points nowhere") as e:
+        llama_tools.grammar_text(None, {"type": "json_schema", "json_schema": {
+            "name": "x", "schema": {"$ref": "#/$defs/missing"}}})  # fmt: skip
+    assert e.value.param == "response_format"
 
 
 def test_two_tools_keep_their_own_refs_apart():
@@ -136,3 +149,18 @@ def test_cache_keys_tell_tool_requests_apart():
     assert chat_key("local", "m", {**base, "tools": tools, "parallel_tool_calls": True}) == (
         chat_key("local", "m", {**base, "tools": tools})
     )
+
+
+def test_escaped_names_and_recursive_refs_make_grammars_llama_cpp_parses(tmp_path):
+    """llama.cpp itself parses them (it returns no sampler for a grammar it cannot parse)."""
+    import llama_cpp
+    import synth_gguf
+
+    llm = llama_cpp.Llama(model_path=str(synth_gguf.make_tiny_gguf(tmp_path / "t.gguf")),
+                          n_ctx=256, n_threads=1, verbose=False)  # fmt: skip
+    for schema in SUPPORTED:
+        text = llama_tools.grammar_text(None, {"type": "json_schema",
+                                               "json_schema": {"name": "x", "schema": schema}})  # fmt: skip
+        probe = llama_cpp.llama_sampler_init_grammar(llm._model.vocab, text.encode(), b"root")
+        assert probe, text
+        llama_cpp.llama_sampler_free(probe)

@@ -49,6 +49,7 @@ _BY_TYPE = {
 _ALWAYS = {"type", "enum", "const"}
 MAX_REPEAT = 1000  # longest minLength/maxLength/minItems/maxItems/pattern {n,m} spelled out
 INT_CAP = 10**15 - 1  # the converter's own integers stop at 16 digits
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # JSON strings may not hold raw control characters; the converter's rule allows them.
 JSON_CHAR = r'[^"\\\x7F\x00-\x1F] | "\\" (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
 
@@ -164,6 +165,12 @@ def _check_string(schema: dict[str, Any], where: str, param: str) -> None:
         not isinstance(pattern, str) or not pattern.startswith("^") or not pattern.endswith("$")
     ):
         raise refuse(where, "a 'pattern' not anchored with ^...$", param)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise InvalidRequest(f"{where}.pattern is not a regular expression: {e}",
+                                 param=param) from e  # fmt: skip
     counts = [int(n) for n in re.findall(r"\{\s*(\d+)?\s*(?:,\s*(\d+)?\s*)?\}", pattern or "")
               for n in n if n]  # fmt: skip
     if counts and max(counts) > MAX_REPEAT:  # the grammar spells each repetition out
@@ -268,6 +275,45 @@ class Converter(lg.SchemaConverter):
             rule_name = name + "-" if name in lg.RESERVED_NAMES else name or "root"
             return self._add_rule(rule_name, int_range(lo, hi) + " space")
         return super().visit(schema, name)
+
+    def resolve_refs(self, schema: Any, url: str) -> Any:
+        """Local refs made absolute (``url#/...``) and filed, in ``$defs`` too (the converter
+        skips what sits beside a ``$ref``, so a recursive definition was never filed)."""
+
+        def visit(n: Any) -> None:
+            if isinstance(n, list):
+                for x in n:
+                    visit(x)
+            elif isinstance(n, dict):
+                ref = n.get("$ref")
+                if isinstance(ref, str) and ref.startswith("#"):
+                    n["$ref"] = full = f"{url}{ref}"
+                    if full not in self._refs:
+                        target = schema
+                        for part in filter(None, ref[1:].split("/")):
+                            part = part.replace("~1", "/").replace("~0", "~")
+                            if not isinstance(target, dict) or part not in target:
+                                raise ValueError(f"the $ref {ref!r} points nowhere")
+                            target = target[part]
+                        self._refs[full] = target
+                for v in n.values():
+                    visit(v)
+
+        visit(schema)
+        return schema
+
+    def _format_literal(self, literal: str) -> str:
+        # The converter escapes quotes and newlines but not backslashes: a JSON string with an
+        # escape in it (an enum value with a quote) made a grammar llama.cpp cannot parse.
+        out = []
+        for ch in literal:
+            if ch in _ESCAPES:
+                out.append(_ESCAPES[ch])
+            elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+                out.append(f"\\x{ord(ch):02x}")
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
 
     def _resolve_ref(self, ref: str) -> str:
         ref_name = "ref-" + lg.INVALID_RULE_CHARS_RE.sub("-", ref)
