@@ -75,7 +75,12 @@ def _weights(seed: int) -> dict[str, np.ndarray]:
 
 
 def make_tiny_gguf(
-    path: str | Path, *, seed: int = 0, name: str = "tiny-test", n_ctx_train: int = N_CTX_TRAIN
+    path: str | Path,
+    *,
+    seed: int = 0,
+    name: str = "tiny-test",
+    n_ctx_train: int = N_CTX_TRAIN,
+    chat_template: str = CHAT_TEMPLATE,
 ) -> Path:
     """Write a few-hundred-KB llama GGUF with a byte vocabulary and a chat template to ``path``."""
     import gguf  # test-only dependency
@@ -102,7 +107,7 @@ def make_tiny_gguf(
     writer.add_eos_token_id(2)
     writer.add_add_bos_token(False)
     writer.add_add_space_prefix(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer.add_chat_template(chat_template)
     for tname, arr in _weights(seed).items():
         writer.add_tensor(tname, arr)
     writer.write_header_to_file()

@@ -146,20 +146,19 @@ def test_content_parts_are_joined_and_roles_mapped(tiny_gguf):
     assert usage(chunks)["prompt_tokens"] == expected_prompt_tokens(rendered)
 
 
-def test_images_and_forced_tools_are_refused_before_any_chunk(tiny_gguf):
+def test_images_and_custom_tools_are_refused_before_any_chunk(tiny_gguf):
     engine = make_engine(tiny_gguf)
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
     with pytest.raises(InvalidRequest) as e:
         next(engine.chat_stream("tiny", {"messages": [{"role": "user", "content": [image]}]}))
     assert e.value.param == "messages" and e.value.fallback_ok
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    custom = [{"type": "custom", "custom": {"name": "grep"}}]
     with pytest.raises(InvalidRequest) as e:
-        next(
-            engine.chat_stream("tiny", {"messages": HI, "tools": tools, "tool_choice": "required"})
-        )
-    assert e.value.param == "tool_choice" and e.value.fallback_ok
-    # "auto" is served as a plain text answer.
-    text, chunks = run(engine, tools=tools, tool_choice="auto", max_tokens=5)
+        next(engine.chat_stream("tiny", {"messages": HI, "tools": custom}))
+    assert e.value.param == "tools" and e.value.fallback_ok
+    # "none" shows no tools: a plain text answer.
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    text, chunks = run(engine, tools=tools, tool_choice="none", max_tokens=5)
     assert len(text) == 5 and finish(chunks) == "length"
     assert not engine.pool.slot("tiny").busy
 

@@ -55,9 +55,10 @@ class LocalChat(ChatBackend):
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
         return self.engine.chat_stream(model, req)
 
-    def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
+    def count_tokens(self, model: str, messages: list[dict[str, Any]],
+                     req: dict[str, Any] | None = None) -> int:  # fmt: skip
         """Tokens of the prompt the model's chat template makes (loads the model if needed)."""
-        return self.engine.tokenize_count(model, messages)
+        return self.engine.tokenize_count(model, messages, req)
 
     def queue_depth(self, model: str) -> int:
         """Requests running or waiting on this model (for device-aware routing)."""

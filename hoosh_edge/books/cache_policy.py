@@ -51,7 +51,12 @@ def _digest(kind: str, parts: dict[str, Any]) -> str:
 # Fields that name the caller or the framing, never the answer.
 _NOT_IN_CHAT_KEY = frozenset({"model", "stream", "stream_options", "user", "metadata", "store"})
 # Defaults every backend shares: absent and explicit-default ask for the same thing.
-_CHAT_DEFAULTS = {"n": 1, "presence_penalty": 0, "frequency_penalty": 0}
+_CHAT_DEFAULTS = {
+    "n": 1,
+    "presence_penalty": 0,
+    "frequency_penalty": 0,
+    "parallel_tool_calls": True,
+}
 
 
 def chat_key(provider: str, model: str, req: Mapping[str, Any]) -> str:

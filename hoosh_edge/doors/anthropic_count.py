@@ -40,5 +40,5 @@ def count_tokens() -> Response:
 def _count(target: Any, req: dict[str, Any]) -> tuple[int, str]:
     if target.backend.counts_tokens:
         # The model's own tokenizer, after its chat template (a local model loads if needed).
-        return target.backend.count_tokens(target.model, req["messages"]), "exact"
+        return target.backend.count_tokens(target.model, req["messages"], req), "exact"
     return estimate.prompt_text_tokens(req), "upper_bound"

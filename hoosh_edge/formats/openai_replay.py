@@ -74,10 +74,14 @@ def replay_chunks(doc: Mapping[str, Any], piece_chars: int = 512) -> list[dict[s
         chunks.append(chunk({"refusal": msg["refusal"]}))
     for i, call in enumerate(msg.get("tool_calls") or ()):
         fn = call.get("function") or {}
+        # As a live stream: id, type and name with empty arguments, then the arguments.
         chunks.append(chunk({"tool_calls": [{
             "index": i, "id": call.get("id"), "type": call.get("type") or "function",
-            "function": {"name": fn.get("name") or "", "arguments": fn.get("arguments") or ""},
+            "function": {"name": fn.get("name") or "", "arguments": ""},
         }]}))  # fmt: skip
+        if fn.get("arguments"):
+            chunks.append(chunk({"tool_calls": [{"index": i,
+                                                 "function": {"arguments": fn["arguments"]}}]}))  # fmt: skip
     chunks.append(chunk({}, choice.get("finish_reason") or "stop"))
     if isinstance(choice.get("stop_reason"), str):
         chunks[-1]["choices"][0]["stop_reason"] = choice["stop_reason"]

@@ -18,7 +18,13 @@ How a request runs:
   chunk says how many prompt tokens were reused (``prompt_tokens_details.cached_tokens``). The
   capture runs after the usage chunk is handed over: the caller has its answer while the model
   stays taken until the capture is done.
-- How a request becomes a prompt, its limits and its sampling: ``llama_prompt``.
+- How a request becomes a prompt, its limits and its sampling: ``llama_prompt``; tools and the
+  grammar of a call: ``llama_tools``; JSON schemas as grammars: ``llama_schema``.
+- Tool calls stream as OpenAI streams them: a first ``delta.tool_calls`` entry with index, id,
+  type, name and arguments "", then argument fragments as tokens arrive; ``finish_reason``
+  "tool_calls". In "auto" mode the grammar decides text or call at the first token; a text
+  answer then goes on without the grammar (checking the vocabulary against it costs more than
+  the model).
 """
 
 from __future__ import annotations
@@ -35,12 +41,15 @@ from hoosh_edge.backends.engines.gguf import kv_cache_bytes, read_gguf_metadata
 from hoosh_edge.backends.engines.llama_prompt import (
     LoadedLlama,
     Prepared,
-    check_tools,
+    Shaped,
     loaded,
     prepare,
     prompt_tokens,
+    shape,
     template_messages,
 )
+from hoosh_edge.backends.engines.llama_sampling import sampled_with
+from hoosh_edge.backends.engines.llama_tools import CallFramer, plan
 from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
 from hoosh_edge.backends.engines.prompt_cache import (
     ModelDigest,
@@ -114,23 +123,27 @@ class LlamaEngine:
             with self._slot(model_id).use():
                 pass
 
-    def tokenize_count(self, model_id: str, messages: list[dict[str, Any]]) -> int:
-        """Prompt tokens of ``messages`` after the chat template (loads the model; waits its turn)."""
+    def tokenize_count(self, model_id: str, messages: list[dict[str, Any]],
+                       req: dict[str, Any] | None = None) -> int:  # fmt: skip
+        """Prompt tokens of ``messages`` after the chat template, with the tools ``req`` shows
+        (loads the model; waits its turn)."""
         msgs = template_messages({"messages": messages})
+        tools = plan(req) if req else None
         with self._slot(model_id).use() as m:
-            return len(run_blocking(prompt_tokens, m, msgs, owner=model_id))
+            return len(run_blocking(prompt_tokens, m, msgs, tools, owner=model_id))
 
     def chat_stream(self, model_id: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Generate a chat reply as OpenAI chunk dicts, then a usage chunk. Call from a greenlet."""
         slot = self._slot(model_id)
         messages = template_messages(req)
-        check_tools(req)
+        # A bad schema or tool is refused before the model is waited for.
+        shaped: Shaped = shape(req)
         held = slot.use()
         m = held.__enter__()
         stream: ThreadStream[dict[str, Any]] | None = None
         answered = False
         try:
-            prep = run_blocking(prepare, m, messages, req, owner=model_id)
+            prep = run_blocking(prepare, m, messages, req, shaped, owner=model_id)
             # A small buffer bounds the tokens made in vain when the client goes away. The first
             # token waits for the whole prompt: allow 20 prompt tokens a second before "stuck".
             stream = ThreadStream(
@@ -204,7 +217,17 @@ class LlamaEngine:
             # Logprobs of tokens whose text is held back travel with the chunk that sends it.
             scored: list[dict[str, Any]] | None = [] if prep.top_logprobs is not None else None
             known = _known_tokens(llm)
-            for tok in llm.generate(prep.prompt, **prep.sampling):
+            tools = prep.tools
+            # "required" answers are calls from the first token; "auto" ones are once they begin
+            # with "<" (the grammar keeps text answers from doing so).
+            calls = (
+                CallFramer([t["name"] for t in tools.tools])
+                if tools and tools.mode == "required"
+                else None
+            )
+            undecided = tools is not None and calls is None
+            sampled = _Sampled(llm, prep.prompt, prep.sampling)
+            for tok in sampled:
                 piece = known.get(tok, _UNSEEN)
                 if piece is _UNSEEN:  # once per token id and model: two ctypes calls
                     end = tok in m.stop_ids or llama_cpp.llama_vocab_is_eog(vocab, tok)
@@ -216,6 +239,23 @@ class LlamaEngine:
                 if scored is not None:
                     scored.append(_token_logprobs(llm, tok, piece, prep.top_logprobs or 0))
                 held += decoder.decode(piece)
+                if undecided and held:
+                    undecided = False
+                    if held.startswith("<"):
+                        calls = CallFramer([t["name"] for t in tools.tools])
+                    elif prep.free_text:
+                        sampled.unconstrain()  # the grammar chose text: the rest is free
+                if calls is not None:
+                    for entry in calls.feed(held):
+                        yield _call_chunk(entry, first)
+                        first = False
+                    held, scored = "", [] if scored is not None else None
+                    if calls.repeated:
+                        finish = "stop"
+                        break
+                    if n >= prep.max_tokens:
+                        break
+                    continue
                 text, held, cut = _cut_at_stop(held, prep.stops)
                 if text:
                     yield _chunk(text, first, scored)
@@ -225,7 +265,13 @@ class LlamaEngine:
                     break
                 if n >= prep.max_tokens:
                     break
-            if cut is None:
+            if calls is not None:
+                for entry in calls.feed(decoder.decode(b"", final=True)) + calls.flush():
+                    yield _call_chunk(entry, first)
+                    first = False
+                if finish == "stop" and calls.started:
+                    finish = "tool_calls"
+            elif cut is None:
                 # Text held back as a possible start of a stop string turned out not to be one.
                 tail = held + decoder.decode(b"", final=True)
                 text, _, cut = _cut_at_stop(tail, prep.stops, True)
@@ -263,6 +309,37 @@ def _chunk(text: str, first: bool, scored: list[dict[str, Any]] | None = None) -
     if scored is not None:
         choice["logprobs"] = {"content": scored, "refusal": None}
     return {"choices": [choice]}
+
+
+class _Sampled:
+    """The tokens of one generation; ``unconstrain()`` drops the grammar from the next one on."""
+
+    def __init__(self, llm: Any, prompt: list[int], sampling: dict[str, Any]) -> None:
+        self.llm, self.prompt, self.sampling = llm, prompt, sampling
+        self.made: list[int] = []
+        self._gen = sampled_with(llm, prompt, sampling)
+
+    def __iter__(self) -> _Sampled:
+        return self
+
+    def __next__(self) -> int:
+        tok = next(self._gen)
+        self.made.append(tok)
+        return tok
+
+    def unconstrain(self) -> None:
+        # Even checked token by token, a grammar costs time; a new generation reuses the
+        # evaluated prefix, so this costs one token.
+        self._gen.close()
+        free = {**self.sampling, "grammar": None}
+        self._gen = self.llm.generate(self.prompt + self.made, **free)
+
+
+def _call_chunk(entry: dict[str, Any], first: bool) -> dict[str, Any]:
+    delta: dict[str, Any] = {"tool_calls": [entry]}
+    if first:
+        delta = {"role": "assistant", "content": None, **delta}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
 
 
 _UNSEEN = object()

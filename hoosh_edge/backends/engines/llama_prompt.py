@@ -5,23 +5,26 @@ Decisions, so the API layer can document them:
 - ``max_tokens`` larger than what is left of the context is clamped to fit (``finish_reason``
   "length" when that is reached); ``max_tokens`` None means "up to the context". A prompt that
   alone fills the context raises ``ContextLengthExceeded`` (param "messages").
-- ``tools`` are ignored when ``tool_choice`` is absent, "auto" or "none": the model answers in
-  text, which is a valid "auto" outcome. ``tool_choice`` "required" or a named function, and image
-  or audio content parts, raise ``InvalidRequest`` marked ``fallback_ok`` so the router may send
-  the request to a target that can serve it.
+- ``tools``, ``tool_choice`` and ``parallel_tool_calls``: ``llama_tools`` (how tools are shown,
+  the grammar of a call). Image or audio content parts and custom tools raise ``InvalidRequest``
+  marked ``fallback_ok`` so the router may send the request to a target that can serve it.
 - Text content parts are joined with newlines; a "developer" message is given to the template as
-  "system". ``response_format`` json_object / json_schema constrain sampling with a grammar.
+  "system". ``response_format`` json_object / json_schema constrain sampling with a grammar
+  (``llama_schema`` lists the JSON-schema keywords it enforces; any other is a 400).
+- A chat template that refuses the messages (``raise_exception``) is a 400 (param "messages").
 - Sampling knobs left unset use llama.cpp's defaults (temperature 0.8, top_p 0.95, top_k 40,
   min_p 0.05). No ``logit_bias``: llama-cpp-python's logit processors are ~10x slower.
 """
 
 from __future__ import annotations
 
-import json
 import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from hoosh_edge.backends.engines import llama_tools
+from hoosh_edge.backends.engines.llama_tools import ToolPlan
 from hoosh_edge.errors import ContextLengthExceeded, InvalidRequest
 
 # Used when a GGUF carries no chat template of its own.
@@ -41,6 +44,8 @@ class LoadedLlama:
     n_ctx: int
     stop_ids: frozenset[int]
     states: Any = None  # prompt_cache.PromptStates when the engine keeps prompt states
+    knows_tools: bool = False  # the chat template reads ``tools``
+    writes_calls: bool = False  # ... and itself asks for <tool_call> blocks
 
     def close(self) -> None:
         self.llm.close()
@@ -57,6 +62,22 @@ class Prepared:
     seed: int
     client_stops: tuple[str, ...] = ()  # the request's own stop strings (not the model's marker)
     top_logprobs: int | None = None  # None: no logprobs; 0-20: that many alternatives a token
+    tools: ToolPlan | None = None  # the calls the answer may hold
+    free_text: bool = False  # "auto" without response_format: a text answer needs no grammar
+
+
+@dataclass
+class Shaped:
+    """What a request asks of the answer, checked before the model is waited for."""
+
+    tools: ToolPlan | None
+    grammar: str | None  # GBNF text
+
+
+def shape(req: dict[str, Any]) -> Shaped:
+    """The request's tool plan and answer grammar (raises InvalidRequest)."""
+    p = llama_tools.plan(req)
+    return Shaped(p, llama_tools.grammar_text(p, req.get("response_format")))
 
 
 def loaded(llm: Any, n_ctx: int) -> LoadedLlama:
@@ -70,12 +91,16 @@ def loaded(llm: Any, n_ctx: int) -> LoadedLlama:
 
     template = llm.metadata.get("tokenizer.chat_template") or CHATML_TEMPLATE
     formatter = Jinja2ChatFormatter(template=template, eos_token=text(eos), bos_token=text(bos))
-    return LoadedLlama(llm, formatter, n_ctx, frozenset({eos} if eos >= 0 else ()))
+    knows = re.search(r"\btools\b", template) is not None
+    return LoadedLlama(llm, formatter, n_ctx, frozenset({eos} if eos >= 0 else ()),
+                       knows_tools=knows, writes_calls=knows and "<tool_call>" in template)  # fmt: skip
 
 
-def prepare(m: LoadedLlama, messages: list[dict[str, Any]], req: dict[str, Any]) -> Prepared:
+def prepare(m: LoadedLlama, messages: list[dict[str, Any]], req: dict[str, Any],
+            shaped: Shaped | None = None) -> Prepared:  # fmt: skip
     """The prompt tokens, token budget, stop strings and sampling of one request."""
-    prompt = prompt_tokens(m, messages)
+    shaped = shaped or shape(req)
+    prompt = prompt_tokens(m, messages, shaped.tools)
     room = m.n_ctx - len(prompt)
     if room <= 0:
         raise ContextLengthExceeded(
@@ -99,18 +124,27 @@ def prepare(m: LoadedLlama, messages: list[dict[str, Any]], req: dict[str, Any])
         "min_p": DEFAULTS["min_p"],
         "presence_penalty": float(req.get("presence_penalty") or 0.0),
         "frequency_penalty": float(req.get("frequency_penalty") or 0.0),
-        "grammar": grammar(req.get("response_format")),
+        "grammar": compiled(m, shaped.grammar, "tools" if shaped.tools else "response_format"),
     }
     seed = req.get("seed")
     # Unseeded requests must differ from each other, so never reuse the model's last seed.
     seed = random.getrandbits(31) if seed is None else int(seed) & 0xFFFFFFFF
     top = int(req.get("top_logprobs") or 0) if req.get("logprobs") else None
+    plain = (req.get("response_format") or {}).get("type", "text") == "text"
+    free = shaped.tools is not None and shaped.tools.mode == "auto" and plain
     return Prepared(prompt, min(max_tokens or room, room), stops, sampling, seed,
-                     client_stops, top)  # fmt: skip
+                     client_stops, top, shaped.tools, free)  # fmt: skip
 
 
-def prompt_tokens(m: LoadedLlama, messages: list[dict[str, Any]]) -> list[int]:
-    prompt = m.formatter(messages=messages).prompt
+def prompt_tokens(m: LoadedLlama, messages: list[dict[str, Any]],
+                  tools: ToolPlan | None = None) -> list[int]:  # fmt: skip
+    """Tokens of the prompt the chat template makes of ``messages`` (and the tools shown)."""
+    shown, specs = llama_tools.for_template(messages, tools, m.knows_tools, m.writes_calls)
+    try:
+        prompt = m.formatter(messages=shown, tools=specs).prompt
+    except Exception as e:  # noqa: BLE001 - templates raise what they like (raise_exception)
+        raise InvalidRequest(f"The model's chat template refused the messages: {e}",
+                             param="messages") from e  # fmt: skip
     # The template writes its own BOS where the model wants one.
     return m.llm.tokenize(prompt.encode("utf-8"), add_bos=False, special=True)
 
@@ -141,35 +175,25 @@ def template_messages(req: dict[str, Any]) -> list[dict[str, Any]]:
                     raise err
             content = "\n".join(texts)
         role = msg.get("role", "user")
-        out.append({"role": "system" if role == "developer" else role, "content": content or ""})
+        item = {"role": "system" if role == "developer" else role, "content": content or ""}
+        for key in ("tool_calls", "tool_call_id", "name"):
+            if msg.get(key) is not None:
+                item[key] = msg[key]
+        out.append(item)
     if not out:
         raise InvalidRequest("messages must not be empty.", param="messages")
     return out
 
 
-def check_tools(req: dict[str, Any]) -> None:
-    choice = req.get("tool_choice")
-    if req.get("tools") and (choice == "required" or isinstance(choice, dict)):
-        err = InvalidRequest(
-            "This on-device model cannot call tools; tool_choice must be 'auto' or 'none'.",
-            param="tool_choice",
-        )
-        err.fallback_ok = True
-        raise err
-
-
-def grammar(response_format: dict[str, Any] | None) -> Any:
-    kind = (response_format or {}).get("type", "text")
-    if kind == "text":
+def compiled(m: LoadedLlama, text: str | None, param: str = "response_format") -> Any:
+    """A LlamaGrammar for ``text``, parsed once here so a bad one is a 400, not a crash."""
+    if text is None:
         return None
-    from llama_cpp.llama_grammar import JSON_GBNF, LlamaGrammar
+    import llama_cpp
+    from llama_cpp.llama_grammar import LlamaGrammar
 
-    if kind == "json_object":
-        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
-    if kind == "json_schema":
-        schema = (response_format.get("json_schema") or {}).get("schema") or {}
-        try:
-            return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
-        except Exception as e:  # noqa: BLE001 - the converter raises plain errors
-            raise InvalidRequest(f"Unsupported JSON schema: {e}", param="response_format") from e
-    raise InvalidRequest(f"Unknown response_format type '{kind}'.", param="response_format")
+    probe = llama_cpp.llama_sampler_init_grammar(m.llm._model.vocab, text.encode(), b"root")
+    if not probe:  # llama.cpp gives NULL for a grammar it cannot parse; adding it would crash
+        raise InvalidRequest("The schema made a grammar llama.cpp cannot parse.", param=param)
+    llama_cpp.llama_sampler_free(probe)
+    return LlamaGrammar.from_string(text, verbose=False)

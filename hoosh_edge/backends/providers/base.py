@@ -91,7 +91,9 @@ class ChatBackend:
     def queue_depth(self, model: str) -> int:
         return 0
 
-    def count_tokens(self, model: str, messages: list[dict[str, Any]]) -> int:
+    def count_tokens(self, model: str, messages: list[dict[str, Any]],
+                     req: dict[str, Any] | None = None) -> int:  # fmt: skip
+        """Prompt tokens of ``messages`` (and of the tools ``req`` shows, where it has them)."""
         raise NotImplementedError
 
     def close(self) -> None:
