@@ -20,6 +20,7 @@ from hoosh_edge.books.keys import Authenticator, KeyStore, StaticKeys
 from hoosh_edge.books.ledger import SpendLedger
 from hoosh_edge.books.pricing import PriceTable
 from hoosh_edge.books.prompt_states import PromptStateStore
+from hoosh_edge.books.responses import ResponseStore
 from hoosh_edge.books.spend import Accountant
 from hoosh_edge.config import Config
 from hoosh_edge.errors import HooshError, ModelNotFound, StorageUnavailable
@@ -65,6 +66,8 @@ class Gateway:
         self.cache = cache
         self.keys = keys
         self.prompt_states = prompt_states
+        self.responses = ResponseStore(db, max_stored=config.server.responses_max_stored,
+                                       ttl_s=config.server.responses_ttl_s)  # fmt: skip
         self.metrics = Metrics()
         self.accountant.metrics = self.metrics
         self.auth = Authenticator(keys, StaticKeys(config.server.api_keys, config.server.admin_key))
@@ -136,6 +139,8 @@ class Gateway:
         router.release = self.accountant.release
         self.router, self.config = router, new
         self.cache.policy = policy
+        self.responses.max_stored = new.server.responses_max_stored
+        self.responses.ttl_s = new.server.responses_ttl_s
         self.auth = Authenticator(self.keys, StaticKeys(new.server.api_keys, new.server.admin_key))
         for w in new.warnings:
             log.warning("config: %s", w)

@@ -48,6 +48,8 @@ class ServerConfig:
     inference_threads: int = 32  # OS threads for models and audio decoding
     books_threads: int = 2  # OS threads for the ledger and the cache, never shared with models
     stuck_job_s: float = 120.0  # a pool job this long past its expected time is logged and counted
+    responses_max_stored: int = 10000  # stored /v1/responses answers kept (oldest leave first)
+    responses_ttl_s: float = 30 * 86400.0  # a stored response is forgotten after this
 
 
 @dataclass(frozen=True)

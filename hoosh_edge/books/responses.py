@@ -1,0 +1,88 @@
+"""Stored /v1/responses answers: bounded in number, forgotten after a TTL, scoped per key.
+
+A record holds the response object as the client saw it, the input items of its request (for
+``GET /v1/responses/{id}/input_items``) and the whole conversation up to and including its answer
+in the gateway's chat form, so ``previous_response_id`` continues it without walking a chain.
+The scope is the key's name (``""`` when keys are off): a key never sees another key's record,
+and asking for one is the same "not found" as asking for one that never existed.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from hoosh_edge.books.db import Database
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """One stored answer and what it was an answer to."""
+
+    id: str
+    response: dict[str, Any]
+    input_items: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+
+
+def scope_of(key_name: str | None) -> str:
+    """The store's scope for a caller: its key's name, or the one shared scope without keys."""
+    return key_name or ""
+
+
+class ResponseStore:
+    """The ``stored_responses`` table: put, get and delete within a scope."""
+
+    def __init__(self, db: Database, *, max_stored: int, ttl_s: float) -> None:
+        self.db = db
+        self.max_stored = max_stored
+        self.ttl_s = ttl_s
+
+    def put(self, scope: str, record: StoredResponse) -> None:
+        """Keep ``record``; the expired and the oldest beyond ``max_stored`` leave in the same write."""
+        if self.max_stored <= 0:
+            return
+        now = time.time()
+        row = (record.id, scope, now, now + self.ttl_s, _dump(record.response),
+               _dump(record.input_items), _dump(record.messages))  # fmt: skip
+        with self.db.write() as w:
+            w.execute("INSERT OR REPLACE INTO stored_responses (id, scope, created, expires, "
+                      "response, input_items, messages) VALUES (?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+            w.execute("DELETE FROM stored_responses WHERE expires <= ?", [now])
+            w.execute(
+                "DELETE FROM stored_responses WHERE id IN (SELECT id FROM stored_responses "
+                "ORDER BY created DESC LIMIT -1 OFFSET ?)",
+                [self.max_stored],
+            )
+
+    def get(self, scope: str, response_id: str) -> StoredResponse | None:
+        """The live record ``response_id`` of ``scope``, or None."""
+        with self.db.read() as r:
+            row = r.execute(
+                "SELECT id, response, input_items, messages FROM stored_responses "
+                "WHERE id = ? AND scope = ? AND expires > ?",
+                [response_id, scope, time.time()],
+            ).fetchone()
+        if row is None:
+            return None
+        return StoredResponse(row[0], json.loads(row[1]), json.loads(row[2]), json.loads(row[3]))
+
+    def delete(self, scope: str, response_id: str) -> bool:
+        """Forget ``response_id`` of ``scope``; False when there was no such live record."""
+        with self.db.write() as w:
+            cur = w.execute(
+                "DELETE FROM stored_responses WHERE id = ? AND scope = ? AND expires > ?",
+                [response_id, scope, time.time()],
+            )
+            return cur.rowcount > 0
+
+    def count(self) -> int:
+        """Records held (expired ones included until the next write sweeps them)."""
+        with self.db.read() as r:
+            return r.execute("SELECT count(*) FROM stored_responses").fetchone()[0]
+
+
+def _dump(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
