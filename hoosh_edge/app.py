@@ -44,6 +44,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     from hoosh_edge.doors.bodies import check_headers
     from hoosh_edge.doors.openai_audio import bp as audio_bp
     from hoosh_edge.doors.openai_chat import bp as chat_bp
+    from hoosh_edge.doors.openai_completions import bp as completions_bp
     from hoosh_edge.doors.openai_models import bp as models_bp
     from hoosh_edge.doors.openai_responses import bp as responses_bp
     from hoosh_edge.doors.status import bp as status_bp
@@ -55,6 +56,7 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.register_blueprint(status_bp)
     app.register_blueprint(models_bp)
     app.register_blueprint(responses_bp)
+    app.register_blueprint(completions_bp)
 
     @app.before_request
     def _start() -> Response | None:

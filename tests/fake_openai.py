@@ -62,6 +62,7 @@ class FakeOpenAI:
         self.words_delay_s = words_delay_s
         self.model_list = ["gpt-4o-mini"]  # what GET /models answers
         self.billing = billing
+        self.serves_legacy = True  # False: /completions answers 404, as chat-only servers do
         self.overbill_tokens = 0
         self.billed: list[dict[str, int]] = []  # {"prompt_tokens", "completion_tokens"} per call
         self._script: deque = deque()
@@ -221,6 +222,9 @@ class _Handler(BaseHTTPRequestHandler):
         if owner.billing and self.path.endswith("/chat/completions"):
             self._billed(body)
             return
+        if self.path.endswith("/completions") and not self.path.endswith("/chat/completions"):
+            self._legacy(body)
+            return
         text = _reply_text(body)
         tool = kind == "tool_call"
         if body.get("stream"):
@@ -237,6 +241,50 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"id": "x", "object": "chat.completion", "choices": ["Echo"]})
         else:
             self._send_json(200, _completion(body, text, tool=tool))
+
+    def _legacy(self, body: dict) -> None:
+        """Legacy /completions: "Echo: <prompt>" (or "<fill>" between prompt and suffix)."""
+        if not self.owner.serves_legacy:
+            self._send_json(404, {"error": {"message": "Unknown path /v1/completions",
+                                            "type": "invalid_request_error"}})  # fmt: skip
+            return
+        prompt = body.get("prompt")
+        text = " <fill>" if body.get("suffix") else f" Echo: {prompt}"
+        words = text.split(" ")[1:]
+        limit = body.get("max_tokens", 16)
+        finish = "length" if len(words) > limit else "stop"
+        pieces = [" " + w for w in words[:limit]]
+        usage = {"prompt_tokens": len(str(prompt).split()), "completion_tokens": len(pieces),
+                 "total_tokens": len(str(prompt).split()) + len(pieces)}  # fmt: skip
+
+        def logprobs(ps: list[str]) -> dict | None:
+            if body.get("logprobs") is None:
+                return None
+            return {"tokens": ps, "token_logprobs": [-0.5] * len(ps),
+                    "top_logprobs": [{p: -0.5} for p in ps], "text_offset": [0] * len(ps)}  # fmt: skip
+
+        base = {"id": "cmpl-upstream", "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model")}  # fmt: skip
+        if not body.get("stream"):
+            choice = {"text": "".join(pieces), "index": 0, "logprobs": logprobs(pieces),
+                      "finish_reason": finish}  # fmt: skip
+            self._send_json(200, {**base, "choices": [choice], "usage": usage})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            choice = {"text": piece, "index": 0, "logprobs": logprobs([piece]),
+                      "finish_reason": finish if last else None}  # fmt: skip
+            self.wfile.write(f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            self.wfile.write(
+                f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
+            )
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
 
     def _stream(self, body: dict, text: str, kind: str, args: tuple, tool: bool) -> None:
         self.send_response(200)

@@ -11,7 +11,8 @@ from hoosh_edge.backends.providers.base import CallContext, ChatBackend
 from hoosh_edge.backends.providers.catalog import ListsItsModels, ProviderModels, listed_ids
 from hoosh_edge.backends.providers.http import HttpClient
 from hoosh_edge.config import ProviderConfig
-from hoosh_edge.errors import UpstreamError
+from hoosh_edge.errors import InvalidRequest, UpstreamError, UpstreamStatus
+from hoosh_edge.formats import openai_completions as legacy
 from hoosh_edge.formats.openai_checks import chunk_problem, completion_problem
 
 
@@ -44,6 +45,8 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         return body
 
     def complete(self, model: str, req: dict[str, Any], ctx: CallContext) -> dict:
+        if legacy.LEGACY in req:
+            return self._legacy_complete(model, req)
         body = self._body(model, req)
         body["stream"] = False
         body.pop("stream_options", None)
@@ -60,6 +63,9 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         return doc
 
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
+        if legacy.LEGACY in req:
+            yield from self._legacy_stream(model, req, ctx)
+            return
         body = self._body(model, req)
         body["stream"] = True
         # Ask for the real token counts in the final chunk: the budget needs them.
@@ -97,6 +103,46 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         if not finished:
             # The connection closed cleanly but the completion never did: a cut stream.
             raise UpstreamError(f"{self.name}: stream ended before the completion finished")
+
+    def _legacy_complete(self, model: str, req: dict[str, Any]) -> dict:
+        """A raw-prompt request, forwarded to the upstream's own legacy ``/completions``."""
+        resp = self._legacy_post(legacy.upstream_body(model, req), stream=False)
+        doc = legacy.chat_from_legacy(self.http.answer_json(resp), chunk=False)
+        if doc is None:
+            raise UpstreamError(f"{self.name} answered /completions without text choices")
+        return doc
+
+    def _legacy_post(self, body: dict[str, Any], *, stream: bool) -> Any:
+        try:
+            return self.http.post(f"{self.cfg.base_url}/completions", body=body,
+                                  headers=self._headers(), stream=stream)  # fmt: skip
+        except UpstreamStatus as e:
+            if e.upstream_status not in (404, 405):
+                raise
+            # A chat-only server: say so plainly (another target may still take the prompt).
+            err = InvalidRequest(f"Provider '{self.name}' has no legacy /completions API; use "
+                                 "/v1/chat/completions.", param="model")  # fmt: skip
+            err.fallback_ok = True
+            raise err from None
+
+    def _legacy_stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
+        body = {**legacy.upstream_body(model, req), "stream": True,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+        resp = self._legacy_post(body, stream=True)
+        for event in self.http.events(resp):
+            data = (event.data or "").strip()
+            if data == "[DONE]":
+                return
+            try:
+                chunk = legacy.chat_from_legacy(json.loads(data), chunk=True) if data else None
+            except ValueError:
+                chunk = None
+            if chunk is None:
+                if data:
+                    ctx.malformed(self.name, data)
+                continue
+            yield chunk
+        raise UpstreamError(f"{self.name}: stream ended before the completion finished")
 
     def transcribe(
         self, model: str, data: bytes, filename: str, form: dict[str, str], *, translate: bool
