@@ -126,4 +126,9 @@ def test_refused_with_the_param_named(gateway_factory, fake_openai):
                           json={"model": "gpt-4o-mini", "prompt": "hi", **body})  # fmt: skip
         assert r.status_code == 400, (body, r.text)
         assert r.json()["error"]["param"] == param, (body, r.text)
+    # The raw-prompt field is the completions door's own: a chat client cannot send one.
+    r = requests.post(gw.url + "/v1/chat/completions", timeout=10, json={
+        "model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}],
+        "legacy": {"suffix": "x"}})  # fmt: skip
+    assert r.status_code == 400 and r.json()["error"]["param"] == "legacy", r.text
     assert not [x for x in fake_openai.requests if x["json"] is not None]

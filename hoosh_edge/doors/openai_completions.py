@@ -33,10 +33,11 @@ from hoosh_edge.pipeline.chat import ChatAnswer, serve_chat
 bp = Blueprint("completions", __name__)
 
 
-def _checked(chat: dict[str, Any]) -> dict[str, Any]:
-    """The chat validation of the shared fields, its errors naming the legacy parameters."""
+def _checked(body: dict[str, Any], prompt: str) -> dict[str, Any]:
+    """The neutral request of one prompt; the chat validation's errors name legacy parameters."""
+    chat, raw = legacy.to_chat(body, prompt)
     try:
-        return chatfmt.validate_chat_request(chat)
+        return {**chatfmt.validate_chat_request(chat), legacy.LEGACY: raw}
     except InvalidRequest as e:
         if e.param == "messages" or (e.param or "").startswith("messages["):
             e.param, e.message = "prompt", "'prompt' is not a prompt the gateway can serve."
@@ -54,7 +55,7 @@ def completions() -> Response:
              "created": int(time.time())}  # fmt: skip
     echo = bool(body.get("echo"))
     if body.get("stream"):
-        req = _checked(legacy.to_chat(body, prompts[0]))
+        req = _checked(body, prompts[0])
         result = serve_chat(gw, req, caller(), cache_ask(), route="completions",
                             ctx=call_context())  # fmt: skip
         assert isinstance(result, ChunkStream)  # asked to stream: chunks, even from the cache
@@ -67,7 +68,7 @@ def completions() -> Response:
         None,
     )
     for i, prompt in enumerate(prompts):
-        req = _checked(legacy.to_chat(body, prompt))
+        req = _checked(body, prompt)
         result = serve_chat(gw, {**req, "stream": False}, caller(), cache_ask(),
                             route="completions", ctx=call_context())  # fmt: skip
         assert isinstance(result, ChatAnswer)  # not streamed: a whole answer

@@ -67,8 +67,9 @@ def check(body: Any) -> list[str]:
     return prompts
 
 
-def to_chat(body: dict[str, Any], prompt: str) -> dict[str, Any]:
-    """The neutral chat request for one prompt of a checked legacy request."""
+def to_chat(body: dict[str, Any], prompt: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The chat request for one prompt of a checked legacy request, and its ``legacy`` field
+    (added once the chat validation has passed: chat clients may not send one)."""
     chat: dict[str, Any] = {
         "model": body["model"],
         "messages": [{"role": "user", "content": prompt}],
@@ -85,8 +86,7 @@ def to_chat(body: dict[str, Any], prompt: str) -> dict[str, Any]:
         legacy["logprobs"] = body["logprobs"]
         chat["logprobs"] = True
         chat["top_logprobs"] = body["logprobs"]
-    chat[LEGACY] = legacy
-    return chat
+    return chat, legacy
 
 
 def legacy_logprobs(value: Any, offset: int) -> dict[str, Any] | None:
