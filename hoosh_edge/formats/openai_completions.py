@@ -71,7 +71,7 @@ def to_chat(body: dict[str, Any], prompt: str) -> tuple[dict[str, Any], dict[str
     """The chat request for one prompt of a checked legacy request, and its ``legacy`` field
     (added once the chat validation has passed: chat clients may not send one)."""
     chat: dict[str, Any] = {
-        "model": body["model"],
+        "model": body.get("model"),
         "messages": [{"role": "user", "content": prompt}],
     }
     for key in _PASSED:
