@@ -228,3 +228,27 @@ def test_garbage_bodies_get_4xx(cloud):
         assert r.json()["error"]["message"]
     r = requests.get(gw.url + "/v1/responses/resp_missing/input_items?limit=500", timeout=10)
     assert r.status_code == 404
+
+
+def test_sdk_stream_helper_and_stored_stream(cloud):
+    gw, _ = cloud
+    c = client(gw)
+    with c.responses.stream(model="gpt-4o-mini", input="helper words") as s:
+        deltas = [e.delta for e in s if e.type == "response.output_text.delta"]
+        final = s.get_final_response()
+    assert "".join(deltas) == final.output_text == "Echo: helper words"
+    assert c.responses.retrieve(final.id).output_text == "Echo: helper words"  # streamed, stored
+
+
+def test_sdk_parse_into_a_model_on_smollm2(gateway_factory):
+    pydantic = require_module("pydantic", "pydantic comes with the openai SDK")
+
+    class City(pydantic.BaseModel):
+        name: str
+        population: int
+
+    gw = gateway_factory(LOCAL)
+    parsed = client(gw).responses.parse(model="smollm2", input="A city as JSON.",
+                                        text_format=City, max_output_tokens=200)  # fmt: skip
+    city = parsed.output_parsed
+    assert isinstance(city, City) and isinstance(city.population, int)
