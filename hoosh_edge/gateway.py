@@ -67,7 +67,8 @@ class Gateway:
         self.keys = keys
         self.prompt_states = prompt_states
         self.responses = ResponseStore(db, max_stored=config.server.responses_max_stored,
-                                       ttl_s=config.server.responses_ttl_s)  # fmt: skip
+                                       ttl_s=config.server.responses_ttl_s,
+                                       max_bytes=config.server.responses_max_mb << 20)  # fmt: skip
         self.metrics = Metrics()
         self.accountant.metrics = self.metrics
         self.auth = Authenticator(keys, StaticKeys(config.server.api_keys, config.server.admin_key))
@@ -141,6 +142,7 @@ class Gateway:
         self.cache.policy = policy
         self.responses.max_stored = new.server.responses_max_stored
         self.responses.ttl_s = new.server.responses_ttl_s
+        self.responses.max_bytes = new.server.responses_max_mb << 20
         self.auth = Authenticator(self.keys, StaticKeys(new.server.api_keys, new.server.admin_key))
         for w in new.warnings:
             log.warning("config: %s", w)

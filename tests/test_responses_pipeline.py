@@ -117,5 +117,17 @@ def test_store_is_bounded_expires_and_keeps_scopes(tmp_path):
         short.put("", _record(8))  # a write sweeps what expired
         assert {r[0] for r in db.reader.execute("SELECT id FROM stored_responses")} == {
             "resp_2", "resp_8"}  # fmt: skip
+        tight = ResponseStore(db, max_stored=100, ttl_s=3600)
+        for i in range(10, 15):
+            tight.put("", _record(i))
+            size = db.reader.execute("SELECT size FROM stored_responses WHERE id = ?",
+                                     [f"resp_{i}"]).fetchone()[0]  # fmt: skip
+            tight.max_bytes = size * 3  # records of one size: three fit
+            time.sleep(0.01)
+        ids = {r[0] for r in db.reader.execute("SELECT id FROM stored_responses")}
+        assert ids == {"resp_12", "resp_13", "resp_14"}  # the byte bound: the newest three
+        huge = StoredResponse("resp_big", {"id": "resp_big", "x": "y" * size * 4}, [], [])
+        tight.put("", huge)  # larger than the whole bound: not kept, nothing else dropped
+        assert tight.get("", "resp_big") is None and tight.count() == 3
     finally:
         db.close()

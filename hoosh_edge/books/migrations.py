@@ -176,7 +176,8 @@ MIGRATIONS: list[Migration] = [
             expires REAL NOT NULL,
             response TEXT NOT NULL,  -- the response object, JSON
             input_items TEXT NOT NULL,  -- this request's input items, JSON
-            messages TEXT NOT NULL  -- the conversation so far in chat form, JSON
+            messages TEXT NOT NULL,  -- the conversation so far in chat form, JSON
+            size INTEGER NOT NULL  -- bytes of the three JSON texts
         );
         CREATE INDEX stored_responses_created ON stored_responses (created);
         CREATE INDEX stored_responses_expires ON stored_responses (expires);

@@ -1,4 +1,4 @@
-"""Stored /v1/responses answers: bounded in number, forgotten after a TTL, scoped per key.
+"""Stored /v1/responses answers: bounded in number and bytes, forgotten after a TTL, per key.
 
 A record holds the response object as the client saw it, the input items of its request (for
 ``GET /v1/responses/{id}/input_items``) and the whole conversation up to and including its answer
@@ -35,26 +35,31 @@ def scope_of(key_name: str | None) -> str:
 class ResponseStore:
     """The ``stored_responses`` table: put, get and delete within a scope."""
 
-    def __init__(self, db: Database, *, max_stored: int, ttl_s: float) -> None:
+    def __init__(self, db: Database, *, max_stored: int, ttl_s: float,
+                 max_bytes: int = 256 << 20) -> None:  # fmt: skip
         self.db = db
         self.max_stored = max_stored
         self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
 
     def put(self, scope: str, record: StoredResponse) -> None:
-        """Keep ``record``; the expired and the oldest beyond ``max_stored`` leave in the same write."""
-        if self.max_stored <= 0:
-            return
+        """Keep ``record``; the expired, then the oldest beyond the bounds, leave in that write."""
+        texts = (_dump(record.response), _dump(record.input_items), _dump(record.messages))
+        size = sum(len(t.encode()) for t in texts)
+        if self.max_stored <= 0 or size > self.max_bytes:
+            return  # kept nowhere: a later retrieve is a plain "not found"
         now = time.time()
-        row = (record.id, scope, now, now + self.ttl_s, _dump(record.response),
-               _dump(record.input_items), _dump(record.messages))  # fmt: skip
         with self.db.write() as w:
             w.execute("INSERT OR REPLACE INTO stored_responses (id, scope, created, expires, "
-                      "response, input_items, messages) VALUES (?, ?, ?, ?, ?, ?, ?)", row)  # fmt: skip
+                      "response, input_items, messages, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                      (record.id, scope, now, now + self.ttl_s, *texts, size))  # fmt: skip
             w.execute("DELETE FROM stored_responses WHERE expires <= ?", [now])
+            # The newest first: what is past the count or the byte bound leaves.
             w.execute(
-                "DELETE FROM stored_responses WHERE id IN (SELECT id FROM stored_responses "
-                "ORDER BY created DESC LIMIT -1 OFFSET ?)",
-                [self.max_stored],
+                "DELETE FROM stored_responses WHERE id IN (SELECT id FROM (SELECT id, "
+                "row_number() OVER w AS n, sum(size) OVER w AS running FROM stored_responses "
+                "WINDOW w AS (ORDER BY created DESC, id)) WHERE n > ? OR running > ?)",
+                [self.max_stored, self.max_bytes],
             )
 
     def get(self, scope: str, response_id: str) -> StoredResponse | None:

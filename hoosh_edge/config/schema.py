@@ -50,6 +50,7 @@ class ServerConfig:
     stuck_job_s: float = 120.0  # a pool job this long past its expected time is logged and counted
     responses_max_stored: int = 10000  # stored /v1/responses answers kept (oldest leave first)
     responses_ttl_s: float = 30 * 86400.0  # a stored response is forgotten after this
+    responses_max_mb: int = 256  # ... and all of them together take at most this much
 
 
 @dataclass(frozen=True)
