@@ -92,12 +92,24 @@ EXPECTED_SCHEMA = {
             ("entries", "INTEGER", 1, None, 0),
             ("bytes", "INTEGER", 1, None, 0),
         ],
+        "stored_responses": [
+            ("id", "TEXT", 1, None, 1),
+            ("scope", "TEXT", 1, None, 0),
+            ("created", "REAL", 1, None, 0),
+            ("expires", "REAL", 1, None, 0),
+            ("response", "TEXT", 1, None, 0),
+            ("input_items", "TEXT", 1, None, 0),
+            ("messages", "TEXT", 1, None, 0),
+            ("size", "INTEGER", 1, None, 0),
+        ],
     },
     "indexes": {
         "response_cache_lru": ("response_cache", ("last_used",), 0),
         "response_cache_created": ("response_cache", ("created",), 0),
         "ledger_ts": ("ledger", ("ts",), 0),
         "ledger_request_id": ("ledger", ("request_id",), 0),
+        "stored_responses_created": ("stored_responses", ("created",), 0),
+        "stored_responses_expires": ("stored_responses", ("expires",), 0),
     },
 }
 
