@@ -141,13 +141,13 @@ def test_local_text_stream_and_json_schema(gateway_factory):
     jsonschema.validate(json.loads(out.output_text), schema)
 
 
-def test_previous_response_id_survives_a_restart(gateway_factory, tmp_path):
+def test_previous_response_id_survives_a_kill_and_restart(gateway_factory, tmp_path):
     data = tmp_path / "books"
     toml = f'[server]\ndata_dir = "{data}"\n' + LOCAL
     gw = gateway_factory(toml)
     first = client(gw).responses.create(model="smollm2", input="My name is Ada.",
                                         max_output_tokens=8)  # fmt: skip
-    gw.stop()
+    gw.kill9()  # not even a clean stop: the stored response is on disk already
     gw2 = gateway_factory(toml)
     c = client(gw2)
     again = c.responses.retrieve(first.id)
