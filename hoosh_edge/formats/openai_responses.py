@@ -275,8 +275,7 @@ def check_metadata(value: Any) -> None:
 
 def to_chat(body: Any, history: list[dict[str, Any]] | None = None) -> Translated:
     """Check a Responses request and translate it (raises InvalidRequest naming the param)."""
-    body = _obj(body, "body") if isinstance(body, dict) else None
-    if body is None:
+    if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     _refusals(body)
     model = body.get("model")
