@@ -70,6 +70,7 @@ class ProviderConfig:
     max_tokens_limit: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
     disabled_reason: str | None = None  # e.g. an unresolved $ENV secret
+    responses_api: bool = False  # /v1/responses is forwarded as it came (OpenAI's own API)
 
     @property
     def enabled(self) -> bool:

@@ -29,6 +29,7 @@ from hoosh_edge.doors.common import (
 )
 from hoosh_edge.errors import HooshError, InvalidRequest, NotFound
 from hoosh_edge.formats import openai as chatfmt
+from hoosh_edge.formats import openai_responses_up as up
 from hoosh_edge.formats.openai_responses import Translated, new_id, to_chat
 from hoosh_edge.formats.openai_responses_out import Shell, StreamEvents, assistant_message
 from hoosh_edge.pipeline.call import KEEPALIVE, ChunkStream
@@ -102,7 +103,8 @@ def create_response() -> Response:
     body = read_json(gw.config.server.max_body_bytes)
     history = _history(body)
     t = to_chat(body, history)
-    req = _checked(t.chat)
+    # A provider with OpenAI's Responses API gets the body as it came (formats.openai_responses_up).
+    req = {**_checked(t.chat), up.PASS: up.passed(body, history)}
     result = serve_chat(gw, req, caller(), cache_ask(), route="responses", ctx=call_context())
     shell = Shell(body, new_id("resp"), req["model"])
     scope = _scope()
