@@ -75,8 +75,13 @@ def upstream_body(model: str, req: dict[str, Any], *, stream: bool) -> dict[str,
 def _usage(usage: Any) -> dict[str, Any] | None:
     if not isinstance(usage, dict):
         return None
-    p, c = int(usage.get("input_tokens") or 0), int(usage.get("output_tokens") or 0)
-    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens") or 0
+
+    def count(value: Any) -> int:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+    p, c = count(usage.get("input_tokens")), count(usage.get("output_tokens"))
+    details = usage.get("input_tokens_details")
+    cached = count(details.get("cached_tokens")) if isinstance(details, dict) else 0
     return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
             "prompt_tokens_details": {"cached_tokens": cached}}  # fmt: skip
 
@@ -92,15 +97,27 @@ def chat_from_response(doc: Any, provider: str) -> dict[str, Any]:
     if not isinstance(doc, dict) or not isinstance(doc.get("output"), list):
         raise UpstreamError(f"{provider} answered /responses without 'output'")
     if doc.get("status") == "failed":
-        raise UpstreamError(f"{provider} reported: {(doc.get('error') or {}).get('message')}")
+        err = doc.get("error") if isinstance(doc.get("error"), dict) else {}
+        raise UpstreamError(f"{provider} reported: {err.get('message') or 'the response failed'}")
     text, calls = [], []
+    bad = UpstreamError(f"{provider} answered /responses with a malformed output item")
     for item in doc["output"]:
         if not isinstance(item, dict):
-            raise UpstreamError(f"{provider} answered /responses with a malformed output item")
+            raise bad
         if item.get("type") == "message":
-            text += [p.get("text") or "" for p in item.get("content") or ()
-                     if isinstance(p, dict) and p.get("type") == "output_text"]  # fmt: skip
+            parts = item.get("content") or []
+            if not isinstance(parts, list):
+                raise bad
+            for p in parts:
+                if isinstance(p, dict) and p.get("type") == "output_text":
+                    if not isinstance(p.get("text"), str):
+                        raise bad
+                    text.append(p["text"])
         elif item.get("type") == "function_call":
+            if not isinstance(item.get("name"), str) or not isinstance(
+                item.get("arguments", ""), str
+            ):
+                raise bad
             calls.append({"id": item.get("call_id"), "type": "function",
                           "function": {"name": item.get("name"),
                                        "arguments": item.get("arguments") or "{}"}})  # fmt: skip
@@ -135,11 +152,14 @@ class ChunkMaker:
             return [self._chunk({"content": data["delta"]})]
         item = data.get("item") if isinstance(data.get("item"), dict) else {}
         if kind == "response.output_item.added" and item.get("type") == "function_call":
-            self.calls[item.get("id") or str(len(self.calls))] = n = len(self.calls)
+            key = item.get("id") if isinstance(item.get("id"), str) else f"#{len(self.calls)}"
+            self.calls[key] = n = len(self.calls)
             call = {"index": n, "id": item.get("call_id"), "type": "function",
                     "function": {"name": item.get("name"), "arguments": ""}}  # fmt: skip
             return [self._chunk({"tool_calls": [call]})]
-        if kind == "response.function_call_arguments.delta" and data.get("item_id") in self.calls:
+        item_id = data.get("item_id")
+        if kind == "response.function_call_arguments.delta" and isinstance(item_id, str) \
+                and item_id in self.calls:  # fmt: skip
             call = {"index": self.calls[data["item_id"]],
                     "function": {"arguments": str(data.get("delta") or "")}}  # fmt: skip
             return [self._chunk({"tool_calls": [call]})]
@@ -150,7 +170,8 @@ class ChunkMaker:
             usage = _usage(doc.get("usage"))
             return [*out, {"choices": [], "usage": usage}] if usage else out
         if kind in ("response.failed", "error"):
-            err = (data.get("response") or {}).get("error") if kind != "error" else data
+            doc = data.get("response") if isinstance(data.get("response"), dict) else {}
+            err = doc.get("error") if kind != "error" else data
             message = err.get("message") if isinstance(err, dict) else None
             raise UpstreamError(f"{self.provider} reported mid-stream: {message or kind}")
         return []

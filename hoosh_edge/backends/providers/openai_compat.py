@@ -137,7 +137,7 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         """A raw-prompt request, forwarded to the upstream's own legacy ``/completions``."""
         resp = self._legacy_post(legacy.upstream_body(model, req), stream=False)
         doc = legacy.chat_from_legacy(self.http.answer_json(resp), chunk=False)
-        if doc is None:
+        if doc is None or completion_problem(doc):
             raise UpstreamError(f"{self.name} answered /completions without text choices")
         return doc
 
@@ -166,7 +166,7 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
                 chunk = legacy.chat_from_legacy(json.loads(data), chunk=True) if data else None
             except ValueError:
                 chunk = None
-            if chunk is None:
+            if chunk is None or chunk_problem(chunk):
                 if data:
                     ctx.malformed(self.name, data)
                 continue
