@@ -24,8 +24,20 @@ def chat_model(gw, model: str, **kw):
                                        use_responses_api=True, max_retries=0, **kw)  # fmt: skip
 
 
-def test_langchain_responses_mode_on_the_cloud(gateway_factory, fake_openai):
-    gw = gateway_factory(openai_provider_toml(fake_openai))
+# The provider gets the request translated to chat, or as it came (responses_api).
+PASSTHROUGH = pytest.mark.parametrize("extra", ["", "responses_api = true"], ids=["chat", "as-is"])
+
+
+def upstream_tools(fake) -> list[dict]:
+    last = fake.requests[-1]
+    if last["path"].endswith("/responses"):
+        return [t["name"] for t in last["json"]["tools"]]
+    return [t["function"]["name"] for t in last["json"]["tools"]]
+
+
+@PASSTHROUGH
+def test_langchain_responses_mode_on_the_cloud(gateway_factory, fake_openai, extra):
+    gw = gateway_factory(openai_provider_toml(fake_openai, extra=extra))
     llm = chat_model(gw, "gpt-4o-mini")
     msg = llm.invoke("hello langchain")
     assert msg.text == "Echo: hello langchain"
@@ -42,7 +54,8 @@ def test_langchain_responses_mode_on_the_cloud(gateway_factory, fake_openai):
     called = llm.bind_tools([get_weather]).invoke("Weather in Paris?")
     assert called.tool_calls[0]["name"] == "get_weather"
     assert called.tool_calls[0]["args"] == {"city": "Paris"}
-    assert fake_openai.chat_requests[-1]["json"]["tools"][0]["function"]["name"] == "get_weather"
+    assert upstream_tools(fake_openai) == ["get_weather"]
+    assert bool(fake_openai.chat_requests) == (not extra)
 
 
 def test_langchain_responses_mode_on_smollm2(gateway_factory):
@@ -68,17 +81,25 @@ def _weather_agent(model):
     return agent, seen
 
 
-def test_agents_sdk_run_with_one_tool_on_the_cloud(gateway_factory, fake_openai):
-    gw = gateway_factory(openai_provider_toml(fake_openai))
+@PASSTHROUGH
+def test_agents_sdk_run_with_one_tool_on_the_cloud(gateway_factory, fake_openai, extra):
+    gw = gateway_factory(openai_provider_toml(fake_openai, extra=extra))
     client = agents.AsyncOpenAI(base_url=gw.url + "/v1", api_key="x", max_retries=0)
     agent, seen = _weather_agent(agents.OpenAIResponsesModel("gpt-4o-mini", client))
     fake_openai.script("tool_call")
     result = agents.Runner.run_sync(agent, "Weather in Paris?", max_turns=3)
     assert seen == ["Paris"]
     assert result.final_output == "Echo: Weather in Paris?"
-    second = fake_openai.chat_requests[-1]["json"]["messages"]
-    assert second[-1] == {"role": "tool", "tool_call_id": "call_1", "content": "sunny in Paris"}
-    assert second[-2]["tool_calls"][0]["function"]["name"] == "get_weather"
+    last = fake_openai.requests[-1]["json"]
+    if extra:  # as it came: the call and its output are input items
+        assert last["input"][-1] == {"type": "function_call_output", "call_id": "call_1",
+                                     "output": "sunny in Paris"}  # fmt: skip
+        assert last["input"][-2]["type"] == "function_call"
+    else:
+        second = last["messages"]
+        assert second[-1] == {"role": "tool", "tool_call_id": "call_1",
+                              "content": "sunny in Paris"}  # fmt: skip
+        assert second[-2]["tool_calls"][0]["function"]["name"] == "get_weather"
 
 
 @pytest.mark.parametrize("stream", [False, True])
