@@ -80,6 +80,9 @@ def test_tool_call_and_previous_response_id_become_input_items(gw, fake_openai):
         {"type": "function_call_output", "call_id": "call_1", "output": "sunny"},
     ]  # fmt: skip
     assert body["tools"] == [TOOL]
+    c.responses.create(model="gpt-4o-mini", input=[
+        {"type": "message", "id": "msg_ours", "role": "user", "content": "x"}])  # fmt: skip
+    assert sent(fake_openai)[-1]["input"] == [{"type": "message", "role": "user", "content": "x"}]
     fake_openai.script("tool_call")
     events = list(c.responses.create(model="gpt-4o-mini", input="Weather?", tools=[TOOL],
                                      stream=True))  # fmt: skip

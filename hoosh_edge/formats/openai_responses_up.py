@@ -55,6 +55,8 @@ def passed(body: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any
     """What the neutral request carries for a Responses provider: the body and the whole input."""
     own = body["input"]
     own = [{"type": "message", "role": "user", "content": own}] if isinstance(own, str) else own
+    # Item ids are the gateway's (or another upstream's): this upstream stores nothing to match.
+    own = [{k: v for k, v in item.items() if k != "id"} for item in own]
     return {
         "body": {k: v for k, v in body.items() if k not in _OWN},
         "input": [*chat_to_items(history), *own],
