@@ -46,8 +46,10 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     from hoosh_edge.doors.ollama_models import bp as ollama_bp  # /api/chat and /api/generate too
     from hoosh_edge.doors.openai_audio import bp as audio_bp
     from hoosh_edge.doors.openai_chat import bp as chat_bp
+    from hoosh_edge.doors.openai_completions import bp as completions_bp
     from hoosh_edge.doors.openai_embeddings import bp as embeddings_bp
     from hoosh_edge.doors.openai_models import bp as models_bp
+    from hoosh_edge.doors.openai_responses import bp as responses_bp
     from hoosh_edge.doors.status import bp as status_bp
 
     app.register_blueprint(chat_bp)
@@ -58,6 +60,8 @@ def create_app(config: Config | None = None, *, gateway: Gateway | None = None) 
     app.register_blueprint(models_bp)
     app.register_blueprint(ollama_bp)
     app.register_blueprint(embeddings_bp)
+    app.register_blueprint(responses_bp)
+    app.register_blueprint(completions_bp)
 
     @app.before_request
     def _start() -> Response | None:

@@ -21,6 +21,7 @@ from hoosh_edge.books.keys import Authenticator, KeyStore, StaticKeys
 from hoosh_edge.books.ledger import SpendLedger
 from hoosh_edge.books.pricing import PriceTable
 from hoosh_edge.books.prompt_states import PromptStateStore
+from hoosh_edge.books.responses import ResponseStore
 from hoosh_edge.books.semantic_cache import SemanticCache
 from hoosh_edge.books.spend import Accountant
 from hoosh_edge.config import Config
@@ -71,6 +72,9 @@ class Gateway:
         self.embeddings = embeddings or LocalEmbeddings(pool, {}, config.embeddings)
         self.semantic = SemanticCache(db, lambda: self.cache.policy)
         self.lease: Any = None  # books.fleet.Lease when the books are shared
+        self.responses = ResponseStore(db, max_stored=config.server.responses_max_stored,
+                                       ttl_s=config.server.responses_ttl_s,
+                                       max_bytes=config.server.responses_max_mb << 20)  # fmt: skip
         self.metrics = Metrics()
         self.accountant.metrics = self.metrics
         self.auth = Authenticator(keys, StaticKeys(config.server.api_keys, config.server.admin_key))
@@ -143,6 +147,9 @@ class Gateway:
         router.release = self.accountant.release
         self.router, self.config = router, new
         self.cache.policy = policy
+        self.responses.max_stored = new.server.responses_max_stored
+        self.responses.ttl_s = new.server.responses_ttl_s
+        self.responses.max_bytes = new.server.responses_max_mb << 20
         self.auth = Authenticator(self.keys, StaticKeys(new.server.api_keys, new.server.admin_key))
         for w in new.warnings:
             log.warning("config: %s", w)

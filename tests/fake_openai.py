@@ -68,6 +68,7 @@ class FakeOpenAI:
         self.words_delay_s = words_delay_s
         self.model_list = ["gpt-4o-mini"]  # what GET /models answers
         self.billing = billing
+        self.serves_legacy = True  # False: /completions answers 404, as chat-only servers do
         self.overbill_tokens = 0
         self.billed: list[dict[str, int]] = []  # {"prompt_tokens", "completion_tokens"} per call
         self._script: deque = deque()
@@ -230,6 +231,12 @@ class _Handler(BaseHTTPRequestHandler):
         if owner.billing and self.path.endswith("/chat/completions"):
             self._billed(body)
             return
+        if self.path.endswith("/completions") and not self.path.endswith("/chat/completions"):
+            self._legacy(body)
+            return
+        if self.path.endswith("/responses"):
+            self._responses(body, kind == "tool_call")
+            return
         text = _reply_text(body)
         tool = kind == "tool_call"
         if body.get("stream"):
@@ -246,6 +253,111 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(200, {"id": "x", "object": "chat.completion", "choices": ["Echo"]})
         else:
             self._send_json(200, _completion(body, text, tool=tool))
+
+    def _responses(self, body: dict, tool: bool) -> None:
+        """OpenAI's Responses API: "Echo: <last user text>", or a get_weather call; JSON or SSE."""
+        last = ""
+        items = body.get("input")
+        for item in [{"role": "user", "content": items}] if isinstance(items, str) else items or ():
+            if isinstance(item, dict) and item.get("role") == "user":
+                c = item.get("content")
+                last = c if isinstance(c, str) else " ".join(
+                    p.get("text", "") for p in c or () if isinstance(p, dict))  # fmt: skip
+        words = f"Echo: {last}".split(" ")
+        limit = body.get("max_output_tokens")
+        status = "incomplete" if limit is not None and len(words) > limit else "completed"
+        words = words[:limit] if limit is not None else words
+        text = " ".join(words)
+        if tool:
+            item = {"id": "fc_1", "type": "function_call", "status": "completed",
+                    "call_id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}  # fmt: skip
+        else:
+            item = {"id": "msg_1", "type": "message", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}]}  # fmt: skip
+        n_in = len(json.dumps(items)) // 4
+        doc = {"id": "resp_upstream", "object": "response", "created_at": int(time.time()),
+               "status": status, "model": body.get("model"), "output": [item],
+               "incomplete_details": {"reason": "max_output_tokens"} if status != "completed"
+               else None,
+               "usage": {"input_tokens": n_in, "output_tokens": len(words),
+                         "total_tokens": n_in + len(words),
+                         "input_tokens_details": {"cached_tokens": 0},
+                         "output_tokens_details": {"reasoning_tokens": 0}}}  # fmt: skip
+        if not body.get("stream"):
+            self._send_json(200, doc)
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        seq = iter(range(10**6))
+
+        def send(kind: str, **fields: Any) -> None:
+            event = {"type": kind, **fields, "sequence_number": next(seq)}
+            self.wfile.write(f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode())
+
+        shell = {**doc, "status": "in_progress", "output": [], "usage": None}
+        send("response.created", response=shell)
+        send("response.in_progress", response=shell)
+        if tool:
+            send("response.output_item.added", output_index=0, item={**item, "arguments": ""})
+            for frag in ('{"city":', ' "Paris"}'):
+                send("response.function_call_arguments.delta", item_id="fc_1", output_index=0,
+                     delta=frag)  # fmt: skip
+            send("response.function_call_arguments.done", item_id="fc_1", output_index=0,
+                 arguments=item["arguments"])  # fmt: skip
+        else:
+            send("response.output_item.added", output_index=0, item={**item, "content": []})
+            for i, w in enumerate(words):
+                send("response.output_text.delta", item_id="msg_1", output_index=0,
+                     content_index=0, delta=w if i == 0 else " " + w)  # fmt: skip
+        send("response.output_item.done", output_index=0, item=item)
+        send(f"response.{status}", response=doc)
+        self.wfile.flush()
+
+    def _legacy(self, body: dict) -> None:
+        """Legacy /completions: "Echo: <prompt>" (or "<fill>" between prompt and suffix)."""
+        if not self.owner.serves_legacy:
+            self._send_json(404, {"error": {"message": "Unknown path /v1/completions",
+                                            "type": "invalid_request_error"}})  # fmt: skip
+            return
+        prompt = body.get("prompt")
+        text = " <fill>" if body.get("suffix") else f" Echo: {prompt}"
+        words = text.split(" ")[1:]
+        limit = body.get("max_tokens", 16)
+        finish = "length" if len(words) > limit else "stop"
+        pieces = [" " + w for w in words[:limit]]
+        usage = {"prompt_tokens": len(str(prompt).split()), "completion_tokens": len(pieces),
+                 "total_tokens": len(str(prompt).split()) + len(pieces)}  # fmt: skip
+
+        def logprobs(ps: list[str]) -> dict | None:
+            if body.get("logprobs") is None:
+                return None
+            return {"tokens": ps, "token_logprobs": [-0.5] * len(ps),
+                    "top_logprobs": [{p: -0.5} for p in ps], "text_offset": [0] * len(ps)}  # fmt: skip
+
+        base = {"id": "cmpl-upstream", "object": "text_completion", "created": int(time.time()),
+                "model": body.get("model")}  # fmt: skip
+        if not body.get("stream"):
+            choice = {"text": "".join(pieces), "index": 0, "logprobs": logprobs(pieces),
+                      "finish_reason": finish}  # fmt: skip
+            self._send_json(200, {**base, "choices": [choice], "usage": usage})
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        for i, piece in enumerate(pieces):
+            last = i == len(pieces) - 1
+            choice = {"text": piece, "index": 0, "logprobs": logprobs([piece]),
+                      "finish_reason": finish if last else None}  # fmt: skip
+            self.wfile.write(f"data: {json.dumps({**base, 'choices': [choice]})}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            self.wfile.write(
+                f"data: {json.dumps({**base, 'choices': [], 'usage': usage})}\n\n".encode()
+            )
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
 
     def _stream(self, body: dict, text: str, kind: str, args: tuple, tool: bool) -> None:
         self.send_response(200)

@@ -101,6 +101,16 @@ EXPECTED_SCHEMA = {
             ("created", "REAL", 1, None, 0),
             ("last_used", "REAL", 1, None, 0),
         ],
+        "stored_responses": [
+            ("id", "TEXT", 1, None, 1),
+            ("scope", "TEXT", 1, None, 0),
+            ("created", "REAL", 1, None, 0),
+            ("expires", "REAL", 1, None, 0),
+            ("response", "TEXT", 1, None, 0),
+            ("input_items", "TEXT", 1, None, 0),
+            ("messages", "TEXT", 1, None, 0),
+            ("size", "INTEGER", 1, None, 0),
+        ],
     },
     "indexes": {
         "response_cache_lru": ("response_cache", ("last_used",), 0),
@@ -109,6 +119,8 @@ EXPECTED_SCHEMA = {
         "ledger_request_id": ("ledger", ("request_id",), 0),
         "semantic_cache_scope": ("semantic_cache", ("scope",), 0),
         "semantic_cache_lru": ("semantic_cache", ("last_used",), 0),
+        "stored_responses_created": ("stored_responses", ("created",), 0),
+        "stored_responses_expires": ("stored_responses", ("expires",), 0),
     },
 }
 

@@ -182,4 +182,23 @@ MIGRATIONS: list[Migration] = [
         CREATE INDEX semantic_cache_lru ON semantic_cache (last_used);
         """,
     ),
+    Migration(
+        "0009_stored_responses",
+        # /v1/responses answers kept for previous_response_id and GET /v1/responses/{id}; a
+        # scope is a key's name ('' when keys are off), so a key finds only its own.
+        """
+        CREATE TABLE stored_responses (
+            id TEXT NOT NULL PRIMARY KEY,
+            scope TEXT NOT NULL,
+            created REAL NOT NULL,  -- seconds since the epoch
+            expires REAL NOT NULL,
+            response TEXT NOT NULL,  -- the response object, JSON
+            input_items TEXT NOT NULL,  -- this request's input items, JSON
+            messages TEXT NOT NULL,  -- the conversation so far in chat form, JSON
+            size INTEGER NOT NULL  -- bytes of the three JSON texts
+        );
+        CREATE INDEX stored_responses_created ON stored_responses (created);
+        CREATE INDEX stored_responses_expires ON stored_responses (expires);
+        """,
+    ),
 ]

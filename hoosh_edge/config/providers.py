@@ -9,7 +9,7 @@ from hoosh_edge.config.schema import ConfigError, ProviderConfig, check_keys, ex
 
 _PROVIDER_KEYS = {
     "name", "type", "base_url", "api_key", "models", "timeout_s", "connect_timeout_s",
-    "max_retries", "retry_max_s", "api_version", "max_tokens_limit", "headers",
+    "max_retries", "retry_max_s", "api_version", "max_tokens_limit", "headers", "responses_api",
 }  # fmt: skip
 
 
@@ -60,6 +60,11 @@ def parse_provider(
     max_tokens_limit = typed(t, "max_tokens_limit", int, where, src, None)
     if max_tokens_limit is not None and max_tokens_limit < 1:
         raise ConfigError(f"{src}: '{where}max_tokens_limit' must be >= 1")
+    # OpenAI's own API has /v1/responses; an OpenAI-compatible server says so itself.
+    own = ptype == "openai" and base_url.rstrip("/") == (preset.base_url or "").rstrip("/")
+    responses_api = typed(t, "responses_api", bool, where, src, own)
+    if responses_api and preset.wire != "openai":
+        raise ConfigError(f"{src}: '{where}responses_api' needs an OpenAI-compatible type")
     timeout_s = float(typed(t, "timeout_s", (int, float), where, src, 60.0))
     if timeout_s <= 0:
         raise ConfigError(f"{src}: '{where}timeout_s' must be > 0")
@@ -77,6 +82,7 @@ def parse_provider(
         max_tokens_limit=max_tokens_limit,
         headers=tuple(sorted(headers.items())),
         disabled_reason=disabled,
+        responses_api=responses_api,
     )
 
 
@@ -99,6 +105,7 @@ def env_providers(env: dict[str, str]) -> list[ProviderConfig]:
                 api_key=key,
                 models=preset.models,
                 api_version=api_version,
+                responses_api=ptype == "openai",
             )
         )
     return out

@@ -49,6 +49,9 @@ class ServerConfig:
     books_threads: int = 2  # OS threads for the ledger and the cache, never shared with models
     stuck_job_s: float = 120.0  # a pool job this long past its expected time is logged and counted
     drain_timeout_s: float = 10.0  # SIGTERM: requests in flight may finish for this long
+    responses_max_stored: int = 10000  # stored /v1/responses answers kept (oldest leave first)
+    responses_ttl_s: float = 30 * 86400.0  # a stored response is forgotten after this
+    responses_max_mb: int = 256  # ... and all of them together take at most this much
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class ProviderConfig:
     max_tokens_limit: int | None = None
     headers: tuple[tuple[str, str], ...] = ()
     disabled_reason: str | None = None  # e.g. an unresolved $ENV secret
+    responses_api: bool = False  # /v1/responses is forwarded as it came (OpenAI's own API)
 
     @property
     def enabled(self) -> bool:

@@ -63,6 +63,9 @@ def parse_server(t: dict, src: str, env: dict[str, str], warnings: list[str]) ->
         books_threads=_at_least(t, "books_threads", 1, d.books_threads, src),
         stuck_job_s=_positive_s(t, "stuck_job_s", d.stuck_job_s, src),
         drain_timeout_s=_positive_s(t, "drain_timeout_s", d.drain_timeout_s, src),
+        responses_max_stored=_at_least(t, "responses_max_stored", 0, d.responses_max_stored, src),
+        responses_ttl_s=_positive_s(t, "responses_ttl_s", d.responses_ttl_s, src),
+        responses_max_mb=_at_least(t, "responses_max_mb", 1, d.responses_max_mb, src),
     )
 
 

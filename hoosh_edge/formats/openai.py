@@ -216,6 +216,9 @@ def validate_chat_request(body: Any) -> dict[str, Any]:
     model = body.get("model")
     if not isinstance(model, str) or not model.strip():
         raise InvalidRequest("'model' is required and must be a non-empty string.", param="model")
+    for own in ("legacy", "responses"):  # fields the completions and responses doors set
+        if own in body:
+            raise InvalidRequest(f"Unknown parameter: '{own}'.", param=own)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("'messages' must be a non-empty array.", param="messages")

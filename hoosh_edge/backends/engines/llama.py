@@ -48,6 +48,7 @@ from hoosh_edge.backends.engines.llama_prompt import (
     shape,
     template_messages,
 )
+from hoosh_edge.backends.engines.llama_raw import prepare_raw
 from hoosh_edge.backends.engines.llama_sampling import sampled_with
 from hoosh_edge.backends.engines.llama_tools import CallFramer, plan
 from hoosh_edge.backends.engines.pool import ModelPool, ModelSlot
@@ -135,7 +136,8 @@ class LlamaEngine:
     def chat_stream(self, model_id: str, req: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Generate a chat reply as OpenAI chunk dicts, then a usage chunk. Call from a greenlet."""
         slot = self._slot(model_id)
-        messages = template_messages(req)
+        legacy = req.get("legacy")  # a raw prompt (legacy completions): no chat template
+        messages = template_messages(req) if legacy is None else None
         # A bad schema or tool is refused before the model is waited for.
         shaped: Shaped = shape(req)
         held = slot.use()
@@ -143,7 +145,10 @@ class LlamaEngine:
         stream: ThreadStream[dict[str, Any]] | None = None
         answered = False
         try:
-            prep = run_blocking(prepare, m, messages, req, shaped, owner=model_id)
+            if legacy is None:
+                prep = run_blocking(prepare, m, messages, req, shaped, owner=model_id)
+            else:
+                prep = run_blocking(prepare_raw, m, legacy, req, shaped, owner=model_id)
             # A small buffer bounds the tokens made in vain when the client goes away. The first
             # token waits for the whole prompt: allow 20 prompt tokens a second before "stuck".
             stream = ThreadStream(

@@ -15,7 +15,7 @@ from hoosh_edge.backends.providers.catalog import ListsItsModels, ProviderModels
 from hoosh_edge.backends.providers.http import HttpClient
 from hoosh_edge.config import ProviderConfig
 from hoosh_edge.config.presets import ANTHROPIC_API_VERSION
-from hoosh_edge.errors import UpstreamError
+from hoosh_edge.errors import InvalidRequest, UpstreamError
 from hoosh_edge.formats.anthropic_request import to_messages_request
 from hoosh_edge.formats.anthropic_response import error_text, to_chat_completion
 from hoosh_edge.formats.anthropic_stream import StreamTranslator
@@ -43,6 +43,11 @@ class AnthropicProvider(ListsItsModels, ChatBackend):
         return headers
 
     def _body(self, model: str, req: dict[str, Any], stream: bool) -> dict[str, Any]:
+        if "legacy" in req:  # formats.openai_completions.LEGACY: a raw prompt, no chat turn
+            err = InvalidRequest(f"Provider '{self.name}' (Anthropic) has no legacy completions "
+                                 "API; use /v1/chat/completions or /v1/messages.", param="model")  # fmt: skip
+            err.fallback_ok = True  # another target may take a raw prompt
+            raise err
         body = to_messages_request(model, req, max_tokens_limit=self.cfg.max_tokens_limit)
         body["stream"] = stream
         return body

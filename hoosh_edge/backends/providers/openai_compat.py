@@ -11,7 +11,9 @@ from hoosh_edge.backends.providers.base import CallContext, ChatBackend
 from hoosh_edge.backends.providers.catalog import ListsItsModels, ProviderModels, listed_ids
 from hoosh_edge.backends.providers.http import HttpClient
 from hoosh_edge.config import ProviderConfig
-from hoosh_edge.errors import UpstreamError
+from hoosh_edge.errors import InvalidRequest, UpstreamError, UpstreamStatus
+from hoosh_edge.formats import openai_completions as legacy
+from hoosh_edge.formats import openai_responses_up as up
 from hoosh_edge.formats.openai_checks import chunk_problem, completion_problem
 
 
@@ -40,11 +42,15 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         return {}
 
     def _body(self, model: str, req: dict[str, Any]) -> dict[str, Any]:
-        body = {k: v for k, v in req.items() if v is not None}
+        body = {k: v for k, v in req.items() if v is not None and k != up.PASS}
         body["model"] = model
         return body
 
     def complete(self, model: str, req: dict[str, Any], ctx: CallContext) -> dict:
+        if legacy.LEGACY in req:
+            return self._legacy_complete(model, req)
+        if up.PASS in req and self.cfg.responses_api:
+            return self._responses_complete(model, req)
         body = self._body(model, req)
         body["stream"] = False
         body.pop("stream_options", None)
@@ -61,6 +67,12 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         return doc
 
     def stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
+        if legacy.LEGACY in req:
+            yield from self._legacy_stream(model, req, ctx)
+            return
+        if up.PASS in req and self.cfg.responses_api:
+            yield from self._responses_stream(model, req, ctx)
+            return
         body = self._body(model, req)
         body["stream"] = True
         # Ask for the real token counts in the final chunk: the budget needs them.
@@ -98,6 +110,69 @@ class OpenAICompatProvider(ListsItsModels, ChatBackend):
         if not finished:
             # The connection closed cleanly but the completion never did: a cut stream.
             raise UpstreamError(f"{self.name}: stream ended before the completion finished")
+
+    def _responses_complete(self, model: str, req: dict[str, Any]) -> dict:
+        """A /v1/responses request, sent on to the upstream's own Responses API."""
+        resp = self.http.post(f"{self.cfg.base_url}/responses", headers=self._headers(),
+                              body=up.upstream_body(model, req, stream=False))  # fmt: skip
+        return up.chat_from_response(self.http.answer_json(resp), self.name)
+
+    def _responses_stream(
+        self, model: str, req: dict[str, Any], ctx: CallContext
+    ) -> Iterator[dict]:
+        resp = self.http.post(f"{self.cfg.base_url}/responses", headers=self._headers(),
+                              body=up.upstream_body(model, req, stream=True), stream=True)  # fmt: skip
+        events = up.ChunkMaker(self.name)
+        for event in self.http.events(resp):
+            try:
+                data = json.loads(event.data) if event.data else None
+            except ValueError:
+                ctx.malformed(self.name, event.data)
+                continue
+            yield from events.feed(data)
+            if events.done:
+                return
+        raise UpstreamError(f"{self.name}: stream ended before the response completed")
+
+    def _legacy_complete(self, model: str, req: dict[str, Any]) -> dict:
+        """A raw-prompt request, forwarded to the upstream's own legacy ``/completions``."""
+        resp = self._legacy_post(legacy.upstream_body(model, req), stream=False)
+        doc = legacy.chat_from_legacy(self.http.answer_json(resp), chunk=False)
+        if doc is None or completion_problem(doc):
+            raise UpstreamError(f"{self.name} answered /completions without text choices")
+        return doc
+
+    def _legacy_post(self, body: dict[str, Any], *, stream: bool) -> Any:
+        try:
+            return self.http.post(f"{self.cfg.base_url}/completions", body=body,
+                                  headers=self._headers(), stream=stream)  # fmt: skip
+        except UpstreamStatus as e:
+            if e.upstream_status not in (404, 405):
+                raise
+            # A chat-only server: say so plainly (another target may still take the prompt).
+            err = InvalidRequest(f"Provider '{self.name}' has no legacy /completions API; use "
+                                 "/v1/chat/completions.", param="model")  # fmt: skip
+            err.fallback_ok = True
+            raise err from None
+
+    def _legacy_stream(self, model: str, req: dict[str, Any], ctx: CallContext) -> Iterator[dict]:
+        body = {**legacy.upstream_body(model, req), "stream": True,
+                "stream_options": {"include_usage": True}}  # fmt: skip
+        resp = self._legacy_post(body, stream=True)
+        for event in self.http.events(resp):
+            data = (event.data or "").strip()
+            if data == "[DONE]":
+                return
+            try:
+                chunk = legacy.chat_from_legacy(json.loads(data), chunk=True) if data else None
+            except ValueError:
+                chunk = None
+            if chunk is None or chunk_problem(chunk):
+                if data:
+                    ctx.malformed(self.name, data)
+                continue
+            yield chunk
+        raise UpstreamError(f"{self.name}: stream ended before the completion finished")
 
     def transcribe(
         self, model: str, data: bytes, filename: str, form: dict[str, str], *, translate: bool
