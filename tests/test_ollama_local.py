@@ -55,7 +55,7 @@ def test_tags_and_show_describe_the_gguf_file(gw):
         shown = client.show(name)
         assert shown.modelinfo["llama.context_length"] == 2048  # what this box serves it with
         assert shown.modelinfo["general.architecture"] == "llama"
-        assert shown.capabilities == ["completion"]  # no on-device tool calls in this engine yet
+        assert shown.capabilities == ["completion", "tools"]
         assert "<|im_start|>" in shown.template
 
 

@@ -39,9 +39,9 @@ class LocalChat(ChatBackend):
     is_local = True
     reports_queue_depth = True
     counts_tokens = True
-    # Whether the engine answers with tool calls (not yet: it ignores tools); /api/show's
-    # "tools" capability for on-device models says what this says.
-    calls_tools = False
+    # The engine calls tools (grammar-constrained, llama_tools.py); /api/show's "tools"
+    # capability for on-device models says what this says.
+    calls_tools = True
 
     def __init__(self, engine: Any) -> None:
         self.engine = engine
