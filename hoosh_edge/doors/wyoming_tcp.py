@@ -90,6 +90,7 @@ class WyomingServer(StreamServer):
             _linger(sock)
         except SessionEnd:
             outcome = "refused_request"
+            _linger(sock)  # the peer may still be sending (HA streams audio): no reset
         except SessionTimeout:
             outcome = "session_timeout"
             log.warning("wyoming: %s: connection open longer than %g s (wyoming."
@@ -126,8 +127,8 @@ def _linger(sock: socket.socket) -> None:
     the connection, and a reset may drop the event from the peer's buffer before it reads it."""
     try:
         sock.shutdown(socket.SHUT_WR)
-        with gevent.Timeout(0.5, False):
-            for _ in range(64):  # at most 4 MiB, half a second
+        with gevent.Timeout(2.0, False):
+            for _ in range(64):  # at most 4 MiB, two seconds (a loaded box answers slowly)
                 if not sock.recv(65536):
                     break
     except OSError:
