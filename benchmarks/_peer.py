@@ -31,11 +31,22 @@ class Streamed:
     deltas: int = 0  # content deltas received (several tokens may share one)
     started: float = 0.0  # perf_counter at the request
     ended: float = 0.0
+    finish: str | None = None  # the choice's finish_reason
+
+    @property
+    def text_tokens(self) -> int:
+        """Completion tokens that carry text. llama-server counts the end-of-generation token
+        too (its usage says 25 for an answer of 24 text tokens that ended by itself); the
+        gateway, like OpenAI, does not. That token is no text, so it is not counted here."""
+        if self.timings and self.finish == "stop" and self.tokens > 0:
+            return self.tokens - 1
+        return self.tokens
 
     @property
     def tok_s(self) -> float:
-        """Decode rate: tokens after the first over the time they took."""
-        return (self.tokens - 1) / self.decode_s if self.tokens > 1 and self.decode_s > 0 else 0.0
+        """Decode rate: text tokens after the first over the time they took."""
+        n = self.text_tokens
+        return (n - 1) / self.decode_s if n > 1 and self.decode_s > 0 else 0.0
 
     @property
     def cached(self) -> int | None:
@@ -56,6 +67,7 @@ def stream_chat(session: requests.Session, base: str, body: dict[str, Any],
     usage: dict[str, Any] = {}
     timings: dict[str, Any] = {}
     deltas = 0
+    finish = None
     with session.post(base + "/v1/chat/completions", json=body, headers=headers or {},
                       stream=True, timeout=timeout) as r:  # fmt: skip
         if r.status_code != 200:
@@ -69,6 +81,7 @@ def stream_chat(session: requests.Session, base: str, body: dict[str, Any],
             usage = doc.get("usage") or usage
             timings = doc.get("timings") or timings
             for choice in doc.get("choices") or ():
+                finish = choice.get("finish_reason") or finish
                 text = (choice.get("delta") or {}).get("content")
                 if text:
                     last = time.perf_counter()
@@ -80,7 +93,8 @@ def stream_chat(session: requests.Session, base: str, body: dict[str, Any],
     return Streamed(ttft_s=first - started, wall_s=ended - started,
                     tokens=int(usage.get("completion_tokens") or deltas),
                     decode_s=(last or first) - first, text="".join(parts), usage=usage,
-                    timings=timings, deltas=deltas, started=started, ended=ended)  # fmt: skip
+                    timings=timings, deltas=deltas, started=started, ended=ended,
+                    finish=finish)  # fmt: skip
 
 
 def free_port() -> int:

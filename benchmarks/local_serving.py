@@ -7,14 +7,16 @@
 One run, two servers on loopback serving models/SmolLM2-135M-Instruct.Q4_1.gguf with the same
 threads: the gateway (``python hoosh_edge.py``, the model preloaded) and llama-server with a slot
 per conversation (``-np 3``, ``-c`` 3x the gateway's n_ctx). Three conversations, each with its
-own ~650-token system prompt (a home's device list), take turns; every step runs on the gateway,
-then on llama-server, over their OpenAI-compatible streaming endpoints (temperature 0, one seed,
-the same max_tokens). Time to first token (TTFT) is the time to the first content delta.
+own ~650-token system prompt (a home's device list), take turns; every turn runs on the gateway,
+then on llama-server (conversation by conversation, so the machine's noise hits both alike), over
+their OpenAI-compatible streaming endpoints (temperature 0, one seed, the same max_tokens). Time to first token (TTFT) is the time to the first content delta.
 
 Steps: a first turn of each (cold), a second (warm), a third for all three at once (tokens/s in
 all: completion tokens over the wall time of the round), a restart of both servers and a fourth
 turn (llama-server restarts cold), a fifth turn; then the Home Assistant case: one conversation
-whose system prompt carries the current time near the top, a different time each turn.
+whose system prompt carries the current time near the top, a different time each turn. Last,
+single stream: ``--stream-runs`` long answers a server (``--stream-tokens``) in pairs, which
+server goes first taking turns; its ratio is the median of the pairs' ratios.
 
 Ratios are hoosh-edge / llama-server, beside the goals of the issue. ``--prompt-cache-mb`` and
 ``--prompt-cache-disk-mb`` set ``[local.llm] prompt_cache_mb`` / ``prompt_cache_disk_mb``; left
@@ -120,6 +122,8 @@ class Gateway:
 
 
 NO_STORE = {"Cache-Control": "no-cache, no-store"}  # the response cache must not answer
+STORY = "Write a long story about a small robot who learns to cook soup."
+STREAM_ROW = "single stream"
 
 
 def main() -> None:
@@ -129,6 +133,8 @@ def main() -> None:
     ap.add_argument("--n-ctx", type=int, default=2048, help="the gateway's; llama-server: x3")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--stream-runs", type=int, default=8, help="single-stream answers a server")
+    ap.add_argument("--stream-tokens", type=int, default=256, help="their max_tokens")
     ap.add_argument("--prompt-cache-mb", type=int, help="[local.llm] prompt_cache_mb")
     ap.add_argument("--prompt-cache-disk-mb", type=int, help="[local.llm] prompt_cache_disk_mb")
     ap.add_argument("--llama-server", help="the peer's binary (default: build or find it)")
@@ -175,26 +181,45 @@ def run(args: argparse.Namespace, servers: dict[str, Any], tmp: Path) -> None:
         conv.answered(got.text)
         rows[name].setdefault(row, []).append(got)
         print(f"  {name:<12} {row:<24} TTFT {got.ttft_s:6.3f} s  {got.tok_s:6.1f} tok/s  "
-              f"prompt {got.usage.get('prompt_tokens')}, reused {got.cached}", flush=True)  # fmt: skip
+              f"{got.text_tokens:3d} tokens ({got.finish}), prompt {got.usage.get('prompt_tokens')}, "
+              f"reused {got.cached}", flush=True)  # fmt: skip
 
     def each(step: Callable[[str], None]) -> None:
         for name in servers:
             step(name)
 
+    def interleaved(row: str) -> None:
+        # Conversation by conversation, server by server: a noisy second hits both alike.
+        for i in range(3):
+            each(lambda n, i=i: turn(row, n, convs[n][i]))
+
     for row in ("first turn (cold)", "second turn (warm)"):
-        each(lambda n, r=row: [turn(r, n, c) for c in convs[n]])
+        interleaved(row)
     each(lambda n: concurrent(turn, n, convs[n]))
     rss_before = {n: proc_mib(s.pid) for n, s in servers.items()}
     for s in servers.values():
         s.stop()
         s.start()
     for row in ("after restart: 4th turn", "5th turn"):
-        each(lambda n, r=row: [turn(r, n, c) for c in convs[n]])
+        interleaved(row)
     home = {n: Conversation(home_prompt(9, "16:00")) for n in servers}
     for i, row in enumerate(("HA: first turn (cold)", "HA: clock changed", "HA: clock changed")):
         for n in servers:
             home[n].messages[0]["content"] = home_prompt(9, f"16:{i:02d}")
             turn(row, n, home[n])
+    # Single stream: long answers in pairs, the server going first taking turns; every run has a
+    # system message of its own, so each decodes from a freshly evaluated prompt.
+    names = list(servers)
+    for i in range(args.stream_runs):
+        order = names if i % 2 == 0 else names[::-1]
+        for n in order:
+            story = [{"role": "system", "content": f"[{i}] You are a helpful assistant."},
+                     {"role": "user", "content": STORY}]  # fmt: skip
+            got = stream_chat(requests.Session(), servers[n].url,
+                              {**body(story), "max_tokens": args.stream_tokens}, NO_STORE)  # fmt: skip
+            rows[n].setdefault(STREAM_ROW, []).append(got)
+            print(f"  {n:<12} {STREAM_ROW:<24} {got.tok_s:6.1f} tok/s  {got.text_tokens} tokens",
+                  flush=True)  # fmt: skip
     report(rows, servers, rss_before, tmp)
 
 
@@ -229,16 +254,18 @@ def report(rows: dict[str, dict[str, list[Streamed]]], servers: dict[str, Any],
           + (" | ratio  | goal" if len(names) > 1 else ""))  # fmt: skip
     table: list[tuple[str, str, list[list[float]]]] = []
     for row in first:
-        if row == "3 streams at once":
+        if row in ("3 streams at once", STREAM_ROW):
             continue
         table.append((row, "TTFT s", [[r.ttft_s for r in rows[n][row]] for n in names]))
         if row == "second turn (warm)":
-            table.append(("single stream", "tok/s",
+            table.append(("turns 1-2, decoding", "tok/s",
                           [[r.tok_s for r in rows[n][row] + rows[n]["first turn (cold)"]]
                            for n in names]))  # fmt: skip
+            table.append((STREAM_ROW, "tok/s", [[r.tok_s for r in rows[n][STREAM_ROW]]
+                                                for n in names]))  # fmt: skip
             together = [rows[n]["3 streams at once"] for n in names]
             table.append(("3 streams at once, in all", "tok/s",
-                          [[sum(r.tokens for r in rs) / (max(r.ended for r in rs)
+                          [[sum(r.text_tokens for r in rs) / (max(r.ended for r in rs)
                                                         - min(r.started for r in rs))]
                            for rs in together]))  # fmt: skip
     for row, unit, values in table:
@@ -246,6 +273,8 @@ def report(rows: dict[str, dict[str, list[Streamed]]], servers: dict[str, Any],
         line = f"{row:<26}| " + " | ".join(f"{c:^26}" for c in cells)
         if len(names) > 1:
             ratio = statistics.median(values[0]) / statistics.median(values[1])
+            if row == STREAM_ROW:  # paired runs: the median of the ratios of neighbours
+                ratio = statistics.median(a / b for a, b in zip(*values, strict=True) if b)
             goal = GOALS.get(row, ("", ""))[1]
             line += f" | {ratio:5.2f}x | {goal}"
         print(line)

@@ -34,9 +34,11 @@ _os_sleep = gevent.monkey.get_original("time", "sleep")
 
 _DONE = object()
 KEEPALIVE = object()  # yielded by pump() when nothing arrived within heartbeat_s
-# How long a streamed item may wait for its reader's next look; 0: every item wakes it. Off by
-# default: at ~70 tokens a second on 2 loaded cores, a 15 ms linger cost the hub more than it saved.
-LINGER_S = 0.0
+# How long a streamed item may wait for its reader's next look; 0: every item wakes it. At ~70
+# tokens a second on 2 cores (SmolLM2), 50 ms groups 3-4 tokens a frame: the hub's CPU a token
+# fell from 326 to 182 us, time taken from llama.cpp's threads (15 ms grouped none and cost more).
+# Slower models (a token every 50 ms or more) are never held.
+LINGER_S = 0.05
 
 
 def run_blocking(fn: Callable[..., T], *args: Any, owner: str | None = None,

@@ -337,7 +337,7 @@ class _Sampled:
         # evaluated prefix, so this costs one token.
         self._gen.close()
         free = {**self.sampling, "grammar": None}
-        self._gen = self.llm.generate(self.prompt + self.made, **free)
+        self._gen = sampled_with(self.llm, self.prompt + self.made, free)
 
 
 def _call_chunk(entry: dict[str, Any], first: bool) -> dict[str, Any]:

@@ -6,6 +6,11 @@ the model itself takes. llama.cpp's own tools (``common_sampler``) sample withou
 first and check only the token drawn; only a token the grammar refuses makes them resample with
 the grammar over the whole vocabulary. ``GrammarChecked`` does the same, as the sampler that
 ``Llama.generate`` calls (``sampled_with``); the answers are those the grammar allows, as before.
+
+Greedy sampling (temperature 0, no penalties) is an argmax over the logits (``Greedy``).
+llama.cpp's greedy sampler first copies the whole vocabulary into a candidate array: 100-200 us a
+token for SmolLM2's 49k, against about 10 us for numpy's argmax, on a path where a token takes
+12-15 ms. Both pick the first of equal maxima, so the tokens are the same (tested).
 """
 
 from __future__ import annotations
@@ -16,6 +21,37 @@ from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
+
+
+def is_greedy(sampling: dict[str, Any]) -> bool:
+    """Temperature 0 and no penalty: the token is the highest logit, whatever the other knobs."""
+    return (
+        sampling.get("temp") == 0.0
+        and sampling.get("repeat_penalty", 1.0) == 1.0
+        and not sampling.get("presence_penalty")
+        and not sampling.get("frequency_penalty")
+        and sampling.get("logits_processor") is None
+    )
+
+
+class Greedy:
+    """The first token of the highest logit (what llama.cpp's greedy sampler returns)."""
+
+    def __init__(self, llm: Any) -> None:
+        import llama_cpp
+
+        self._logits = llama_cpp.llama_get_logits_ith
+        self._n_vocab = llm.n_vocab()
+
+    def sample(self, ctx: Any, idx: int = -1) -> int:
+        row = np.ctypeslib.as_array(self._logits(ctx.ctx, idx), shape=(self._n_vocab,))
+        return int(np.argmax(row))
+
+    def accept(self, tok: int) -> None:
+        pass  # greedy keeps no history
+
+    def close(self) -> None:
+        pass
 
 
 class GrammarChecked:
@@ -29,6 +65,7 @@ class GrammarChecked:
         free = {k: v for k, v in sampling.items() if k != "grammar"}
         self._lib = llama_cpp
         self._chain = type(llm)._init_sampler(llm, **free)  # the same knobs, no grammar
+        self._greedy = Greedy(llm) if is_greedy(free) else None
         self._grammar = llama_cpp.llama_sampler_init_grammar(
             llm._model.vocab, grammar._grammar.encode(), grammar._root.encode()
         )
@@ -46,7 +83,10 @@ class GrammarChecked:
     def sample(self, ctx: Any, idx: int = -1) -> int:
         """The next token (called by ``Llama.sample`` in place of its own chain)."""
         lib = self._lib
-        tok = lib.llama_sampler_sample(self._chain.sampler, ctx.ctx, idx)
+        if self._greedy is not None:
+            tok = self._greedy.sample(ctx, idx)
+        else:
+            tok = lib.llama_sampler_sample(self._chain.sampler, ctx.ctx, idx)
         if not self._allowed(tok):
             self.resampled += 1
             ptr = lib.llama_get_logits_ith(ctx.ctx, idx)
@@ -77,11 +117,15 @@ class GrammarChecked:
 
 
 def sampled_with(llm: Any, prompt: list[int], sampling: dict[str, Any]) -> Iterator[int]:
-    """``llm.generate(prompt, **sampling)``, a grammar sampled by ``GrammarChecked``."""
-    if sampling.get("grammar") is None:
+    """``llm.generate(prompt, **sampling)``, a grammar sampled by ``GrammarChecked``, greedy
+    sampling by ``Greedy``."""
+    if sampling.get("grammar") is not None:
+        checked: GrammarChecked | Greedy = GrammarChecked(llm, sampling)
+    elif is_greedy(sampling):
+        checked = Greedy(llm)
+    else:
         yield from llm.generate(prompt, **sampling)
         return
-    checked = GrammarChecked(llm, sampling)
     # generate() builds its sampler when it starts (the first next()): hand it this one.
     llm._init_sampler = lambda **_: checked
     try:
