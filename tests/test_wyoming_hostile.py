@@ -7,6 +7,7 @@ import json
 import resource
 import socket
 import time
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -191,6 +192,42 @@ def test_who_may_connect(gateway_factory):
     allowed = start(gateway_factory, allow_from=["127.0.0.0/8", "192.168.1.0/24"])
     info, _ = describe(allowed.port)
     assert info.asr == [] and info.tts == []
+
+
+def test_a_flood_from_a_refused_peer_is_counted_in_full_and_logged_once(gateway_factory):
+    gw = start(gateway_factory, allow_from=["192.168.1.0/24"])
+    for _ in range(200):
+        _, closed = raw_exchange(gw.port, header({"type": "describe"}), timeout=5)
+        assert closed
+    metrics = requests.get(gw.url + "/metrics", timeout=5).text
+    assert 'hoosh_wyoming_connections_total{outcome="refused"} 200.0' in metrics
+    assert gw.log.count("refused a connection from 127.0.0.1") == 1
+    assert "Traceback" not in gw.log
+
+
+def test_a_refused_peer_is_logged_again_after_a_minute_with_what_was_not_logged(monkeypatch):
+    from hoosh_edge.doors import wyoming_tcp
+
+    now = [1000.0]
+    monkeypatch.setattr(wyoming_tcp.time, "monotonic", lambda: now[0])
+    lines: list[str] = []
+    monkeypatch.setattr(wyoming_tcp.log, "warning", lambda msg, *a: lines.append(msg % a))
+    door = SimpleNamespace(_refused={})
+    refuse = wyoming_tcp.WyomingServer._log_refused
+    for _ in range(5):
+        refuse(door, "10.0.0.9")
+    refuse(door, "10.0.0.7")  # another peer has its own minute
+    now[0] += wyoming_tcp.REFUSED_LOG_S + 1
+    refuse(door, "10.0.0.9")
+    assert lines == [
+        "wyoming: refused a connection from 10.0.0.9 (not in wyoming.allow_from)",
+        "wyoming: refused a connection from 10.0.0.7 (not in wyoming.allow_from)",
+        "wyoming: refused a connection from 10.0.0.9 (not in wyoming.allow_from); 4 more from "
+        "it not logged since",
+    ]
+    for i in range(wyoming_tcp.REFUSED_PEERS + 10):  # a spread of addresses stays bounded
+        refuse(door, f"10.1.{i // 256}.{i % 256}")
+    assert len(door._refused) <= wyoming_tcp.REFUSED_PEERS
 
 
 def test_the_budget_refuses_speech_with_an_error_event_that_ends_the_request(

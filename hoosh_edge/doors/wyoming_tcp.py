@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import time
 from typing import TYPE_CHECKING, Any
 
 import gevent
@@ -30,6 +31,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("hoosh_edge.wyoming")
 
+# A refused peer is logged once a minute at most: a flood of connections from outside
+# wyoming.allow_from must not flood the log (the metric counts every one).
+REFUSED_LOG_S = 60.0
+REFUSED_PEERS = 1024  # peers remembered for that; forgotten all at once beyond
+
 
 class SessionTimeout(Exception):
     """A connection outlived ``wyoming.session_timeout_s``."""
@@ -44,6 +50,7 @@ class WyomingServer(StreamServer):
         self.open = 0
         self.announcer: Any = None  # the zeroconf child (serve/announce.py), if one runs
         self.memory = ConversationMemory(max_turns=gateway.config.wyoming.history_turns)
+        self._refused: dict[str, list[float]] = {}  # peer -> [last logged at, refused since]
         gateway.metrics.gauge_callback(self._gauges)
 
     def _gauges(self) -> list[tuple[str, str, list[tuple[dict[str, str], float]]]]:
@@ -56,6 +63,19 @@ class WyomingServer(StreamServer):
              "history_turns)", [({}, len(self.memory))]),
         ]  # fmt: skip
 
+    def _log_refused(self, peer: str) -> None:
+        now = time.monotonic()
+        seen = self._refused.get(peer)
+        if seen is not None and now - seen[0] < REFUSED_LOG_S:
+            seen[1] += 1
+            return
+        if len(self._refused) >= REFUSED_PEERS:
+            self._refused.clear()
+        more = f"; {seen[1]:g} more from it not logged since" if seen and seen[1] else ""
+        log.warning("wyoming: refused a connection from %s (not in wyoming.allow_from)%s",
+                    peer, more)  # fmt: skip
+        self._refused[peer] = [now, 0]
+
     def _count(self, outcome: str) -> None:
         self.gateway.metrics.inc("hoosh_wyoming_connections_total", {"outcome": outcome},
                                  help="Wyoming connections by how they ended")  # fmt: skip
@@ -65,7 +85,7 @@ class WyomingServer(StreamServer):
         peer = str(address[0]) if isinstance(address, tuple) else str(address)
         w = self.gateway.config.wyoming  # read per connection: a reload's allow_from applies
         if not wyoming_peer_allowed(self.gateway.config, peer):
-            log.warning("wyoming: refused a connection from %s (not in wyoming.allow_from)", peer)
+            self._log_refused(peer)
             self._count("refused")
             _close(sock)
             return
