@@ -47,11 +47,8 @@ class Greedy:
         row = np.ctypeslib.as_array(self._logits(ctx.ctx, idx), shape=(self._n_vocab,))
         return int(np.argmax(row))
 
-    def accept(self, tok: int) -> None:
-        pass  # greedy keeps no history
-
     def close(self) -> None:
-        pass
+        pass  # holds nothing of llama.cpp's
 
 
 class GrammarChecked:
